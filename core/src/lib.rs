@@ -1,0 +1,24 @@
+//! kcache-core: every decision kcache makes lives here; the binaries only parse, wire up and exit.
+//!
+//! - [`digest`]: content digests (`sha256:<hex>`), the identity of everything kcache verifies.
+//! - [`keys`]: public keys (ECDSA P-256/P-384, Ed25519, RSA) and signature checks.
+//! - [`signing`]: cosign-compatible key pairs and signing, for air-gapped users and tests.
+//! - [`sigstore`]: offline Sigstore bundle verification against a local `trusted_root.json`.
+//! - [`policy`]: the YAML verification policy (`policy.yaml` + `policy.d/`).
+//! - [`registry`]: a small, bounded OCI distribution client.
+//! - [`cosign`]: cosign v2 (`.sig`) and v3 (bundle referrers) signatures on images.
+//! - [`verifier`]: the image verification pipeline and its verdicts.
+//! - [`verdict`]: the verdict cache shared by the daemon and the CLI.
+//!
+//! Everything except [`digest`] sits behind the `verify` feature, so the OCI hook links no
+//! crypto, tokio or network code.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::panic)]
+
+pub mod digest;
+
+#[cfg(feature = "verify")]
+pub mod keys;
+#[cfg(feature = "verify")]
+pub mod sigstore;
