@@ -89,14 +89,16 @@ impl PublicKey {
         let (label, der) = pem_decode(text)?;
         match label.as_str() {
             "PUBLIC KEY" => Self::from_spki_der(&der),
-            "RSA PUBLIC KEY" => {
-                use rsa::pkcs1::DecodeRsaPublicKey;
-                let k = rsa::RsaPublicKey::from_pkcs1_der(&der)
-                    .map_err(|e| KeyError::Unsupported(e.to_string()))?;
-                Self::checked_rsa(k)
-            }
+            "RSA PUBLIC KEY" => Self::from_pkcs1_rsa_der(&der),
             other => Err(KeyError::Pem(format!("unexpected PEM label {other:?}"))),
         }
+    }
+
+    /// Loads a DER PKCS#1 `RSAPublicKey` (trusted roots' `PKCS1_RSA_*` key details).
+    pub fn from_pkcs1_rsa_der(der: &[u8]) -> Result<Self> {
+        use rsa::pkcs1::DecodeRsaPublicKey;
+        let k = rsa::RsaPublicKey::from_pkcs1_der(der).map_err(|e| KeyError::Unsupported(e.to_string()))?;
+        Self::checked_rsa(k)
     }
 
     /// Loads a DER SubjectPublicKeyInfo.

@@ -138,6 +138,8 @@ struct RawLog {
 struct RawPublicKey {
     raw_bytes: String,
     #[serde(default)]
+    key_details: Option<String>,
+    #[serde(default)]
     valid_for: Option<RawValidity>,
 }
 
@@ -208,7 +210,8 @@ fn logs(kind: &str, raw: Vec<RawLog>) -> Result<Vec<TransparencyLog>> {
         .map(|(i, l)| {
             let f = format!("{kind}[{i}]");
             let der = b64(&format!("{f}.publicKey.rawBytes"), &l.public_key.raw_bytes)?;
-            let key = PublicKey::from_spki_der(&der)
+            let pkcs1 = l.public_key.key_details.as_deref().is_some_and(|d| d.starts_with("PKCS1_RSA"));
+            let key = if pkcs1 { PublicKey::from_pkcs1_rsa_der(&der) } else { PublicKey::from_spki_der(&der) }
                 .map_err(|source| TrustRootError::Key { field: format!("{f}.publicKey"), source })?;
             Ok(TransparencyLog {
                 base_url: l.base_url,
