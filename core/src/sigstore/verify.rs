@@ -270,7 +270,7 @@ fn verify_content(content: &Content, artifact: Artifact<'_>, digest: &[u8; 32], 
                 return Err(VerifyError::Signature(format!("DSSE payload type {:?} is not an in-toto statement", env.payload_type)));
             }
             let want = hex::encode(digest);
-            if !statement_subject_digests(&env.payload)?.iter().any(|d| *d == want) {
+            if !statement_subject_digests(&env.payload)?.contains(&want) {
                 return Err(VerifyError::Signature(format!("no in-toto subject has digest sha256:{want}")));
             }
             Ok(Some(env.payload.clone()))
