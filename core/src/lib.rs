@@ -23,3 +23,5 @@ pub mod digest;
 pub mod keys;
 #[cfg(feature = "verify")]
 pub mod sigstore;
+#[cfg(feature = "verify")]
+pub mod cosign;

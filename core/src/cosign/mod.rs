@@ -1,0 +1,35 @@
+//! cosign signatures on OCI images, verified through the one Sigstore pipeline
+//! ([`crate::sigstore::verify`]):
+//!
+//! - **v2** ([`v2`]): the `sha256-<hex>.sig` manifest; each layer is a simple-signing payload
+//!   with the signature, certificate and Rekor SET in its annotations. Every layer is tried on
+//!   its own, and a layer passes only if *one* authority verifies its signature, certificate,
+//!   identity and log entry together (sigstore-rs 0.15 let different layers satisfy different
+//!   constraints and accepted keyless signatures that did not match the certificate's key).
+//! - **v3** ([`v3`]): Sigstore bundles attached as OCI 1.1 referrers (or under the
+//!   `sha256-<hex>` referrers tag where the registry lacks the API): a DSSE in-toto statement
+//!   whose subject is the image digest, or a message signature over the digest itself.
+//!
+//! What was signed is always the manifest *digest* being verified; a tag is never trusted.
+
+pub mod v2;
+pub mod v3;
+
+/// Which cosign format a signature came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// `.sig` tag with simple-signing layers.
+    CosignV2,
+    /// Sigstore bundle referrers.
+    CosignV3,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::CosignV2 => "cosign-v2",
+            Self::CosignV3 => "cosign-v3",
+        })
+    }
+}
