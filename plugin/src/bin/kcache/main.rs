@@ -1,0 +1,56 @@
+//! `kcache`: the node CLI. It parses arguments, calls kcache-core, prints, and exits:
+//! 0 = allowed / verified, 1 = denied / rejected, 2 = usage or configuration error.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod sigstore_cmd;
+
+#[derive(Parser)]
+#[command(name = "kcache", version, about = "Verify container images and manage kernel caches on a node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sigstore tools (the sigstore-conformance client protocol).
+    Sigstore {
+        #[command(subcommand)]
+        command: sigstore_cmd::SigstoreCommand,
+    },
+}
+
+/// Exit codes shared by every command.
+pub enum Outcome {
+    /// Verified / allowed.
+    Ok,
+    /// Rejected / denied, with a one-line reason.
+    Rejected(String),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Sigstore { command } => sigstore_cmd::run(command),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Rejected(reason)) => {
+            eprintln!("{reason}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
