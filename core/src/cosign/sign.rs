@@ -1,0 +1,148 @@
+//! Building what `kcache sign` pushes, byte-compatible with cosign:
+//!
+//! - v2: a simple-signing payload blob, cosign's config blob, and the `sha256-<hex>.sig`
+//!   manifest (existing signature layers are kept, as cosign appends).
+//! - v3 (key-based, no transparency log, for air-gapped use): a v0.3 bundle with a message
+//!   signature over the image digest, as an OCI 1.1 referrer manifest (`subject` = the image),
+//!   plus the referrers-tag index for registries without the referrers API.
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::{digest::Digest, signing::PrivateKey};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// OCI image manifest media type.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index media type.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// cosign's payload layer media type.
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The OCI empty descriptor's media type and content.
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// A blob to push, with its digest.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    /// Bytes.
+    pub bytes: Vec<u8>,
+    /// Their sha256.
+    pub digest: Digest,
+}
+
+impl Blob {
+    /// Wraps bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self { digest: Digest::sha256_of(&bytes), bytes }
+    }
+
+    fn descriptor(&self, media_type: &str) -> Value {
+        json!({"mediaType": media_type, "digest": self.digest.as_str(), "size": self.bytes.len()})
+    }
+}
+
+/// Everything a v2 signature push needs.
+#[derive(Debug, Clone)]
+pub struct V2Signature {
+    /// The payload blob.
+    pub payload: Blob,
+    /// cosign's config blob.
+    pub config: Blob,
+    /// The `.sig` manifest bytes.
+    pub manifest: Vec<u8>,
+}
+
+/// Signs `image` (named `reference`) cosign-v2 style. `existing` is the current `.sig`
+/// manifest, if any: its layers are kept and the new one appended (unless identical).
+pub fn sign_v2(key: &PrivateKey, reference: &str, image: &Digest, existing: Option<&[u8]>) -> Result<V2Signature, String> {
+    let payload = Blob::new(super::v2::simple_signing_payload(reference, image));
+    let sig = B64.encode(key.sign(&payload.bytes));
+    let mut layer = payload.descriptor(SIMPLE_SIGNING);
+    layer["annotations"] = json!({ super::v2::ANNOTATION_SIGNATURE: sig });
+
+    let mut layers: Vec<Value> = match existing {
+        Some(bytes) => serde_json::from_slice::<Value>(bytes)
+            .map_err(|e| format!("existing signature manifest is not JSON: {e}"))?
+            .get("layers")
+            .and_then(|l| l.as_array().cloned())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    layers.retain(|l| l.get("digest").and_then(|d| d.as_str()) != Some(payload.digest.as_str()) || l != &layer);
+    layers.push(layer);
+
+    let diff_ids: Vec<Value> = layers.iter().filter_map(|l| l.get("digest").cloned()).collect();
+    let config = Blob::new(
+        json!({
+            "architecture": "", "created": "0001-01-01T00:00:00Z",
+            "history": [{"created": "0001-01-01T00:00:00Z"}],
+            "os": "", "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}
+        })
+        .to_string()
+        .into_bytes(),
+    );
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.descriptor("application/vnd.oci.image.config.v1+json"),
+        "layers": layers,
+    })
+    .to_string()
+    .into_bytes();
+    Ok(V2Signature { payload, config, manifest })
+}
+
+/// Everything a v3 bundle push needs.
+#[derive(Debug, Clone)]
+pub struct V3Signature {
+    /// The bundle JSON blob.
+    pub bundle: Blob,
+    /// The empty config blob (`{}`).
+    pub config: Blob,
+    /// The referrer manifest (pushed by digest).
+    pub manifest: Blob,
+}
+
+/// Signs `image` (whose manifest has `media_type` and `size`) as a v0.3 bundle referrer.
+pub fn sign_v3(key: &PrivateKey, image: &Digest, media_type: &str, size: u64) -> V3Signature {
+    let digest_bytes = image.bytes();
+    let signature = key.sign_prehashed_sha256(&digest_bytes);
+    let bundle = json!({
+        "mediaType": super::v3::BUNDLE_ARTIFACT_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": key.public_key().fingerprint()}},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(&digest_bytes)},
+            "signature": B64.encode(signature)
+        }
+    });
+    let bundle = Blob::new(bundle.to_string().into_bytes());
+    let config = Blob::new(b"{}".to_vec());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": super::v3::BUNDLE_ARTIFACT_TYPE,
+        "config": config.descriptor(OCI_EMPTY),
+        "layers": [bundle.descriptor(super::v3::BUNDLE_ARTIFACT_TYPE)],
+        "subject": {"mediaType": media_type, "digest": image.as_str(), "size": size},
+        "annotations": {"dev.sigstore.bundle.content": "message-signature"}
+    });
+    V3Signature { bundle, config, manifest: Blob::new(manifest.to_string().into_bytes()) }
+}
+
+/// The referrers-tag index (OCI 1.1 fallback) with `referrer` added to `existing`.
+pub fn referrers_tag_index(existing: Option<&[u8]>, referrer: &Blob, artifact_type: &str) -> Result<Vec<u8>, String> {
+    let mut manifests: Vec<Value> = match existing {
+        Some(b) => serde_json::from_slice::<Value>(b)
+            .map_err(|e| format!("existing referrers index is not JSON: {e}"))?
+            .get("manifests")
+            .and_then(|m| m.as_array().cloned())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    manifests.retain(|m| m.get("digest").and_then(|d| d.as_str()) != Some(referrer.digest.as_str()));
+    let mut d = referrer.descriptor(OCI_MANIFEST);
+    d["artifactType"] = json!(artifact_type);
+    manifests.push(d);
+    Ok(json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).to_string().into_bytes())
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kcache's tests and demo start for real (on loopback).
+# Idempotent: installs only what is missing. Needs root (or sudo) on Debian 12.
+set -euo pipefail
+pkgs=(docker-registry ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}" >&2
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian's package starts a registry service on :5000 where systemd runs; tests start their own.
+command -v docker-registry >/dev/null
