@@ -25,3 +25,5 @@ pub mod keys;
 pub mod sigstore;
 #[cfg(feature = "verify")]
 pub mod cosign;
+#[cfg(feature = "verify")]
+pub mod registry;

@@ -1,0 +1,450 @@
+//! A small OCI distribution client: resolve, fetch (bounded, digest-checked), referrers, push.
+//! Every read has a size limit and every request a timeout, so a hostile or dead registry can
+//! cost at most `timeout` and `max_*_bytes`, never the node's memory.
+
+use std::{collections::HashMap, path::PathBuf, sync::Mutex, time::Duration};
+
+use base64::Engine as _;
+use reqwest::{header, Method, StatusCode};
+
+use super::{auth::AuthFile, Reference};
+use crate::digest::Digest;
+
+/// Every manifest media type kcache reads (OCI and Docker v2, images and indexes).
+pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Registry client settings.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP; every other registry is HTTPS only.
+    pub insecure: Vec<String>,
+    /// A docker-style `config.json` with `auths`.
+    pub auth_file: Option<PathBuf>,
+    /// Per-request timeout (connect + whole response).
+    pub timeout: Duration,
+    /// Largest manifest read.
+    pub max_manifest_bytes: usize,
+    /// Largest blob read (signature payloads, bundles).
+    pub max_blob_bytes: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            insecure: Vec::new(),
+            auth_file: None,
+            timeout: Duration::from_secs(10),
+            max_manifest_bytes: 4 << 20,
+            max_blob_bytes: 32 << 20,
+        }
+    }
+}
+
+/// A registry failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Connection refused, DNS failure, TLS failure.
+    #[error("registry unreachable at {url}: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No answer within the timeout.
+    #[error("registry timed out after {timeout:?} at {url}")]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// 404.
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was asked for.
+        what: String,
+    },
+    /// 401/403 after authenticating.
+    #[error("unauthorized at {url} (status {status})")]
+    Unauthorized {
+        /// The URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+    },
+    /// Response larger than allowed.
+    #[error("response from {url} exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// Content does not hash to the digest asked for.
+    #[error("content at {url} does not match digest {expected} (got {actual})")]
+    DigestMismatch {
+        /// The URL.
+        url: String,
+        /// Asked for.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// Anything else the registry did wrong.
+    #[error("registry protocol error at {url}: {reason}")]
+    Protocol {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Bad local configuration (auth file).
+    #[error("registry configuration: {0}")]
+    Config(String),
+}
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// A fetched manifest: exact bytes, their digest, and the media type.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// `Content-Type` (or `mediaType` in the body).
+    pub media_type: String,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+    /// Exact bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What a tag or digest resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// Media type.
+    pub media_type: String,
+    /// Digest.
+    pub digest: Digest,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The client.
+pub struct Client {
+    http: reqwest::Client,
+    cfg: RegistryConfig,
+    auth: AuthFile,
+    tokens: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Client {
+    /// Builds a client; reads the auth file if one is configured.
+    pub fn new(cfg: RegistryConfig) -> Result<Self> {
+        let auth = match &cfg.auth_file {
+            Some(p) => AuthFile::load(p).map_err(RegistryError::Config)?,
+            None => AuthFile::default(),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("kcache/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
+        Ok(Self { http, cfg, auth, tokens: Mutex::new(HashMap::new()) })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.cfg
+    }
+
+    fn base(&self, registry: &str) -> String {
+        let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
+        let scheme = if self.cfg.insecure.iter().any(|h| h == registry) { "http" } else { "https" };
+        format!("{scheme}://{host}")
+    }
+
+    fn net_err(&self, url: &str, e: reqwest::Error) -> RegistryError {
+        if e.is_timeout() {
+            RegistryError::Timeout { url: url.to_string(), timeout: self.cfg.timeout }
+        } else {
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            RegistryError::Unreachable { url: url.to_string(), reason }
+        }
+    }
+
+    /// Sends a request, authenticating (basic, or bearer via the challenge) as needed.
+    async fn send(&self, r: &Reference, push: bool, method: Method, url: &str, headers: &[(header::HeaderName, String)], body: Option<Vec<u8>>) -> Result<reqwest::Response> {
+        let scope = format!("repository:{}:{}", r.repository, if push { "pull,push" } else { "pull" });
+        let key = (r.registry.clone(), scope.clone());
+        let mut retried = false;
+        loop {
+            let mut req = self.http.request(method.clone(), url);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let token = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            } else if let Some((u, p)) = self.auth.basic(&r.registry) {
+                req = req.basic_auth(u, Some(p));
+            }
+            let resp = req.send().await.map_err(|e| self.net_err(url, e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            if !challenge.to_ascii_lowercase().starts_with("bearer ") {
+                return Ok(resp);
+            }
+            let token = self.fetch_token(r, &challenge, &scope).await?;
+            if let Ok(mut t) = self.tokens.lock() {
+                t.insert(key.clone(), token);
+            }
+            retried = true;
+        }
+    }
+
+    async fn fetch_token(&self, r: &Reference, challenge: &str, scope: &str) -> Result<String> {
+        let params = parse_challenge(&challenge[7..]);
+        let realm = params.get("realm").ok_or_else(|| RegistryError::Protocol {
+            url: r.registry.clone(),
+            reason: "bearer challenge without realm".into(),
+        })?;
+        let mut req = self.http.get(realm.as_str());
+        let mut query: Vec<(&str, &str)> = vec![("scope", params.get("scope").map(String::as_str).unwrap_or(scope))];
+        if let Some(s) = params.get("service") {
+            query.push(("service", s));
+        }
+        req = req.query(&query);
+        if let Some((u, p)) = self.auth.basic(&r.registry) {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req.send().await.map_err(|e| self.net_err(realm, e))?;
+        if !resp.status().is_success() {
+            return Err(RegistryError::Unauthorized { url: realm.clone(), status: resp.status().as_u16() });
+        }
+        let body = read_bounded(resp, 64 << 10, realm).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::Protocol { url: realm.clone(), reason: format!("token response: {e}") })?;
+        v.get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| RegistryError::Protocol { url: realm.clone(), reason: "token response without token".into() })
+    }
+
+    fn check_status(resp: &reqwest::Response, url: &str, what: impl FnOnce() -> String) -> Result<()> {
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound { what: what() }),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                Err(RegistryError::Unauthorized { url: url.to_string(), status: s.as_u16() })
+            }
+            s => Err(RegistryError::Protocol { url: url.to_string(), reason: format!("HTTP {s}") }),
+        }
+    }
+
+    /// Resolves a tag (or digest) to a digest with HEAD; falls back to GET when the registry
+    /// sends no `Docker-Content-Digest`.
+    pub async fn resolve(&self, r: &Reference) -> Result<Resolved> {
+        let url = format!("{}/v2/{}/manifests/{}", self.base(&r.registry), r.repository, r.reference());
+        let resp = self.send(r, false, Method::HEAD, &url, &[(header::ACCEPT, ACCEPT_MANIFESTS.into())], None).await?;
+        Self::check_status(&resp, &url, || format!("manifest {r}"))?;
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|d| Digest::parse(d).ok());
+        let media_type = content_type(&resp);
+        let size = resp.content_length().unwrap_or(0);
+        let resolved = match digest {
+            Some(digest) => Resolved { media_type, digest, size },
+            None => {
+                let m = self.manifest(r, &r.reference()).await?;
+                Resolved { media_type: m.media_type, size: m.bytes.len() as u64, digest: m.digest }
+            }
+        };
+        if let Some(want) = &r.digest {
+            if *want != resolved.digest {
+                return Err(RegistryError::DigestMismatch { url, expected: want.to_string(), actual: resolved.digest.to_string() });
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Fetches a manifest by tag or digest. By digest, the bytes must hash to it.
+    pub async fn manifest(&self, r: &Reference, reference: &str) -> Result<Manifest> {
+        let url = format!("{}/v2/{}/manifests/{}", self.base(&r.registry), r.repository, reference);
+        let resp = self.send(r, false, Method::GET, &url, &[(header::ACCEPT, ACCEPT_MANIFESTS.into())], None).await?;
+        Self::check_status(&resp, &url, || format!("manifest {}/{}:{reference}", r.registry, r.repository))?;
+        let mut media_type = content_type(&resp);
+        let bytes = read_bounded(resp, self.cfg.max_manifest_bytes, &url).await?;
+        if media_type.is_empty() || media_type == "application/json" || media_type == "text/plain" {
+            media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("mediaType")?.as_str().map(str::to_string))
+                .unwrap_or_default();
+        }
+        let digest = Digest::sha256_of(&bytes);
+        if let Ok(want) = Digest::parse(reference) {
+            if !want.matches(&bytes) {
+                return Err(RegistryError::DigestMismatch { url, expected: want.to_string(), actual: digest.to_string() });
+            }
+        }
+        Ok(Manifest { media_type, digest, bytes })
+    }
+
+    /// Fetches a blob, at most `max` bytes, and checks its digest.
+    pub async fn blob(&self, r: &Reference, digest: &Digest, max: usize) -> Result<Vec<u8>> {
+        let url = format!("{}/v2/{}/blobs/{digest}", self.base(&r.registry), r.repository);
+        let resp = self.send(r, false, Method::GET, &url, &[], None).await?;
+        Self::check_status(&resp, &url, || format!("blob {digest} in {}", r.name()))?;
+        let bytes = read_bounded(resp, max.min(self.cfg.max_blob_bytes), &url).await?;
+        if !digest.matches(&bytes) {
+            return Err(RegistryError::DigestMismatch { url, expected: digest.to_string(), actual: Digest::sha256_of(&bytes).to_string() });
+        }
+        Ok(bytes)
+    }
+
+    /// The OCI 1.1 referrers of `digest` (an image index), or `None` if the registry does not
+    /// implement the API (callers then read the `sha256-<hex>` referrers tag).
+    pub async fn referrers(&self, r: &Reference, digest: &Digest, artifact_type: Option<&str>) -> Result<Option<Vec<u8>>> {
+        let mut url = format!("{}/v2/{}/referrers/{digest}", self.base(&r.registry), r.repository);
+        if let Some(t) = artifact_type {
+            url.push_str(&format!("?artifactType={}", t.replace('+', "%2B")));
+        }
+        let resp = self.send(r, false, Method::GET, &url, &[(header::ACCEPT, "application/vnd.oci.image.index.v1+json".into())], None).await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => return Ok(None),
+            _ => Self::check_status(&resp, &url, || format!("referrers of {digest}"))?,
+        }
+        if !content_type(&resp).starts_with("application/vnd.oci.image.index.v1+json") {
+            return Ok(None);
+        }
+        Ok(Some(read_bounded(resp, self.cfg.max_manifest_bytes, &url).await?))
+    }
+
+    /// Uploads a blob (monolithic), unless the registry already has it.
+    pub async fn push_blob(&self, r: &Reference, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::sha256_of(bytes);
+        let base = self.base(&r.registry);
+        let head = format!("{base}/v2/{}/blobs/{digest}", r.repository);
+        if self.send(r, true, Method::HEAD, &head, &[], None).await?.status().is_success() {
+            return Ok(digest);
+        }
+        let url = format!("{base}/v2/{}/blobs/uploads/", r.repository);
+        let resp = self.send(r, true, Method::POST, &url, &[], None).await?;
+        Self::check_status(&resp, &url, || format!("upload to {}", r.name()))?;
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::Protocol { url: url.clone(), reason: "upload without Location".into() })?;
+        let loc = if loc.starts_with("http") { loc.to_string() } else { format!("{base}{loc}") };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let put = format!("{loc}{sep}digest={digest}");
+        let headers = [(header::CONTENT_TYPE, "application/octet-stream".to_string())];
+        let resp = self.send(r, true, Method::PUT, &put, &headers, Some(bytes.to_vec())).await?;
+        Self::check_status(&resp, &put, || format!("upload to {}", r.name()))?;
+        Ok(digest)
+    }
+
+    /// Pushes a manifest under a tag or its digest.
+    pub async fn push_manifest(&self, r: &Reference, reference: &str, media_type: &str, bytes: &[u8]) -> Result<Digest> {
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base(&r.registry), r.repository);
+        let headers = [(header::CONTENT_TYPE, media_type.to_string())];
+        let resp = self.send(r, true, Method::PUT, &url, &headers, Some(bytes.to_vec())).await?;
+        Self::check_status(&resp, &url, || format!("manifest push to {}", r.name()))?;
+        Ok(Digest::sha256_of(bytes))
+    }
+}
+
+fn content_type(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Reads a body, refusing more than `limit` bytes (by header, then while streaming).
+async fn read_bounded(mut resp: reqwest::Response, limit: usize, url: &str) -> Result<Vec<u8>> {
+    let too_large = || RegistryError::TooLarge { url: url.to_string(), limit };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::with_capacity(resp.content_length().map_or(8192, |n| n as usize));
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if out.len() + c.len() > limit {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) if e.is_timeout() => return Err(RegistryError::Timeout { url: url.to_string(), timeout: Duration::ZERO }),
+            Err(e) => return Err(RegistryError::Protocol { url: url.to_string(), reason: format!("reading body: {e}") }),
+        }
+    }
+}
+
+/// Parses `realm="...",service="...",scope="..."`.
+fn parse_challenge(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some((k, v)) = rest.split_once('=') else { break };
+        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let v = v.trim_start();
+        let (val, tail) = if let Some(q) = v.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match v.find(',') {
+                Some(end) => (&v[..end], &v[end..]),
+                None => (v, ""),
+            }
+        };
+        out.insert(k, val.to_string());
+        rest = tail.trim_start_matches(',').trim();
+    }
+    out
+}
+
+/// Base64 of `user:pass`, for tests and the auth file.
+pub fn basic_token(user: &str, pass: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse_with_quotes_and_commas() {
+        let p = parse_challenge(r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull,push""#);
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["service"], "registry.docker.io");
+        assert_eq!(p["scope"], "repository:library/nginx:pull,push");
+    }
+}
