@@ -22,6 +22,8 @@ pub mod digest;
 #[cfg(feature = "verify")]
 pub mod keys;
 #[cfg(feature = "verify")]
+pub mod policy;
+#[cfg(feature = "verify")]
 pub mod sigstore;
 #[cfg(feature = "verify")]
 pub mod cosign;
