@@ -29,3 +29,5 @@ pub mod sigstore;
 pub mod cosign;
 #[cfg(feature = "verify")]
 pub mod registry;
+#[cfg(feature = "verify")]
+pub mod verifier;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod registry_args;
 mod sigstore_cmd;
+mod verify_cmd;
 
 #[derive(Parser)]
 #[command(name = "kcache", version, about = "Verify container images and manage kernel caches on a node")]
@@ -16,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Verify an image against the node policy (exit 0 allowed, 1 denied, 2 error).
+    Verify(verify_cmd::VerifyArgs),
     /// Sigstore tools (the sigstore-conformance client protocol).
     Sigstore {
         #[command(subcommand)]
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sigstore { command } => sigstore_cmd::run(command),
+        Command::Verify(a) => verify_cmd::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -1,0 +1,375 @@
+//! The image verification pipeline: one image reference (or digest) in, one verdict out.
+//!
+//! 1. Parse the reference; resolve a tag to a digest once (HEAD). Everything after works on
+//!    that digest, so a tag moved mid-way can never lend one digest's signatures to another.
+//! 2. Pick the rule (most specific match). Allow-listed or default-decided images stop here.
+//! 3. Fetch candidate signatures *about the digest*: cosign v2 `.sig` layers and cosign v3
+//!    bundles (referrers API, else the `sha256-<hex>` referrers tag). Every candidate is
+//!    verified whole against one authority at a time; the first that passes decides.
+//! 4. Not signed itself? If the reference's tag resolves to an index that lists this digest
+//!    and the index passes step 3, the platform manifest is allowed through the signed index.
+//! 5. Apply the policy mode (enforce / warn / off). Registry failures deny (fail closed).
+
+use std::{sync::Arc, time::{Duration, Instant}};
+
+use serde::Serialize;
+
+use crate::{
+    cosign::{v2::SignatureLayer, v3, Format},
+    digest::Digest,
+    policy::{Authority, Decision, DefaultAction, Match, Mode, Policy, SignatureFormat, TlogRequirement},
+    registry::{Client, Reference, RegistryError},
+    sigstore::{Options, Signer, SignerInfo, TlogPolicy},
+};
+
+/// Most `.sig` layers or referrers looked at per image (a hostile registry could list millions).
+pub const MAX_SIGNATURES: usize = 64;
+
+/// The outcome for one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageVerdict {
+    /// The image as given.
+    pub image: String,
+    /// The digest verified.
+    pub digest: Option<Digest>,
+    /// The deciding rule, or `None` for the policy default.
+    pub rule: Option<String>,
+    /// Whether the image met its rule (before the mode is applied).
+    pub verified: bool,
+    /// What happens under the policy mode.
+    #[serde(serialize_with = "ser_decision")]
+    pub decision: Decision,
+    /// Why, in one line.
+    pub reason: String,
+    /// Who signed, when signed.
+    pub signer: Option<SignerInfo>,
+    /// Rekor log index, when logged.
+    pub tlog_index: Option<u64>,
+    /// Signature format that passed.
+    pub format: Option<Format>,
+    /// The signed index this manifest was allowed through.
+    pub via_index: Option<Digest>,
+    /// Wall time spent.
+    #[serde(serialize_with = "ser_duration")]
+    pub elapsed: Duration,
+}
+
+fn ser_decision<S: serde::Serializer>(d: &Decision, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match d {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+        Decision::AllowWithWarning => "allow-with-warning",
+        Decision::Unchecked => "unchecked",
+    })
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+impl ImageVerdict {
+    /// Whether the pull may go ahead.
+    pub fn permits(&self) -> bool {
+        self.decision.permits()
+    }
+
+    /// One line naming the image, the digest, the rule and the reason.
+    pub fn summary(&self) -> String {
+        let what = match self.decision {
+            Decision::Allow => "allowed",
+            Decision::Deny => "denied",
+            Decision::AllowWithWarning => "denied (warn mode: allowed)",
+            Decision::Unchecked => "not verified (mode off)",
+        };
+        format!(
+            "{what}: image {} digest {} rule {}: {}",
+            self.image,
+            self.digest.as_ref().map_or("<unresolved>".to_string(), |d| d.to_string()),
+            self.rule.as_deref().unwrap_or("<default>"),
+            self.reason
+        )
+    }
+}
+
+/// Why verification could not even be attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    /// The reference does not parse.
+    #[error(transparent)]
+    Reference(#[from] crate::registry::ReferenceError),
+}
+
+struct Found {
+    signer: SignerInfo,
+    tlog_index: Option<u64>,
+    format: Format,
+}
+
+/// Verifies images against a policy through a registry.
+pub struct Verifier {
+    client: Arc<Client>,
+}
+
+impl Verifier {
+    /// A verifier using `client`.
+    pub fn new(client: Arc<Client>) -> Self {
+        Self { client }
+    }
+
+    /// Verifies `image` (tag or digest reference) under `policy`.
+    pub async fn verify(&self, policy: &Policy, image: &str) -> Result<ImageVerdict, VerifierError> {
+        let start = Instant::now();
+        let r = Reference::parse(image)?;
+        let mut v = ImageVerdict {
+            image: image.to_string(),
+            digest: r.digest.clone(),
+            rule: None,
+            verified: false,
+            decision: Decision::Deny,
+            reason: String::new(),
+            signer: None,
+            tlog_index: None,
+            format: None,
+            via_index: None,
+            elapsed: Duration::ZERO,
+        };
+        if policy.mode == Mode::Off {
+            v.decision = Decision::Unchecked;
+            v.reason = "policy mode is off".into();
+            v.elapsed = start.elapsed();
+            return Ok(v);
+        }
+        // 1. One digest, resolved once.
+        let digest = match &r.digest {
+            Some(d) => d.clone(),
+            None => match self.client.resolve(&r).await {
+                Ok(res) => res.digest,
+                Err(e) => return Ok(self.finish(policy, v, false, format!("cannot resolve {r}: {e}"), start)),
+            },
+        };
+        v.digest = Some(digest.clone());
+        Ok(self.verify_digest(policy, &r, &digest).await).map(|mut out| {
+            out.image = v.image;
+            out.elapsed = start.elapsed();
+            out
+        })
+    }
+
+    /// Verifies a known digest; `r` gives the repository (and the tag for the index rule).
+    pub async fn verify_digest(&self, policy: &Policy, r: &Reference, digest: &Digest) -> ImageVerdict {
+        let start = Instant::now();
+        let v = ImageVerdict {
+            image: r.to_string(),
+            digest: Some(digest.clone()),
+            rule: None,
+            verified: false,
+            decision: Decision::Deny,
+            reason: String::new(),
+            signer: None,
+            tlog_index: None,
+            format: None,
+            via_index: None,
+            elapsed: Duration::ZERO,
+        };
+        match self.verify_digest_into(policy, r, digest, v, start).await {
+            Ok(v) => v,
+            Err(e) => match e {},
+        }
+    }
+
+    async fn verify_digest_into(&self, policy: &Policy, r: &Reference, digest: &Digest, mut v: ImageVerdict, start: Instant) -> Result<ImageVerdict, std::convert::Infallible> {
+        // 2. The deciding rule.
+        let rule = match policy.match_image(&r.name(), r.tag.as_deref(), Some(digest)) {
+            Match::Default(DefaultAction::Allow) => return Ok(self.finish(policy, v, true, "no rule matches; policy default is allow".into(), start)),
+            Match::Default(DefaultAction::Deny) => return Ok(self.finish(policy, v, false, "no rule matches; policy default is deny".into(), start)),
+            Match::Rule { rule, .. } => rule,
+        };
+        v.rule = Some(rule.name.clone());
+        if rule.allow {
+            return Ok(self.finish(policy, v, true, "allow-listed without signature".into(), start));
+        }
+        // 3. Signatures about this digest.
+        let mut reasons = Vec::new();
+        match self.find_signature(r, digest, rule, &mut reasons).await {
+            Ok(Some(found)) => {
+                v.signer = Some(found.signer);
+                v.tlog_index = found.tlog_index;
+                v.format = Some(found.format);
+                return Ok(self.finish(policy, v, true, "signature verified".into(), start));
+            }
+            Ok(None) => {}
+            Err(e) => return Ok(self.finish(policy, v, false, format!("registry error while fetching signatures: {e}"), start)),
+        }
+        // 4. Listed in a signed index the tag resolves to?
+        if let (Some(tag), None) = (&r.tag, &r.digest) {
+            let tagged = Reference { digest: None, ..r.clone() };
+            debug_assert_eq!(tagged.tag.as_deref(), Some(tag.as_str()));
+            if let Ok(res) = self.client.resolve(&tagged).await {
+                if res.digest != *digest && self.index_lists(r, &res.digest, digest).await {
+                    let mut index_reasons = Vec::new();
+                    if let Ok(Some(found)) = self.find_signature(r, &res.digest, rule, &mut index_reasons).await {
+                        v.signer = Some(found.signer);
+                        v.tlog_index = found.tlog_index;
+                        v.format = Some(found.format);
+                        v.via_index = Some(res.digest.clone());
+                        let reason = format!("listed in signed index {}", res.digest);
+                        return Ok(self.finish(policy, v, true, reason, start));
+                    }
+                }
+            }
+        }
+        let reason = if reasons.is_empty() {
+            "no signature found (cosign v2 .sig or v3 bundle)".to_string()
+        } else {
+            format!("no signature satisfies the rule: {}", reasons.join("; "))
+        };
+        Ok(self.finish(policy, v, false, reason, start))
+    }
+
+    fn finish(&self, policy: &Policy, mut v: ImageVerdict, verified: bool, reason: String, start: Instant) -> ImageVerdict {
+        v.verified = verified;
+        v.decision = policy.decide(if verified { crate::policy::Verdict::Allowed } else { crate::policy::Verdict::Denied });
+        v.reason = reason;
+        v.elapsed = start.elapsed();
+        match v.decision {
+            Decision::Deny => tracing::warn!(image = %v.image, digest = ?v.digest, rule = ?v.rule, reason = %v.reason, "image denied"),
+            Decision::AllowWithWarning => tracing::warn!(image = %v.image, digest = ?v.digest, rule = ?v.rule, reason = %v.reason, "image failed verification (warn mode)"),
+            _ => tracing::info!(image = %v.image, digest = ?v.digest, rule = ?v.rule, signer = ?v.signer, "image allowed"),
+        }
+        v
+    }
+
+    async fn index_lists(&self, r: &Reference, index: &Digest, child: &Digest) -> bool {
+        let Ok(m) = self.client.manifest(r, index.as_str()).await else { return false };
+        serde_json::from_slice::<serde_json::Value>(&m.bytes)
+            .ok()
+            .and_then(|v| v.get("manifests")?.as_array().cloned())
+            .is_some_and(|ms| ms.iter().any(|d| d.get("digest").and_then(|x| x.as_str()) == Some(child.as_str())))
+    }
+
+    async fn find_signature(&self, r: &Reference, digest: &Digest, rule: &crate::policy::Rule, reasons: &mut Vec<String>) -> Result<Option<Found>, RegistryError> {
+        let now = chrono::Utc::now();
+        let opts_for = |a: &Authority| Options {
+            now,
+            tlog: match rule.tlog_requirement(a) {
+                TlogRequirement::Required => TlogPolicy::Required,
+                TlogRequirement::Optional => TlogPolicy::Optional,
+                TlogRequirement::Off => TlogPolicy::Off,
+            },
+        };
+        if rule.formats.contains(&SignatureFormat::CosignV2) {
+            for (i, layer) in self.v2_layers(r, digest).await?.iter().enumerate() {
+                for a in &rule.authorities {
+                    let (signer, root) = signer_of(a);
+                    match layer.verify(digest, signer, root, &opts_for(a)) {
+                        Ok(ok) => return Ok(Some(Found { signer: ok.signer, tlog_index: ok.tlog_index, format: Format::CosignV2 })),
+                        Err(e) => reasons.push(format!("cosign-v2 layer {i} vs {}: {e}", describe(a))),
+                    }
+                }
+            }
+        }
+        if rule.formats.contains(&SignatureFormat::CosignV3) {
+            for (i, bundle) in self.v3_bundles(r, digest).await?.iter().enumerate() {
+                for a in &rule.authorities {
+                    let (signer, root) = signer_of(a);
+                    match v3::verify_bundle_for_image(bundle, digest, signer, root, &opts_for(a)) {
+                        Ok(ok) => return Ok(Some(Found { signer: ok.signer, tlog_index: ok.tlog_index, format: Format::CosignV3 })),
+                        Err(e) => reasons.push(format!("cosign-v3 bundle {i} vs {}: {e}", describe(a))),
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The layers of `sha256-<hex>.sig`; none when the tag does not exist.
+    async fn v2_layers(&self, r: &Reference, digest: &Digest) -> Result<Vec<SignatureLayer>, RegistryError> {
+        let tag = format!("{}.sig", digest.tag_prefix());
+        let m = match self.client.manifest(r, &tag).await {
+            Ok(m) => m,
+            Err(RegistryError::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes)
+            .map_err(|e| RegistryError::Protocol { url: tag.clone(), reason: format!("signature manifest is not JSON: {e}") })?;
+        let mut out = Vec::new();
+        for l in v.get("layers").and_then(|l| l.as_array()).into_iter().flatten().take(MAX_SIGNATURES) {
+            let Some(d) = l.get("digest").and_then(|d| d.as_str()).and_then(|d| Digest::parse(d).ok()) else { continue };
+            if l.get("size").and_then(|s| s.as_u64()).is_some_and(|s| s > crate::cosign::v2::MAX_PAYLOAD_BYTES as u64) {
+                continue;
+            }
+            let annotations = l
+                .get("annotations")
+                .and_then(|a| a.as_object())
+                .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+                .unwrap_or_default();
+            match self.client.blob(r, &d, crate::cosign::v2::MAX_PAYLOAD_BYTES).await {
+                Ok(payload) => out.push(SignatureLayer { payload, annotations }),
+                Err(RegistryError::NotFound { .. } | RegistryError::TooLarge { .. } | RegistryError::DigestMismatch { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bundle JSON blobs from referrers of `digest` (API, else the referrers tag).
+    async fn v3_bundles(&self, r: &Reference, digest: &Digest) -> Result<Vec<Vec<u8>>, RegistryError> {
+        let index = match self.client.referrers(r, digest, Some(v3::BUNDLE_ARTIFACT_TYPE)).await? {
+            Some(bytes) => bytes,
+            None => match self.client.manifest(r, &digest.tag_prefix()).await {
+                Ok(m) => m.bytes,
+                Err(RegistryError::NotFound { .. }) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            },
+        };
+        let v: serde_json::Value = serde_json::from_slice(&index).unwrap_or_default();
+        let mut out = Vec::new();
+        for d in v.get("manifests").and_then(|m| m.as_array()).into_iter().flatten().take(MAX_SIGNATURES) {
+            if d.get("artifactType").and_then(|t| t.as_str()).is_some_and(|t| t != v3::BUNDLE_ARTIFACT_TYPE) {
+                continue;
+            }
+            let Some(md) = d.get("digest").and_then(|x| x.as_str()).and_then(|x| Digest::parse(x).ok()) else { continue };
+            let m = match self.client.manifest(r, md.as_str()).await {
+                Ok(m) => m,
+                Err(RegistryError::NotFound { .. } | RegistryError::TooLarge { .. } | RegistryError::DigestMismatch { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let Ok(mv) = serde_json::from_slice::<serde_json::Value>(&m.bytes) else { continue };
+            // The referrer must be about this digest (the tag fallback is only an index).
+            if mv.get("subject").and_then(|s| s.get("digest")).and_then(|x| x.as_str()) != Some(digest.as_str()) {
+                continue;
+            }
+            for l in mv.get("layers").and_then(|l| l.as_array()).into_iter().flatten().take(4) {
+                if l.get("mediaType").and_then(|t| t.as_str()) != Some(v3::BUNDLE_ARTIFACT_TYPE) {
+                    continue;
+                }
+                let Some(bd) = l.get("digest").and_then(|x| x.as_str()).and_then(|x| Digest::parse(x).ok()) else { continue };
+                match self.client.blob(r, &bd, v3::MAX_BUNDLE_BYTES).await {
+                    Ok(b) => out.push(b),
+                    Err(RegistryError::NotFound { .. } | RegistryError::TooLarge { .. } | RegistryError::DigestMismatch { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn signer_of(a: &Authority) -> (Signer<'_>, &crate::sigstore::TrustedRoot) {
+    static EMPTY: std::sync::OnceLock<crate::sigstore::TrustedRoot> = std::sync::OnceLock::new();
+    match a {
+        Authority::Key { key, .. } => (
+            Signer::Key(key),
+            // Key authorities check Rekor entries against the public-good log keys.
+            EMPTY.get_or_init(crate::sigstore::TrustedRoot::public_good),
+        ),
+        Authority::Keyless { identity, trusted_root, .. } => (Signer::Identity(identity), trusted_root),
+    }
+}
+
+fn describe(a: &Authority) -> String {
+    match a {
+        Authority::Key { path, key } => format!("key {} ({})", path.display(), key.fingerprint()),
+        Authority::Keyless { identity, .. } => format!("keyless {identity}"),
+    }
+}
