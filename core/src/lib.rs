@@ -21,4 +21,6 @@ pub mod digest;
 #[cfg(feature = "verify")]
 pub mod keys;
 #[cfg(feature = "verify")]
+pub mod signing;
+#[cfg(feature = "verify")]
 pub mod sigstore;
