@@ -24,6 +24,8 @@ pub mod keys;
 #[cfg(feature = "verify")]
 pub mod policy;
 #[cfg(feature = "verify")]
+pub mod signing;
+#[cfg(feature = "verify")]
 pub mod sigstore;
 #[cfg(feature = "verify")]
 pub mod cosign;
