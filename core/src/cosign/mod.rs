@@ -12,6 +12,7 @@
 //!
 //! What was signed is always the manifest *digest* being verified; a tag is never trusted.
 
+pub mod sign;
 pub mod v2;
 pub mod v3;
 

@@ -105,9 +105,14 @@ pub struct V3Signature {
 }
 
 /// Signs `image` (whose manifest has `media_type` and `size`) as a v0.3 bundle referrer.
-pub fn sign_v3(key: &PrivateKey, image: &Digest, media_type: &str, size: u64) -> V3Signature {
+pub fn sign_v3(key: &PrivateKey, image: &Digest, media_type: &str, size: u64) -> Result<V3Signature, String> {
     let digest_bytes = image.bytes();
-    let signature = key.sign_prehashed_sha256(&digest_bytes);
+    let mut d = [0u8; 32];
+    if image.algorithm() != "sha256" || digest_bytes.len() != 32 {
+        return Err(format!("cannot sign {image}: only sha256 digests"));
+    }
+    d.copy_from_slice(&digest_bytes);
+    let signature = key.sign_prehashed_sha256(&d).map_err(|e| e.to_string())?;
     let bundle = json!({
         "mediaType": super::v3::BUNDLE_ARTIFACT_TYPE,
         "verificationMaterial": {"publicKey": {"hint": key.public_key().fingerprint()}},
@@ -127,7 +132,7 @@ pub fn sign_v3(key: &PrivateKey, image: &Digest, media_type: &str, size: u64) ->
         "subject": {"mediaType": media_type, "digest": image.as_str(), "size": size},
         "annotations": {"dev.sigstore.bundle.content": "message-signature"}
     });
-    V3Signature { bundle, config, manifest: Blob::new(manifest.to_string().into_bytes()) }
+    Ok(V3Signature { bundle, config, manifest: Blob::new(manifest.to_string().into_bytes()) })
 }
 
 /// The referrers-tag index (OCI 1.1 fallback) with `referrer` added to `existing`.

@@ -90,6 +90,9 @@ pub enum SigningError {
     /// PKCS#8 encoding failed.
     #[error("failed to encode private key as PKCS#8")]
     Encode(#[source] pkcs8::Error),
+    /// Signing a digest failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
     /// A key file exists and overwriting was not asked for.
     #[error("{0} already exists; refusing to overwrite it without force")]
     Exists(std::path::PathBuf),
@@ -171,6 +174,27 @@ impl PrivateKey {
                 k.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message))
                     .unwrap_or_default()
             }
+        }
+    }
+
+    /// Signs a SHA-256 `digest` directly (a message signature over an image digest, as a
+    /// Sigstore bundle's `messageSignature` carries it). Ed25519 cannot sign a bare digest.
+    pub fn sign_prehashed_sha256(&self, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        use ecdsa::signature::hazmat::PrehashSigner;
+        let der = |e: ecdsa::Error| SigningError::Sign(e.to_string());
+        match self {
+            Self::P256(k) => {
+                let s: p256::ecdsa::Signature = k.sign_prehash(digest).map_err(der)?;
+                Ok(s.to_der().as_bytes().to_vec())
+            }
+            Self::P384(k) => {
+                let s: p384::ecdsa::Signature = k.sign_prehash(digest).map_err(der)?;
+                Ok(s.to_der().as_bytes().to_vec())
+            }
+            Self::Ed25519(_) => Err(SigningError::UnsupportedAlgorithm("Ed25519 cannot sign a bare digest".into())),
+            Self::Rsa(k) => k
+                .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), digest)
+                .map_err(|e| SigningError::Sign(e.to_string())),
         }
     }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod registry_args;
+mod sign_cmd;
 mod sigstore_cmd;
 mod verify_cmd;
 
@@ -20,6 +21,10 @@ struct Cli {
 enum Command {
     /// Verify an image against the node policy (exit 0 allowed, 1 denied, 2 error).
     Verify(verify_cmd::VerifyArgs),
+    /// Write a cosign-compatible key pair (password from COSIGN_PASSWORD).
+    GenerateKeyPair(sign_cmd::GenerateKeyPairArgs),
+    /// Sign an image with a key: cosign v2 `.sig` (and with --v3 a Sigstore bundle referrer).
+    Sign(sign_cmd::SignArgs),
     /// Sigstore tools (the sigstore-conformance client protocol).
     Sigstore {
         #[command(subcommand)]
@@ -46,6 +51,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sigstore { command } => sigstore_cmd::run(command),
         Command::Verify(a) => verify_cmd::run(a),
+        Command::GenerateKeyPair(a) => sign_cmd::generate_key_pair(a),
+        Command::Sign(a) => sign_cmd::sign(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
