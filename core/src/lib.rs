@@ -24,3 +24,5 @@ pub mod keys;
 pub mod policy;
 #[cfg(feature = "verify")]
 pub mod sigstore;
+#[cfg(feature = "verify")]
+pub mod verdict;
