@@ -33,3 +33,5 @@ pub mod cosign;
 pub mod registry;
 #[cfg(feature = "verify")]
 pub mod verifier;
+#[cfg(feature = "verify")]
+pub mod verdict;

@@ -116,8 +116,7 @@ impl ImagePattern {
         }
         let (rest, digest) = match s.rsplit_once('@') {
             Some((name, d)) => {
-                let digest =
-                    Digest::parse(d).map_err(|source| PatternError::Digest { pattern: err_s(), source })?;
+                let digest = Digest::parse(d).map_err(|source| PatternError::Digest { pattern: err_s(), source })?;
                 (name, Some(digest))
             }
             None => (s, None),

@@ -3,8 +3,7 @@
 
 use std::{
     collections::HashMap,
-    error::Error as _,
-    fmt, io,
+    io,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -14,142 +13,18 @@ use serde_yaml::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    glob::{ImagePattern, PatternError},
+    error::{PolicyError, Problem, ProblemKind},
+    glob::ImagePattern,
     Authority, DefaultAction, Mode, Policy, Rule, SignatureFormat, TlogRequirement,
 };
 use crate::{
-    keys::{KeyError, PublicKey},
-    sigstore::{trust_root::PUBLIC_GOOD_JSON, Identity, Matcher, MatcherError, TrustRootError, TrustedRoot},
+    keys::PublicKey,
+    sigstore::{trust_root::PUBLIC_GOOD_JSON, Identity, Matcher, TrustRootError, TrustedRoot},
 };
 
 /// Strings a sane identity matcher never accepts. A regexp matching one of them would accept
 /// (nearly) any signer, which the policy refuses to express.
 const ANY_SIGNER_PROBES: &[&str] = &["", "x", "kcache-probe@invalid.example", "https://kcache-probe.invalid/any"];
-
-/// Everything wrong with a policy; never empty.
-#[derive(Debug)]
-pub struct PolicyError {
-    /// In file order, then field order.
-    pub problems: Vec<Problem>,
-}
-
-/// One problem: where, and what.
-#[derive(Debug)]
-pub struct Problem {
-    /// The file (as given, or joined onto the policy.d directory).
-    pub file: PathBuf,
-    /// The field path, as `rules[0].authorities[1].keyless`; empty for the whole file.
-    pub field: String,
-    /// What is wrong.
-    pub kind: ProblemKind,
-}
-
-/// What is wrong with one field.
-#[derive(Debug, thiserror::Error)]
-pub enum ProblemKind {
-    /// The file cannot be read.
-    #[error("cannot read policy file")]
-    ReadFile(#[source] io::Error),
-    /// The policy.d directory cannot be listed.
-    #[error("cannot read policy directory")]
-    ReadDir(#[source] io::Error),
-    /// Not YAML at all.
-    #[error("not valid YAML")]
-    Yaml(#[source] serde_yaml::Error),
-    /// Wrong shape: unknown or missing field, wrong type, unknown enum value (serde's words).
-    #[error("{0}")]
-    Shape(String),
-    /// `mode` or `default` in a policy.d fragment.
-    #[error("{0} can only be set in the main policy file")]
-    MainOnly(&'static str),
-    /// Empty, or characters outside `[A-Za-z0-9._-]`.
-    #[error("rule name {0:?} must be non-empty and use only letters, digits, '.', '_' and '-'")]
-    BadName(String),
-    /// Two rules with one name.
-    #[error("duplicate rule name {name:?} (first defined at {first})")]
-    DuplicateName {
-        /// The name.
-        name: String,
-        /// `file: field` of the first definition.
-        first: String,
-    },
-    /// `images: []`.
-    #[error("at least one image pattern is required")]
-    NoImages,
-    /// A pattern that does not parse.
-    #[error("bad image pattern")]
-    Pattern(#[source] PatternError),
-    /// A rule with neither authorities nor `allow: true`.
-    #[error("at least one authority is required (or `allow: true` for an unsigned allow-list)")]
-    NoAuthority,
-    /// `allow: true` together with authorities.
-    #[error("an allow rule must not have authorities")]
-    AllowWithAuthorities,
-    /// `allow: true` together with a signature setting.
-    #[error("{0} has no effect on an allow rule")]
-    AllowWith(&'static str),
-    /// `signatureFormats: []`.
-    #[error("at least one signature format is required")]
-    NoFormats,
-    /// An authority entry with both or neither of `key` and `keyless`.
-    #[error("set exactly one of `key` and `keyless`")]
-    AuthorityKind,
-    /// Keyless without an issuer.
-    #[error("an issuer (issuer or issuerRegExp) is required")]
-    NoIssuer,
-    /// Keyless without a subject.
-    #[error("an identity (subject or subjectRegExp) is required")]
-    NoSubject,
-    /// `subject` and `subjectRegExp` (or the issuer pair) together.
-    #[error("set only one of {0} and {1}")]
-    Both(&'static str, &'static str),
-    /// Unanchored, invalid or empty matcher.
-    #[error("bad identity matcher")]
-    Matcher(#[source] MatcherError),
-    /// An anchored regexp that still matches everything (`^.*$`).
-    #[error("regular expression {0} accepts any signer; name the identity")]
-    AcceptsAnySigner(String),
-    /// Key file unreadable.
-    #[error("cannot read key file {0}")]
-    KeyRead(PathBuf, #[source] io::Error),
-    /// Key file not a supported public key.
-    #[error("bad public key in {0}")]
-    Key(PathBuf, #[source] KeyError),
-    /// Trusted root unreadable or invalid.
-    #[error("bad trusted root")]
-    TrustedRoot(#[source] Arc<TrustRootError>),
-}
-
-impl fmt::Display for Problem {
-    /// `file: field: reason: cause: cause…`. The causes are printed here, unlike in single
-    /// errors, because a list of problems has no one chain a caller could walk.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.file.display())?;
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        write!(f, "{}", self.kind)?;
-        let mut cause = self.kind.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(f, "invalid policy ({n} problem{})", if n == 1 { "" } else { "s" })?;
-        for p in &self.problems {
-            write!(f, "\n  {p}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PolicyError {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,7 +126,9 @@ impl Loader {
         };
         for (k, v) in map {
             match k.as_str() {
-                Some(f @ ("mode" | "default")) if !main => self.problem(path, f, ProblemKind::MainOnly(if f == "mode" { "mode" } else { "default" })),
+                Some(f @ ("mode" | "default")) if !main => {
+                    self.problem(path, f, ProblemKind::MainOnly(if f == "mode" { "mode" } else { "default" }))
+                }
                 Some("mode") => {
                     if let Some(m) = self.shape(path, "mode", v) {
                         self.mode = m;
@@ -302,8 +179,7 @@ impl Loader {
         let Some(raw) = self.shape::<RawRule>(file, &at, value) else { return };
         let before = self.problems.len();
 
-        let name_ok = !raw.name.is_empty()
-            && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        let name_ok = !raw.name.is_empty() && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !name_ok {
             self.problem(file, format!("{at}.name"), ProblemKind::BadName(raw.name.clone()));
         } else if let Some(first) = self.names.get(&raw.name) {
@@ -337,7 +213,8 @@ impl Loader {
         } else if raw.authorities.is_empty() {
             self.problem(file, format!("{at}.authorities"), ProblemKind::NoAuthority);
         }
-        let formats = raw.signature_formats.unwrap_or_else(|| vec![SignatureFormat::CosignV2, SignatureFormat::CosignV3]);
+        let formats =
+            raw.signature_formats.unwrap_or_else(|| vec![SignatureFormat::CosignV2, SignatureFormat::CosignV3]);
         if formats.is_empty() {
             self.problem(file, format!("{at}.signatureFormats"), ProblemKind::NoFormats);
         }
@@ -360,7 +237,15 @@ impl Loader {
         if self.problems.len() == before {
             let transparency_log = raw.transparency_log;
             let source = file.to_path_buf();
-            self.rules.push(Rule { name: raw.name, images, authorities, transparency_log, formats, allow: raw.allow, source });
+            self.rules.push(Rule {
+                name: raw.name,
+                images,
+                authorities,
+                transparency_log,
+                formats,
+                allow: raw.allow,
+                source,
+            });
         }
     }
 
@@ -387,9 +272,15 @@ impl Loader {
 
     fn keyless(&mut self, file: &Path, at: &str, base: &Path, raw: RawKeyless) -> Option<Authority> {
         let at = format!("{at}.keyless");
-        let issuer = self.matcher(file, &at, ("issuer", raw.issuer), ("issuerRegExp", raw.issuer_regexp), ProblemKind::NoIssuer);
-        let subject =
-            self.matcher(file, &at, ("subject", raw.subject), ("subjectRegExp", raw.subject_regexp), ProblemKind::NoSubject);
+        let issuer =
+            self.matcher(file, &at, ("issuer", raw.issuer), ("issuerRegExp", raw.issuer_regexp), ProblemKind::NoIssuer);
+        let subject = self.matcher(
+            file,
+            &at,
+            ("subject", raw.subject),
+            ("subjectRegExp", raw.subject_regexp),
+            ProblemKind::NoSubject,
+        );
         let trusted_root_path = raw.trusted_root.map(|p| base.join(p));
         let root = self.trusted_root(trusted_root_path.clone());
         let trusted_root = match root {
@@ -399,7 +290,11 @@ impl Loader {
                 None
             }
         };
-        Some(Authority::Keyless { identity: Identity { issuer: issuer?, subject: subject? }, trusted_root: trusted_root?, trusted_root_path })
+        Some(Authority::Keyless {
+            identity: Identity { issuer: issuer?, subject: subject? },
+            trusted_root: trusted_root?,
+            trusted_root_path,
+        })
     }
 
     /// Exactly one of the exact and the regexp field; the regexp anchored and not accepting
@@ -469,7 +364,13 @@ impl Loader {
         first.copy_from_slice(&hash[..8]);
         let mut sources = self.policy_files;
         sources.extend(self.material);
-        Ok(Policy { mode: self.mode, default: self.default, rules: self.rules, generation: u64::from_be_bytes(first), sources })
+        Ok(Policy {
+            mode: self.mode,
+            default: self.default,
+            rules: self.rules,
+            generation: u64::from_be_bytes(first),
+            sources,
+        })
     }
 }
 

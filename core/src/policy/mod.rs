@@ -42,13 +42,14 @@
 //! rules in file order. So a fragment's effect does not depend on its file name unless two rules
 //! are equally specific. Rules do not combine: the winning rule's authorities alone decide.
 
+mod error;
 mod glob;
 mod load;
 
 use std::{path::PathBuf, sync::Arc};
 
+pub use error::{PolicyError, Problem, ProblemKind};
 pub use glob::{ImagePattern, PatternError, Specificity};
-pub use load::{PolicyError, Problem, ProblemKind};
 use serde::Deserialize;
 
 use crate::{

@@ -98,7 +98,8 @@ fn relative_key_paths_resolve_against_the_policy_file() {
     fs::create_dir(dir.path().join("keys")).unwrap();
     fs::copy(key_path(), dir.path().join("keys/k.pub")).unwrap();
     let main = dir.path().join("policy.yaml");
-    fs::write(&main, "rules:\n  - {name: a, images: [ghcr.io/x/y], authorities: [{key: {path: keys/k.pub}}]}\n").unwrap();
+    fs::write(&main, "rules:\n  - {name: a, images: [ghcr.io/x/y], authorities: [{key: {path: keys/k.pub}}]}\n")
+        .unwrap();
     let p = Policy::load(&main, None).unwrap();
     let Authority::Key { path, .. } = &p.rules[0].authorities[0] else { panic!("key") };
     assert_eq!(path, &dir.path().join("keys/k.pub"));
