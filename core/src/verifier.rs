@@ -201,9 +201,8 @@ impl Verifier {
             Err(e) => return Ok(self.finish(policy, v, false, format!("registry error while fetching signatures: {e}"), start)),
         }
         // 4. Listed in a signed index the tag resolves to?
-        if let (Some(tag), None) = (&r.tag, &r.digest) {
+        if r.tag.is_some() {
             let tagged = Reference { digest: None, ..r.clone() };
-            debug_assert_eq!(tagged.tag.as_deref(), Some(tag.as_str()));
             if let Ok(res) = self.client.resolve(&tagged).await {
                 if res.digest != *digest && self.index_lists(r, &res.digest, digest).await {
                     let mut index_reasons = Vec::new();

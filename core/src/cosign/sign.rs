@@ -151,3 +151,62 @@ pub fn referrers_tag_index(existing: Option<&[u8]>, referrer: &Blob, artifact_ty
     manifests.push(d);
     Ok(json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).to_string().into_bytes())
 }
+
+/// What [`sign_and_push`] pushed.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// The digest signed.
+    pub digest: Digest,
+    /// The `.sig` tag written.
+    pub sig_tag: String,
+    /// The v3 referrer manifest, when asked for.
+    pub referrer: Option<Digest>,
+}
+
+/// Why signing and pushing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Registry failure.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// Building the signature failed.
+    #[error("{0}")]
+    Build(String),
+}
+
+async fn optional(r: Result<crate::registry::Manifest, crate::registry::RegistryError>) -> Result<Option<Vec<u8>>, PushError> {
+    match r {
+        Ok(m) => Ok(Some(m.bytes)),
+        Err(crate::registry::RegistryError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Signs the digest `r` resolves to and pushes a cosign v2 signature (and, with `v3`, a bundle
+/// referrer plus the referrers-tag index where the registry lacks the API).
+pub async fn sign_and_push(client: &crate::registry::Client, key: &PrivateKey, r: &crate::registry::Reference, v3: bool) -> Result<Pushed, PushError> {
+    let image = client.manifest(r, &r.reference()).await?;
+    let digest = image.digest.clone();
+    let sig_tag = format!("{}.sig", digest.tag_prefix());
+    let existing = optional(client.manifest(r, &sig_tag).await).await?;
+    let s = sign_v2(key, &r.name(), &digest, existing.as_deref()).map_err(PushError::Build)?;
+    client.push_blob(r, &s.payload.bytes).await?;
+    client.push_blob(r, &s.config.bytes).await?;
+    client.push_manifest(r, &sig_tag, OCI_MANIFEST, &s.manifest).await?;
+    let mut referrer = None;
+    if v3 {
+        let media_type = if image.media_type.is_empty() { OCI_MANIFEST.to_string() } else { image.media_type.clone() };
+        let b = sign_v3(key, &digest, &media_type, image.bytes.len() as u64).map_err(PushError::Build)?;
+        client.push_blob(r, &b.bundle.bytes).await?;
+        client.push_blob(r, &b.config.bytes).await?;
+        client.push_manifest(r, b.manifest.digest.as_str(), OCI_MANIFEST, &b.manifest.bytes).await?;
+        if client.referrers(r, &digest, None).await?.is_none() {
+            let tag = digest.tag_prefix();
+            let existing = optional(client.manifest(r, &tag).await).await?;
+            let index = referrers_tag_index(existing.as_deref(), &b.manifest, super::v3::BUNDLE_ARTIFACT_TYPE).map_err(PushError::Build)?;
+            client.push_manifest(r, &tag, OCI_INDEX, &index).await?;
+        }
+        referrer = Some(b.manifest.digest.clone());
+    }
+    Ok(Pushed { digest, sig_tag, referrer })
+}

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use kcache_core::{
-    cosign::{sign, v3::BUNDLE_ARTIFACT_TYPE},
-    registry::{Client, Reference, RegistryError},
+    cosign::sign,
+    registry::{Client, Reference},
     signing::{self, PrivateKey},
 };
 
@@ -63,44 +63,11 @@ pub fn sign(a: SignArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-async fn optional(r: std::result::Result<kcache_core::registry::Manifest, RegistryError>) -> Result<Option<Vec<u8>>> {
-    match r {
-        Ok(m) => Ok(Some(m.bytes)),
-        Err(RegistryError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 async fn sign_image(client: &Client, key: &PrivateKey, r: &Reference, v3: bool) -> Result<()> {
-    let image = client.manifest(r, &r.reference()).await.with_context(|| format!("cannot fetch {r}"))?;
-    if image.media_type.is_empty() {
-        bail!("{r} has no manifest media type");
-    }
-    let digest = image.digest.clone();
-
-    // cosign v2: append to sha256-<hex>.sig.
-    let sig_tag = format!("{}.sig", digest.tag_prefix());
-    let existing = optional(client.manifest(r, &sig_tag).await).await?;
-    let s = sign::sign_v2(key, &r.name(), &digest, existing.as_deref()).map_err(anyhow::Error::msg)?;
-    client.push_blob(r, &s.payload.bytes).await?;
-    client.push_blob(r, &s.config.bytes).await?;
-    client.push_manifest(r, &sig_tag, sign::OCI_MANIFEST, &s.manifest).await?;
-    println!("signed {}@{digest} (cosign v2, key {}): pushed {sig_tag}", r.name(), key.public_key().fingerprint());
-
-    if v3 {
-        let b = sign::sign_v3(key, &digest, &image.media_type, image.bytes.len() as u64).map_err(anyhow::Error::msg)?;
-        client.push_blob(r, &b.bundle.bytes).await?;
-        client.push_blob(r, &b.config.bytes).await?;
-        client.push_manifest(r, b.manifest.digest.as_str(), sign::OCI_MANIFEST, &b.manifest.bytes).await?;
-        // Registries with the referrers API index the subject themselves; others get the
-        // OCI 1.1 referrers tag.
-        if client.referrers(r, &digest, None).await?.is_none() {
-            let tag = digest.tag_prefix();
-            let existing = optional(client.manifest(r, &tag).await).await?;
-            let index = sign::referrers_tag_index(existing.as_deref(), &b.manifest, BUNDLE_ARTIFACT_TYPE).map_err(anyhow::Error::msg)?;
-            client.push_manifest(r, &tag, sign::OCI_INDEX, &index).await?;
-        }
-        println!("signed {}@{digest} (cosign v3 bundle referrer {})", r.name(), b.manifest.digest);
+    let p = sign::sign_and_push(client, key, r, v3).await.with_context(|| format!("cannot sign {r}"))?;
+    println!("signed {}@{} (cosign v2, key {}): pushed {}", r.name(), p.digest, key.public_key().fingerprint(), p.sig_tag);
+    if let Some(m) = p.referrer {
+        println!("signed {}@{} (cosign v3 bundle referrer {m})", r.name(), p.digest);
     }
     Ok(())
 }

@@ -1,0 +1,10 @@
+//! kcache's end-to-end harness: the real components, started on loopback by the tests.
+//!
+//! A missing component is a loud failure, never a silent skip: install them with
+//! `make deps` (scripts/deps.sh).
+
+pub mod fixtures;
+pub mod hostile;
+pub mod registry;
+
+pub use registry::TestRegistry;

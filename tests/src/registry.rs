@@ -1,0 +1,121 @@
+//! A real `docker-registry` (Debian's distribution 2.8) with filesystem storage in a temp dir,
+//! on a free loopback port. It has no referrers API, so cosign v3 signatures use the tag fallback.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use kcache_core::{
+    digest::Digest,
+    registry::{Client, Reference, RegistryConfig},
+};
+
+/// A running registry; killed on drop.
+pub struct TestRegistry {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+impl TestRegistry {
+    /// Starts a registry and waits until `/v2/` answers. Panics with a clear message when
+    /// `docker-registry` is not installed.
+    pub fn start() -> Self {
+        let bin = Path::new("/usr/bin/docker-registry");
+        assert!(bin.exists(), "docker-registry is not installed: run `make deps` (apt-get install docker-registry)");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut reg = Self { child: None, dir, port: free_port() };
+        reg.spawn();
+        reg
+    }
+
+    fn spawn(&mut self) {
+        let cfg = self.dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\nlog:\n  level: error\n  accesslog:\n    disabled: true\n",
+                self.storage().display(),
+                self.port
+            ),
+        )
+        .expect("write registry config");
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not listen on 127.0.0.1:{}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the registry (for "registry down" tests); [`Self::restart`] brings it back.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A reference in this registry.
+    pub fn reference(&self, repo_and_tag: &str) -> Reference {
+        Reference::parse(&format!("{}/{repo_and_tag}", self.host())).expect("valid test reference")
+    }
+
+    /// A kcache client that may use plain HTTP to this registry.
+    pub fn client(&self) -> Arc<Client> {
+        Arc::new(
+            Client::new(RegistryConfig { insecure: vec![self.host()], timeout: Duration::from_secs(5), ..RegistryConfig::default() })
+                .expect("client"),
+        )
+    }
+
+    fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Writes `bytes` straight into the registry's storage under `d` (and links it into
+    /// `repo`), so that byte-exact fixture manifests whose real blobs we lack can be pushed.
+    /// The registry does not re-hash stored blobs; this is for loopback tests only.
+    pub fn put_placeholder_blob(&self, repo: &str, d: &Digest, bytes: &[u8]) {
+        let hex = d.hex();
+        let v2 = self.storage().join("docker/registry/v2");
+        let data = v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]));
+        std::fs::create_dir_all(data.parent().expect("parent")).expect("blob dir");
+        std::fs::write(&data, bytes).expect("blob data");
+        let link = v2.join(format!("repositories/{repo}/_layers/sha256/{hex}/link"));
+        std::fs::create_dir_all(link.parent().expect("parent")).expect("link dir");
+        std::fs::write(&link, d.as_str()).expect("blob link");
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
