@@ -146,7 +146,10 @@ mod tests {
     #[test]
     fn sha256_of_matches_known_vector() {
         let d = Digest::sha256_of(b"abc");
-        assert_eq!(d.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            d.hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert!(d.matches(b"abc"));
         assert!(!d.matches(b"abd"));
         assert_eq!(d.tag_prefix(), format!("sha256-{}", d.hex()));

@@ -129,8 +129,7 @@ impl PublicKey {
                 .map_err(|e| KeyError::Unsupported(e.to_string()));
         }
         if oid == const_oid::db::rfc5912::RSA_ENCRYPTION {
-            let k = rsa::RsaPublicKey::from_public_key_der(der)
-                .map_err(|e| KeyError::Unsupported(e.to_string()))?;
+            let k = rsa::RsaPublicKey::from_public_key_der(der).map_err(|e| KeyError::Unsupported(e.to_string()))?;
             return Self::checked_rsa(k);
         }
         Err(KeyError::Unsupported(format!("key algorithm {oid}")))
@@ -185,7 +184,10 @@ impl PublicKey {
     }
 
     fn bad(&self) -> KeyError {
-        KeyError::BadSignature { alg: self.algorithm(), fingerprint: self.fingerprint() }
+        KeyError::BadSignature {
+            alg: self.algorithm(),
+            fingerprint: self.fingerprint(),
+        }
     }
 
     fn malformed(&self) -> KeyError {
@@ -266,7 +268,9 @@ pub fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
         let after = &rest[start + 11..];
-        let label_end = after.find("-----").ok_or_else(|| KeyError::Pem("unterminated BEGIN line".into()))?;
+        let label_end = after
+            .find("-----")
+            .ok_or_else(|| KeyError::Pem("unterminated BEGIN line".into()))?;
         let label = &after[..label_end];
         let body_start = &after[label_end + 5..];
         let end_marker = format!("-----END {label}-----");
@@ -323,20 +327,32 @@ mod tests {
         let key = PublicKey::from_pem(&std::fs::read(format!("{dir}/cosign.pub")).unwrap()).unwrap();
         let other = PublicKey::from_pem(&std::fs::read(format!("{dir}/cosign2.pub")).unwrap()).unwrap();
         let raw = std::fs::read(format!("{dir}/dir-img-cosign-valid/signature-1")).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&raw[raw.iter().position(|&b| b == b'\n').unwrap() + 1..]).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&raw[raw.iter().position(|&b| b == b'\n').unwrap() + 1..]).unwrap();
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let payload = b64.decode(json["payload"].as_str().unwrap()).unwrap();
         let sig = b64
-            .decode(json["annotations"]["dev.cosignproject.cosign/signature"].as_str().unwrap())
+            .decode(
+                json["annotations"]["dev.cosignproject.cosign/signature"]
+                    .as_str()
+                    .unwrap(),
+            )
             .unwrap();
         key.verify(&payload, &sig).unwrap();
-        key.verify_digest(HashAlgorithm::Sha256, &Sha256::digest(&payload), &sig).unwrap();
-        assert!(matches!(other.verify(&payload, &sig), Err(KeyError::BadSignature { .. })));
+        key.verify_digest(HashAlgorithm::Sha256, &Sha256::digest(&payload), &sig)
+            .unwrap();
+        assert!(matches!(
+            other.verify(&payload, &sig),
+            Err(KeyError::BadSignature { .. })
+        ));
         let mut tampered = payload.clone();
         tampered[10] ^= 1;
         assert!(key.verify(&tampered, &sig).is_err());
-        assert!(matches!(key.verify(&payload, b"junk"), Err(KeyError::MalformedSignature { .. })));
+        assert!(matches!(
+            key.verify(&payload, b"junk"),
+            Err(KeyError::MalformedSignature { .. })
+        ));
     }
 
     #[test]
@@ -345,6 +361,9 @@ mod tests {
         let cert = pem_encode("CERTIFICATE", b"\x30\x00");
         assert!(matches!(PublicKey::from_pem(cert.as_bytes()), Err(KeyError::Pem(_))));
         let junk = pem_encode("PUBLIC KEY", b"\x30\x03\x02\x01\x00");
-        assert!(matches!(PublicKey::from_pem(junk.as_bytes()), Err(KeyError::Unsupported(_))));
+        assert!(matches!(
+            PublicKey::from_pem(junk.as_bytes()),
+            Err(KeyError::Unsupported(_))
+        ));
     }
 }

@@ -20,18 +20,18 @@
 pub mod digest;
 
 #[cfg(feature = "verify")]
+pub mod cosign;
+#[cfg(feature = "verify")]
 pub mod keys;
 #[cfg(feature = "verify")]
 pub mod policy;
+#[cfg(feature = "verify")]
+pub mod registry;
 #[cfg(feature = "verify")]
 pub mod signing;
 #[cfg(feature = "verify")]
 pub mod sigstore;
 #[cfg(feature = "verify")]
-pub mod cosign;
-#[cfg(feature = "verify")]
-pub mod registry;
+pub mod verdict;
 #[cfg(feature = "verify")]
 pub mod verifier;
-#[cfg(feature = "verify")]
-pub mod verdict;

@@ -54,7 +54,11 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { positive_ttl: Duration::from_secs(3600), negative_ttl: Duration::from_secs(30), capacity: 4096 }
+        Self {
+            positive_ttl: Duration::from_secs(3600),
+            negative_ttl: Duration::from_secs(30),
+            capacity: 4096,
+        }
     }
 }
 
@@ -110,14 +114,27 @@ impl<K: Eq + Hash + Clone, V: Clone> VerdictCache<K, V> {
 
     /// A cache on the given clock (for tests).
     pub fn with_clock(config: CacheConfig, is_positive: fn(&V) -> bool, clock: Arc<dyn Clock>) -> Self {
-        let state = State { entries: HashMap::new(), flights: HashMap::new(), seq: 0 };
-        Self { config, is_positive, clock, state: Mutex::new(state) }
+        let state = State {
+            entries: HashMap::new(),
+            flights: HashMap::new(),
+            seq: 0,
+        };
+        Self {
+            config,
+            is_positive,
+            clock,
+            state: Mutex::new(state),
+        }
     }
 
     /// The live cached value, if any. Never waits for an in-flight verification.
     pub fn get(&self, key: &K) -> Option<V> {
         let now = self.clock.now();
-        self.lock().entries.get(key).filter(|e| e.live(now)).map(|e| e.value.clone())
+        self.lock()
+            .entries
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| e.value.clone())
     }
 
     /// The cached value, or the result of the one in-flight verification for `key`, or, if
@@ -135,11 +152,18 @@ impl<K: Eq + Hash + Clone, V: Clone> VerdictCache<K, V> {
             if let Some(e) = st.entries.get(&key).filter(|e| e.live(now)) {
                 return (e.value.clone(), Outcome::Hit);
             }
-            let flight = st.flights.entry(key.clone()).or_insert_with(|| InFlight { cell: Arc::default(), callers: 0 });
+            let flight = st.flights.entry(key.clone()).or_insert_with(|| InFlight {
+                cell: Arc::default(),
+                callers: 0,
+            });
             flight.callers += 1;
             Arc::clone(&flight.cell)
         };
-        let _waiter = Waiter { cache: self, key: &key, cell: Arc::clone(&cell) };
+        let _waiter = Waiter {
+            cache: self,
+            key: &key,
+            cell: Arc::clone(&cell),
+        };
         let mut ran = false;
         let value = cell
             .get_or_init(|| {
@@ -197,7 +221,11 @@ impl<K: Eq + Hash + Clone, V: Clone> VerdictCache<K, V> {
     }
 
     fn store(&self, st: &mut State<K, V>, key: K, value: V) {
-        let ttl = if (self.is_positive)(&value) { self.config.positive_ttl } else { self.config.negative_ttl };
+        let ttl = if (self.is_positive)(&value) {
+            self.config.positive_ttl
+        } else {
+            self.config.negative_ttl
+        };
         if ttl.is_zero() || self.config.capacity == 0 {
             return;
         }
@@ -215,7 +243,14 @@ impl<K: Eq + Hash + Clone, V: Clone> VerdictCache<K, V> {
         }
         st.seq += 1;
         let seq = st.seq;
-        st.entries.insert(key, Entry { value, expires: now.checked_add(ttl), seq });
+        st.entries.insert(
+            key,
+            Entry {
+                value,
+                expires: now.checked_add(ttl),
+                seq,
+            },
+        );
     }
 }
 
@@ -230,7 +265,11 @@ struct Waiter<'a, K: Eq + Hash + Clone, V: Clone> {
 impl<K: Eq + Hash + Clone, V: Clone> Drop for Waiter<'_, K, V> {
     fn drop(&mut self) {
         let mut st = self.cache.lock();
-        let Some(flight) = st.flights.get_mut(self.key).filter(|f| Arc::ptr_eq(&f.cell, &self.cell)) else {
+        let Some(flight) = st
+            .flights
+            .get_mut(self.key)
+            .filter(|f| Arc::ptr_eq(&f.cell, &self.cell))
+        else {
             return; // finished and stored, or cleared
         };
         flight.callers -= 1;

@@ -10,7 +10,10 @@
 //!    and the index passes step 3, the platform manifest is allowed through the signed index.
 //! 5. Apply the policy mode (enforce / warn / off). Registry failures deny (fail closed).
 
-use std::{sync::Arc, time::{Duration, Instant}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -84,7 +87,9 @@ impl ImageVerdict {
         format!(
             "{what}: image {} digest {} rule {}: {}",
             self.image,
-            self.digest.as_ref().map_or("<unresolved>".to_string(), |d| d.to_string()),
+            self.digest
+                .as_ref()
+                .map_or("<unresolved>".to_string(), |d| d.to_string()),
             self.rule.as_deref().unwrap_or("<default>"),
             self.reason
         )
@@ -177,11 +182,34 @@ impl Verifier {
         }
     }
 
-    async fn verify_digest_into(&self, policy: &Policy, r: &Reference, digest: &Digest, mut v: ImageVerdict, start: Instant) -> Result<ImageVerdict, std::convert::Infallible> {
+    async fn verify_digest_into(
+        &self,
+        policy: &Policy,
+        r: &Reference,
+        digest: &Digest,
+        mut v: ImageVerdict,
+        start: Instant,
+    ) -> Result<ImageVerdict, std::convert::Infallible> {
         // 2. The deciding rule.
         let rule = match policy.match_image(&r.name(), r.tag.as_deref(), Some(digest)) {
-            Match::Default(DefaultAction::Allow) => return Ok(self.finish(policy, v, true, "no rule matches; policy default is allow".into(), start)),
-            Match::Default(DefaultAction::Deny) => return Ok(self.finish(policy, v, false, "no rule matches; policy default is deny".into(), start)),
+            Match::Default(DefaultAction::Allow) => {
+                return Ok(self.finish(
+                    policy,
+                    v,
+                    true,
+                    "no rule matches; policy default is allow".into(),
+                    start,
+                ))
+            }
+            Match::Default(DefaultAction::Deny) => {
+                return Ok(self.finish(
+                    policy,
+                    v,
+                    false,
+                    "no rule matches; policy default is deny".into(),
+                    start,
+                ))
+            }
             Match::Rule { rule, .. } => rule,
         };
         v.rule = Some(rule.name.clone());
@@ -198,11 +226,22 @@ impl Verifier {
                 return Ok(self.finish(policy, v, true, "signature verified".into(), start));
             }
             Ok(None) => {}
-            Err(e) => return Ok(self.finish(policy, v, false, format!("registry error while fetching signatures: {e}"), start)),
+            Err(e) => {
+                return Ok(self.finish(
+                    policy,
+                    v,
+                    false,
+                    format!("registry error while fetching signatures: {e}"),
+                    start,
+                ))
+            }
         }
         // 4. Listed in a signed index the tag resolves to?
         if r.tag.is_some() {
-            let tagged = Reference { digest: None, ..r.clone() };
+            let tagged = Reference {
+                digest: None,
+                ..r.clone()
+            };
             if let Ok(res) = self.client.resolve(&tagged).await {
                 if res.digest != *digest && self.index_lists(r, &res.digest, digest).await {
                     let mut index_reasons = Vec::new();
@@ -225,28 +264,56 @@ impl Verifier {
         Ok(self.finish(policy, v, false, reason, start))
     }
 
-    fn finish(&self, policy: &Policy, mut v: ImageVerdict, verified: bool, reason: String, start: Instant) -> ImageVerdict {
+    fn finish(
+        &self,
+        policy: &Policy,
+        mut v: ImageVerdict,
+        verified: bool,
+        reason: String,
+        start: Instant,
+    ) -> ImageVerdict {
         v.verified = verified;
-        v.decision = policy.decide(if verified { crate::policy::Verdict::Allowed } else { crate::policy::Verdict::Denied });
+        v.decision = policy.decide(if verified {
+            crate::policy::Verdict::Allowed
+        } else {
+            crate::policy::Verdict::Denied
+        });
         v.reason = reason;
         v.elapsed = start.elapsed();
         match v.decision {
-            Decision::Deny => tracing::warn!(image = %v.image, digest = ?v.digest, rule = ?v.rule, reason = %v.reason, "image denied"),
-            Decision::AllowWithWarning => tracing::warn!(image = %v.image, digest = ?v.digest, rule = ?v.rule, reason = %v.reason, "image failed verification (warn mode)"),
-            _ => tracing::info!(image = %v.image, digest = ?v.digest, rule = ?v.rule, signer = ?v.signer, "image allowed"),
+            Decision::Deny => {
+                tracing::warn!(image = %v.image, digest = ?v.digest, rule = ?v.rule, reason = %v.reason, "image denied")
+            }
+            Decision::AllowWithWarning => {
+                tracing::warn!(image = %v.image, digest = ?v.digest, rule = ?v.rule, reason = %v.reason, "image failed verification (warn mode)")
+            }
+            _ => {
+                tracing::info!(image = %v.image, digest = ?v.digest, rule = ?v.rule, signer = ?v.signer, "image allowed")
+            }
         }
         v
     }
 
     async fn index_lists(&self, r: &Reference, index: &Digest, child: &Digest) -> bool {
-        let Ok(m) = self.client.manifest(r, index.as_str()).await else { return false };
+        let Ok(m) = self.client.manifest(r, index.as_str()).await else {
+            return false;
+        };
         serde_json::from_slice::<serde_json::Value>(&m.bytes)
             .ok()
             .and_then(|v| v.get("manifests")?.as_array().cloned())
-            .is_some_and(|ms| ms.iter().any(|d| d.get("digest").and_then(|x| x.as_str()) == Some(child.as_str())))
+            .is_some_and(|ms| {
+                ms.iter()
+                    .any(|d| d.get("digest").and_then(|x| x.as_str()) == Some(child.as_str()))
+            })
     }
 
-    async fn find_signature(&self, r: &Reference, digest: &Digest, rule: &crate::policy::Rule, reasons: &mut Vec<String>) -> Result<Option<Found>, RegistryError> {
+    async fn find_signature(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        rule: &crate::policy::Rule,
+        reasons: &mut Vec<String>,
+    ) -> Result<Option<Found>, RegistryError> {
         let now = chrono::Utc::now();
         let opts_for = |a: &Authority| Options {
             now,
@@ -261,7 +328,13 @@ impl Verifier {
                 for a in &rule.authorities {
                     let (signer, root) = signer_of(a);
                     match layer.verify(digest, signer, root, &opts_for(a)) {
-                        Ok(ok) => return Ok(Some(Found { signer: ok.signer, tlog_index: ok.tlog_index, format: Format::CosignV2 })),
+                        Ok(ok) => {
+                            return Ok(Some(Found {
+                                signer: ok.signer,
+                                tlog_index: ok.tlog_index,
+                                format: Format::CosignV2,
+                            }))
+                        }
                         Err(e) => reasons.push(format!("cosign-v2 layer {i} vs {}: {e}", describe(a))),
                     }
                 }
@@ -272,7 +345,13 @@ impl Verifier {
                 for a in &rule.authorities {
                     let (signer, root) = signer_of(a);
                     match v3::verify_bundle_for_image(bundle, digest, signer, root, &opts_for(a)) {
-                        Ok(ok) => return Ok(Some(Found { signer: ok.signer, tlog_index: ok.tlog_index, format: Format::CosignV3 })),
+                        Ok(ok) => {
+                            return Ok(Some(Found {
+                                signer: ok.signer,
+                                tlog_index: ok.tlog_index,
+                                format: Format::CosignV3,
+                            }))
+                        }
                         Err(e) => reasons.push(format!("cosign-v3 bundle {i} vs {}: {e}", describe(a))),
                     }
                 }
@@ -289,22 +368,47 @@ impl Verifier {
             Err(RegistryError::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let v: serde_json::Value = serde_json::from_slice(&m.bytes)
-            .map_err(|e| RegistryError::Protocol { url: tag.clone(), reason: format!("signature manifest is not JSON: {e}") })?;
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes).map_err(|e| RegistryError::Protocol {
+            url: tag.clone(),
+            reason: format!("signature manifest is not JSON: {e}"),
+        })?;
         let mut out = Vec::new();
-        for l in v.get("layers").and_then(|l| l.as_array()).into_iter().flatten().take(MAX_SIGNATURES) {
-            let Some(d) = l.get("digest").and_then(|d| d.as_str()).and_then(|d| Digest::parse(d).ok()) else { continue };
-            if l.get("size").and_then(|s| s.as_u64()).is_some_and(|s| s > crate::cosign::v2::MAX_PAYLOAD_BYTES as u64) {
+        for l in v
+            .get("layers")
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .take(MAX_SIGNATURES)
+        {
+            let Some(d) = l
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .and_then(|d| Digest::parse(d).ok())
+            else {
+                continue;
+            };
+            if l.get("size")
+                .and_then(|s| s.as_u64())
+                .is_some_and(|s| s > crate::cosign::v2::MAX_PAYLOAD_BYTES as u64)
+            {
                 continue;
             }
             let annotations = l
                 .get("annotations")
                 .and_then(|a| a.as_object())
-                .map(|a| a.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
                 .unwrap_or_default();
             match self.client.blob(r, &d, crate::cosign::v2::MAX_PAYLOAD_BYTES).await {
                 Ok(payload) => out.push(SignatureLayer { payload, annotations }),
-                Err(RegistryError::NotFound { .. } | RegistryError::TooLarge { .. } | RegistryError::DigestMismatch { .. }) => continue,
+                Err(
+                    RegistryError::NotFound { .. }
+                    | RegistryError::TooLarge { .. }
+                    | RegistryError::DigestMismatch { .. },
+                ) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -323,29 +427,66 @@ impl Verifier {
         };
         let v: serde_json::Value = serde_json::from_slice(&index).unwrap_or_default();
         let mut out = Vec::new();
-        for d in v.get("manifests").and_then(|m| m.as_array()).into_iter().flatten().take(MAX_SIGNATURES) {
-            if d.get("artifactType").and_then(|t| t.as_str()).is_some_and(|t| t != v3::BUNDLE_ARTIFACT_TYPE) {
+        for d in v
+            .get("manifests")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+            .take(MAX_SIGNATURES)
+        {
+            if d.get("artifactType")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| t != v3::BUNDLE_ARTIFACT_TYPE)
+            {
                 continue;
             }
-            let Some(md) = d.get("digest").and_then(|x| x.as_str()).and_then(|x| Digest::parse(x).ok()) else { continue };
+            let Some(md) = d
+                .get("digest")
+                .and_then(|x| x.as_str())
+                .and_then(|x| Digest::parse(x).ok())
+            else {
+                continue;
+            };
             let m = match self.client.manifest(r, md.as_str()).await {
                 Ok(m) => m,
-                Err(RegistryError::NotFound { .. } | RegistryError::TooLarge { .. } | RegistryError::DigestMismatch { .. }) => continue,
+                Err(
+                    RegistryError::NotFound { .. }
+                    | RegistryError::TooLarge { .. }
+                    | RegistryError::DigestMismatch { .. },
+                ) => continue,
                 Err(e) => return Err(e),
             };
-            let Ok(mv) = serde_json::from_slice::<serde_json::Value>(&m.bytes) else { continue };
+            let Ok(mv) = serde_json::from_slice::<serde_json::Value>(&m.bytes) else {
+                continue;
+            };
             // The referrer must be about this digest (the tag fallback is only an index).
             if mv.get("subject").and_then(|s| s.get("digest")).and_then(|x| x.as_str()) != Some(digest.as_str()) {
                 continue;
             }
-            for l in mv.get("layers").and_then(|l| l.as_array()).into_iter().flatten().take(4) {
+            for l in mv
+                .get("layers")
+                .and_then(|l| l.as_array())
+                .into_iter()
+                .flatten()
+                .take(4)
+            {
                 if l.get("mediaType").and_then(|t| t.as_str()) != Some(v3::BUNDLE_ARTIFACT_TYPE) {
                     continue;
                 }
-                let Some(bd) = l.get("digest").and_then(|x| x.as_str()).and_then(|x| Digest::parse(x).ok()) else { continue };
+                let Some(bd) = l
+                    .get("digest")
+                    .and_then(|x| x.as_str())
+                    .and_then(|x| Digest::parse(x).ok())
+                else {
+                    continue;
+                };
                 match self.client.blob(r, &bd, v3::MAX_BUNDLE_BYTES).await {
                     Ok(b) => out.push(b),
-                    Err(RegistryError::NotFound { .. } | RegistryError::TooLarge { .. } | RegistryError::DigestMismatch { .. }) => continue,
+                    Err(
+                        RegistryError::NotFound { .. }
+                        | RegistryError::TooLarge { .. }
+                        | RegistryError::DigestMismatch { .. },
+                    ) => continue,
                     Err(e) => return Err(e),
                 }
             }
@@ -362,7 +503,9 @@ fn signer_of(a: &Authority) -> (Signer<'_>, &crate::sigstore::TrustedRoot) {
             // Key authorities check Rekor entries against the public-good log keys.
             EMPTY.get_or_init(crate::sigstore::TrustedRoot::public_good),
         ),
-        Authority::Keyless { identity, trusted_root, .. } => (Signer::Identity(identity), trusted_root),
+        Authority::Keyless {
+            identity, trusted_root, ..
+        } => (Signer::Identity(identity), trusted_root),
     }
 }
 

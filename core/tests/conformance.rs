@@ -24,9 +24,17 @@ fn read_trimmed(p: &Path) -> Option<String> {
 fn run_case(dir: &Path, digest_mode: bool) -> Result<(), String> {
     let bundle = Bundle::from_json(&std::fs::read(dir.join("bundle.sigstore.json")).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
-    let artifact_path = if dir.join("artifact").exists() { dir.join("artifact") } else { dir.join("../a.txt") };
+    let artifact_path = if dir.join("artifact").exists() {
+        dir.join("artifact")
+    } else {
+        dir.join("../a.txt")
+    };
     let bytes = std::fs::read(artifact_path).map_err(|e| e.to_string())?;
-    let artifact = if digest_mode { Artifact::Sha256(Sha256::digest(&bytes).into()) } else { Artifact::Bytes(&bytes) };
+    let artifact = if digest_mode {
+        Artifact::Sha256(Sha256::digest(&bytes).into())
+    } else {
+        Artifact::Bytes(&bytes)
+    };
     let root = if dir.join("trusted_root.json").exists() {
         TrustedRoot::from_file(&dir.join("trusted_root.json")).map_err(|e| e.to_string())?
     } else {
@@ -36,7 +44,8 @@ fn run_case(dir: &Path, digest_mode: bool) -> Result<(), String> {
     let key;
     let identity;
     let signer = if dir.join("key.pub").exists() {
-        key = PublicKey::from_pem(&std::fs::read(dir.join("key.pub")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        key = PublicKey::from_pem(&std::fs::read(dir.join("key.pub")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
         Signer::Key(&key)
     } else {
         identity = Identity::exact(
@@ -46,7 +55,9 @@ fn run_case(dir: &Path, digest_mode: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         Signer::Identity(&identity)
     };
-    verify(&bundle, artifact, signer, &root, &Options::default()).map(|_| ()).map_err(|e| e.to_string())
+    verify(&bundle, artifact, signer, &root, &Options::default())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -58,7 +69,11 @@ fn every_conformance_case_agrees_with_its_expected_outcome_in_both_modes() {
         .filter(|p| p.join("bundle.sigstore.json").exists())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 50, "expected the whole suite, found {} cases", cases.len());
+    assert!(
+        cases.len() >= 50,
+        "expected the whole suite, found {} cases",
+        cases.len()
+    );
     let (mut agree, mut disagree) = (0, Vec::new());
     for dir in &cases {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -72,10 +87,19 @@ fn every_conformance_case_agrees_with_its_expected_outcome_in_both_modes() {
                     println!("ok   {name} [{mode}] rejected: {e}");
                 }
             } else {
-                disagree.push(format!("{name} [{mode}]: expected {}, got {:?}", if should_pass { "pass" } else { "fail" }, r));
+                disagree.push(format!(
+                    "{name} [{mode}]: expected {}, got {:?}",
+                    if should_pass { "pass" } else { "fail" },
+                    r
+                ));
             }
         }
     }
     println!("conformance: {agree} of {} runs agree", agree + disagree.len());
-    assert!(disagree.is_empty(), "{} disagreements:\n{}", disagree.len(), disagree.join("\n"));
+    assert!(
+        disagree.is_empty(),
+        "{} disagreements:\n{}",
+        disagree.len(),
+        disagree.join("\n")
+    );
 }

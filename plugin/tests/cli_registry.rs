@@ -6,7 +6,12 @@ use std::process::{Command, Output};
 use kcache_tests::TestRegistry;
 
 fn kcache(args: &[&str], dir: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kcache")).args(args).current_dir(dir).env("COSIGN_PASSWORD", "pw").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_kcache"))
+        .args(args)
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", "pw")
+        .output()
+        .unwrap()
 }
 
 async fn push_image(reg: &TestRegistry, repo_tag: &str, content: &str) -> String {
@@ -20,7 +25,16 @@ async fn push_image(reg: &TestRegistry, repo_tag: &str, content: &str) -> String
         cfg.len(),
         content.len()
     );
-    client.push_manifest(&r, &r.reference(), "application/vnd.oci.image.manifest.v1+json", m.as_bytes()).await.unwrap().to_string()
+    client
+        .push_manifest(
+            &r,
+            &r.reference(),
+            "application/vnd.oci.image.manifest.v1+json",
+            m.as_bytes(),
+        )
+        .await
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -39,7 +53,18 @@ async fn generate_sign_verify_round_trip_with_exit_codes() {
     assert_eq!(out.status.code(), Some(2), "refuses to overwrite a key pair");
 
     let image = format!("{host}/apps/web:v1");
-    let out = kcache(&["sign", "--key", "cosign.key", "--v3", "--insecure-registry", &host, &image], d);
+    let out = kcache(
+        &[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--v3",
+            "--insecure-registry",
+            &host,
+            &image,
+        ],
+        d,
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     std::fs::write(
@@ -47,7 +72,19 @@ async fn generate_sign_verify_round_trip_with_exit_codes() {
         format!("rules:\n  - name: apps\n    images: [\"{host}/apps/*\"]\n    authorities:\n      - key: {{path: cosign.pub}}\n    transparencyLog: off\n"),
     )
     .unwrap();
-    let out = kcache(&["verify", "--policy", "policy.yaml", "--insecure-registry", &host, "--output", "json", &image], d);
+    let out = kcache(
+        &[
+            "verify",
+            "--policy",
+            "policy.yaml",
+            "--insecure-registry",
+            &host,
+            "--output",
+            "json",
+            &image,
+        ],
+        d,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["decision"], "allow");
@@ -55,19 +92,50 @@ async fn generate_sign_verify_round_trip_with_exit_codes() {
     assert_eq!(v["signer"]["type"], "key");
 
     let other = format!("{host}/apps/other:v1");
-    let out = kcache(&["verify", "--policy", "policy.yaml", "--insecure-registry", &host, &other], d);
+    let out = kcache(
+        &[
+            "verify",
+            "--policy",
+            "policy.yaml",
+            "--insecure-registry",
+            &host,
+            &other,
+        ],
+        d,
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("denied: image") && err.contains("sha256:") && err.contains("rule apps"), "{err}");
+    assert!(
+        err.contains("denied: image") && err.contains("sha256:") && err.contains("rule apps"),
+        "{err}"
+    );
 
     std::fs::write(d.join("broken.yaml"), "rules:\n  - name: apps\n    images: [\"{host}/apps/*\"]\n    authorities:\n      - keyless: {issuer: https://x}\n").unwrap();
-    let out = kcache(&["verify", "--policy", "broken.yaml", "--insecure-registry", &host, &image], d);
+    let out = kcache(
+        &[
+            "verify",
+            "--policy",
+            "broken.yaml",
+            "--insecure-registry",
+            &host,
+            &image,
+        ],
+        d,
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.yaml") && err.contains("keyless"), "{err}");
 
-    let out = kcache(&["sign", "--key", "cosign.key", "--insecure-registry", &host, &image], &d.join("..").join(d.file_name().unwrap()));
+    let out = kcache(
+        &["sign", "--key", "cosign.key", "--insecure-registry", &host, &image],
+        &d.join("..").join(d.file_name().unwrap()),
+    );
     assert!(out.status.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_kcache")).args(["sign", "--key", "cosign.key", &image]).current_dir(d).env_remove("COSIGN_PASSWORD").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kcache"))
+        .args(["sign", "--key", "cosign.key", &image])
+        .current_dir(d)
+        .env_remove("COSIGN_PASSWORD")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "a missing password is a usage error");
 }

@@ -14,15 +14,20 @@ use crate::TestRegistry;
 
 /// `../shared/fixtures` (beside the checkout), or `$KCACHE_FIXTURES`.
 pub fn dir() -> PathBuf {
-    std::env::var_os("KCACHE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-    })
+    std::env::var_os("KCACHE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
 }
 
 /// Reads a fixture file.
 pub fn read(rel: &str) -> Vec<u8> {
     let p = dir().join(rel);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {} missing ({e}); ../shared/fixtures must sit beside the checkout", p.display()))
+    std::fs::read(&p).unwrap_or_else(|e| {
+        panic!(
+            "fixture {} missing ({e}); ../shared/fixtures must sit beside the checkout",
+            p.display()
+        )
+    })
 }
 
 /// Pushes a byte-exact manifest whose blobs we lack: placeholder blobs go straight into the
@@ -31,15 +36,26 @@ pub fn read(rel: &str) -> Vec<u8> {
 pub async fn push_exact_manifest(reg: &TestRegistry, repo: &str, tag: &str, manifest: &[u8]) -> Digest {
     let v: Value = serde_json::from_slice(manifest).expect("fixture manifest is JSON");
     if let Some(c) = v.get("config").and_then(|c| c.get("digest")).and_then(|d| d.as_str()) {
-        reg.put_placeholder_blob(repo, &Digest::parse(c).expect("config digest"), br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+        reg.put_placeholder_blob(
+            repo,
+            &Digest::parse(c).expect("config digest"),
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        );
     }
     for l in v.get("layers").and_then(|l| l.as_array()).into_iter().flatten() {
         let d = Digest::parse(l["digest"].as_str().expect("layer digest")).expect("layer digest");
         reg.put_placeholder_blob(repo, &d, b"placeholder layer");
     }
-    let media_type = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or(OCI_MANIFEST).to_string();
+    let media_type = v
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .unwrap_or(OCI_MANIFEST)
+        .to_string();
     let r = reg.reference(&format!("{repo}:{tag}"));
-    reg.client().push_manifest(&r, tag, &media_type, manifest).await.expect("push fixture manifest")
+    reg.client()
+        .push_manifest(&r, tag, &media_type, manifest)
+        .await
+        .expect("push fixture manifest")
 }
 
 /// Pushes cosign v2 signature layers as `sha256-<hex>.sig` for `image` in `repo`.
@@ -62,12 +78,22 @@ pub async fn push_v2_signature(reg: &TestRegistry, repo: &str, image: &Digest, l
         "layers": descs,
     });
     let tag = format!("{}.sig", image.tag_prefix());
-    client.push_manifest(&r, &tag, OCI_MANIFEST, manifest.to_string().as_bytes()).await.expect("push .sig");
+    client
+        .push_manifest(&r, &tag, OCI_MANIFEST, manifest.to_string().as_bytes())
+        .await
+        .expect("push .sig");
 }
 
 /// Attaches a Sigstore bundle to `image` as an OCI 1.1 referrer through the referrers tag
 /// (`sha256-<hex>`), as cosign does on registries without the referrers API.
-pub async fn push_v3_bundle(reg: &TestRegistry, repo: &str, image: &Digest, image_media_type: &str, image_size: usize, bundle: &[u8]) -> Digest {
+pub async fn push_v3_bundle(
+    reg: &TestRegistry,
+    repo: &str,
+    image: &Digest,
+    image_media_type: &str,
+    image_size: usize,
+    bundle: &[u8],
+) -> Digest {
     use kcache_core::cosign::{sign, v3::BUNDLE_ARTIFACT_TYPE};
     let client = reg.client();
     let r: Reference = reg.reference(repo);
@@ -82,16 +108,27 @@ pub async fn push_v3_bundle(reg: &TestRegistry, repo: &str, image: &Digest, imag
     .to_string()
     .into_bytes();
     let md = Digest::sha256_of(&manifest);
-    client.push_manifest(&r, md.as_str(), OCI_MANIFEST, &manifest).await.expect("push referrer");
-    let blob = sign::Blob { bytes: manifest, digest: md.clone() };
+    client
+        .push_manifest(&r, md.as_str(), OCI_MANIFEST, &manifest)
+        .await
+        .expect("push referrer");
+    let blob = sign::Blob {
+        bytes: manifest,
+        digest: md.clone(),
+    };
     let existing = client.manifest(&r, &image.tag_prefix()).await.ok().map(|m| m.bytes);
     let index = sign::referrers_tag_index(existing.as_deref(), &blob, BUNDLE_ARTIFACT_TYPE).expect("index");
-    client.push_manifest(&r, &image.tag_prefix(), sign::OCI_INDEX, &index).await.expect("push referrers tag");
+    client
+        .push_manifest(&r, &image.tag_prefix(), sign::OCI_INDEX, &index)
+        .await
+        .expect("push referrers tag");
     md
 }
 
 /// A signature layer from containers/image's on-disk form.
 pub fn v2_layer(dir_name: &str) -> SignatureLayer {
-    kcache_core::cosign::v2::from_containers_image_file(&read(&format!("cosign-v2-containers-image/{dir_name}/signature-1")))
-        .expect("fixture signature parses")
+    kcache_core::cosign::v2::from_containers_image_file(&read(&format!(
+        "cosign-v2-containers-image/{dir_name}/signature-1"
+    )))
+    .expect("fixture signature parses")
 }

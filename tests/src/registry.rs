@@ -22,7 +22,10 @@ pub struct TestRegistry {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 impl TestRegistry {
@@ -30,9 +33,16 @@ impl TestRegistry {
     /// `docker-registry` is not installed.
     pub fn start() -> Self {
         let bin = Path::new("/usr/bin/docker-registry");
-        assert!(bin.exists(), "docker-registry is not installed: run `make deps` (apt-get install docker-registry)");
+        assert!(
+            bin.exists(),
+            "docker-registry is not installed: run `make deps` (apt-get install docker-registry)"
+        );
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut reg = Self { child: None, dir, port: free_port() };
+        let mut reg = Self {
+            child: None,
+            dir,
+            port: free_port(),
+        };
         reg.spawn();
         reg
     }
@@ -58,7 +68,11 @@ impl TestRegistry {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not listen on 127.0.0.1:{}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on 127.0.0.1:{}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -90,8 +104,12 @@ impl TestRegistry {
     /// A kcache client that may use plain HTTP to this registry.
     pub fn client(&self) -> Arc<Client> {
         Arc::new(
-            Client::new(RegistryConfig { insecure: vec![self.host()], timeout: Duration::from_secs(5), ..RegistryConfig::default() })
-                .expect("client"),
+            Client::new(RegistryConfig {
+                insecure: vec![self.host()],
+                timeout: Duration::from_secs(5),
+                ..RegistryConfig::default()
+            })
+            .expect("client"),
         )
     }
 

@@ -1,7 +1,10 @@
 //! Attack and failure cases, each a named test, against a real docker-registry on loopback
 //! with images signed by kcache's own signer.
 
-use std::{sync::Arc, time::{Duration, Instant}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use kcache_core::{
     cosign::{sign, v2::SignatureLayer},
@@ -11,7 +14,11 @@ use kcache_core::{
     signing::PrivateKey,
     verifier::Verifier,
 };
-use kcache_tests::{fixtures, hostile::{Behavior, HostileRegistry}, TestRegistry};
+use kcache_tests::{
+    fixtures,
+    hostile::{Behavior, HostileRegistry},
+    TestRegistry,
+};
 use serde_json::json;
 
 struct Env {
@@ -41,7 +48,12 @@ impl Env {
         )
         .unwrap();
         let policy = Policy::load(&p, None).unwrap();
-        Self { reg, key, policy, _dir: dir }
+        Self {
+            reg,
+            key,
+            policy,
+            _dir: dir,
+        }
     }
 
     fn image(&self, repo_tag: &str) -> String {
@@ -49,12 +61,18 @@ impl Env {
     }
 
     async fn verify(&self, image: &str) -> kcache_core::verifier::ImageVerdict {
-        Verifier::new(self.reg.client()).verify(&self.policy, image).await.unwrap()
+        Verifier::new(self.reg.client())
+            .verify(&self.policy, image)
+            .await
+            .unwrap()
     }
 
     async fn sign(&self, image: &str, v3: bool) -> Digest {
         let r = kcache_core::registry::Reference::parse(image).unwrap();
-        sign::sign_and_push(&self.reg.client(), &self.key, &r, v3).await.unwrap().digest
+        sign::sign_and_push(&self.reg.client(), &self.key, &r, v3)
+            .await
+            .unwrap()
+            .digest
     }
 }
 
@@ -63,7 +81,8 @@ async fn push_image(reg: &TestRegistry, repo_tag: &str, content: &str) -> (Diges
     let client = reg.client();
     let r = reg.reference(repo_tag);
     let layer = client.push_blob(&r, content.as_bytes()).await.unwrap();
-    let config = format!(r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer}"]}}}}"#);
+    let config =
+        format!(r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer}"]}}}}"#);
     let cd = client.push_blob(&r, config.as_bytes()).await.unwrap();
     let m = json!({
         "schemaVersion": 2, "mediaType": sign::OCI_MANIFEST,
@@ -72,20 +91,31 @@ async fn push_image(reg: &TestRegistry, repo_tag: &str, content: &str) -> (Diges
     })
     .to_string()
     .into_bytes();
-    let d = client.push_manifest(&r, &r.reference(), sign::OCI_MANIFEST, &m).await.unwrap();
+    let d = client
+        .push_manifest(&r, &r.reference(), sign::OCI_MANIFEST, &m)
+        .await
+        .unwrap();
     (d, m)
 }
 
 async fn sig_layers(reg: &TestRegistry, repo: &str, image: &Digest) -> Vec<SignatureLayer> {
     let client = reg.client();
     let r = reg.reference(repo);
-    let m = client.manifest(&r, &format!("{}.sig", image.tag_prefix())).await.unwrap();
+    let m = client
+        .manifest(&r, &format!("{}.sig", image.tag_prefix()))
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
     let mut out = Vec::new();
     for l in v["layers"].as_array().unwrap() {
         let d = Digest::parse(l["digest"].as_str().unwrap()).unwrap();
         let payload = client.blob(&r, &d, 1 << 20).await.unwrap();
-        let annotations = l["annotations"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
+        let annotations = l["annotations"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
         out.push(SignatureLayer { payload, annotations });
     }
     out
@@ -124,7 +154,11 @@ async fn signature_copied_from_another_digest_is_denied() {
     fixtures::push_v2_signature(&env.reg, "apps/web", &victim, &layers).await;
     let v = env.verify(&env.image("apps/web:v2")).await;
     assert!(!v.permits());
-    assert!(v.reason.contains(&format!("signature payload is for {signed}")), "{}", v.reason);
+    assert!(
+        v.reason.contains(&format!("signature payload is for {signed}")),
+        "{}",
+        v.reason
+    );
 }
 
 #[tokio::test]
@@ -164,7 +198,9 @@ async fn tampered_payload_is_denied() {
     let (d, _) = push_image(&env.reg, "apps/web:v1", "web").await;
     env.sign(&env.image("apps/web:v1"), false).await;
     let mut layers = sig_layers(&env.reg, "apps/web", &d).await;
-    let text = String::from_utf8(layers[0].payload.clone()).unwrap().replace("\"optional\":null", "\"optional\":{\"x\":1}");
+    let text = String::from_utf8(layers[0].payload.clone())
+        .unwrap()
+        .replace("\"optional\":null", "\"optional\":{\"x\":1}");
     layers[0].payload = text.into_bytes();
     fixtures::push_v2_signature(&env.reg, "apps/web", &d, &layers).await;
     let v = env.verify(&env.image("apps/web:v1")).await;
@@ -180,10 +216,14 @@ async fn tampered_signature_is_denied() {
     let (d, _) = push_image(&env.reg, "apps/web:v1", "web").await;
     env.sign(&env.image("apps/web:v1"), false).await;
     let mut layers = sig_layers(&env.reg, "apps/web", &d).await;
-    let mut sig = b64.decode(&layers[0].annotations["dev.cosignproject.cosign/signature"]).unwrap();
+    let mut sig = b64
+        .decode(&layers[0].annotations["dev.cosignproject.cosign/signature"])
+        .unwrap();
     let n = sig.len();
     sig[n - 3] ^= 0x01;
-    layers[0].annotations.insert("dev.cosignproject.cosign/signature".into(), b64.encode(sig));
+    layers[0]
+        .annotations
+        .insert("dev.cosignproject.cosign/signature".into(), b64.encode(sig));
     fixtures::push_v2_signature(&env.reg, "apps/web", &d, &layers).await;
     let v = env.verify(&env.image("apps/web:v1")).await;
     assert!(!v.permits(), "{}", v.summary());
@@ -194,10 +234,16 @@ async fn wrong_key_is_denied() {
     let env = Env::new();
     push_image(&env.reg, "apps/web:v1", "web").await;
     let r = env.reg.reference("apps/web:v1");
-    sign::sign_and_push(&env.reg.client(), &PrivateKey::generate_p256(), &r, true).await.unwrap();
+    sign::sign_and_push(&env.reg.client(), &PrivateKey::generate_p256(), &r, true)
+        .await
+        .unwrap();
     let v = env.verify(&env.image("apps/web:v1")).await;
     assert!(!v.permits());
-    assert!(v.reason.contains("cosign-v2 layer 0") && v.reason.contains("cosign-v3 bundle 0"), "{}", v.reason);
+    assert!(
+        v.reason.contains("cosign-v2 layer 0") && v.reason.contains("cosign-v3 bundle 0"),
+        "{}",
+        v.reason
+    );
 }
 
 async fn push_index(reg: &TestRegistry, tag: &str, children: &[(&Digest, usize, &str)]) -> Digest {
@@ -207,7 +253,10 @@ async fn push_index(reg: &TestRegistry, tag: &str, children: &[(&Digest, usize, 
         .collect();
     let idx = json!({"schemaVersion": 2, "mediaType": sign::OCI_INDEX, "manifests": manifests}).to_string();
     let r = reg.reference(&format!("apps/multi:{tag}"));
-    reg.client().push_manifest(&r, tag, sign::OCI_INDEX, idx.as_bytes()).await.unwrap()
+    reg.client()
+        .push_manifest(&r, tag, sign::OCI_INDEX, idx.as_bytes())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -215,7 +264,12 @@ async fn index_signed_allows_its_platform_manifests_through_the_tag_but_not_alon
     let env = Env::new();
     let (amd, amd_m) = push_image(&env.reg, "apps/multi:amd64", "amd64").await;
     let (arm, arm_m) = push_image(&env.reg, "apps/multi:arm64", "arm64").await;
-    let index = push_index(&env.reg, "v1", &[(&amd, amd_m.len(), "amd64"), (&arm, arm_m.len(), "arm64")]).await;
+    let index = push_index(
+        &env.reg,
+        "v1",
+        &[(&amd, amd_m.len(), "amd64"), (&arm, arm_m.len(), "arm64")],
+    )
+    .await;
     env.sign(&env.image("apps/multi:v1"), false).await;
     let policy = &env.policy;
     let verifier = Verifier::new(env.reg.client());
@@ -241,7 +295,9 @@ async fn platform_manifest_signed_but_index_not_allows_only_the_platform_manifes
     let v = env.verify(&env.image("apps/multi:v1")).await;
     assert_eq!(v.digest, Some(index));
     assert!(!v.permits(), "{}", v.summary());
-    let v = Verifier::new(env.reg.client()).verify_digest(&env.policy, &env.reg.reference("apps/multi:v1"), &amd).await;
+    let v = Verifier::new(env.reg.client())
+        .verify_digest(&env.policy, &env.reg.reference("apps/multi:v1"), &amd)
+        .await;
     assert!(v.permits(), "{}", v.summary());
     assert_eq!(v.via_index, None);
 }
@@ -254,13 +310,24 @@ async fn registry_down_denies_in_enforce_mode_with_a_clear_message() {
     env.reg.stop();
     let v = env.verify(&env.image("apps/web:v1")).await;
     assert!(!v.permits());
-    assert!(v.reason.contains("unreachable") && v.summary().contains("apps/web:v1"), "{}", v.summary());
+    assert!(
+        v.reason.contains("unreachable") && v.summary().contains("apps/web:v1"),
+        "{}",
+        v.summary()
+    );
     env.reg.restart();
     assert!(env.verify(&env.image("apps/web:v1")).await.permits());
 }
 
 fn hostile_client(h: &HostileRegistry, timeout: Duration) -> Arc<Client> {
-    Arc::new(Client::new(RegistryConfig { insecure: vec![h.host()], timeout, ..RegistryConfig::default() }).unwrap())
+    Arc::new(
+        Client::new(RegistryConfig {
+            insecure: vec![h.host()],
+            timeout,
+            ..RegistryConfig::default()
+        })
+        .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -271,7 +338,10 @@ async fn slow_registry_times_out_and_denies() {
     std::fs::write(&p, format!("rules:\n  - name: r\n    images: [\"{}/**\"]\n    authorities:\n      - key: {{path: {}/cosign-v2-containers-image/cosign.pub}}\n", h.host(), fixtures::dir().display())).unwrap();
     let policy = Policy::load(&p, None).unwrap();
     let start = Instant::now();
-    let v = Verifier::new(hostile_client(&h, Duration::from_secs(1))).verify(&policy, &format!("{}/apps/web:v1", h.host())).await.unwrap();
+    let v = Verifier::new(hostile_client(&h, Duration::from_secs(1)))
+        .verify(&policy, &format!("{}/apps/web:v1", h.host()))
+        .await
+        .unwrap();
     assert!(!v.permits());
     assert!(v.reason.contains("timed out"), "{}", v.reason);
     assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
@@ -284,9 +354,15 @@ async fn huge_manifests_are_refused_without_being_read() {
         let client = hostile_client(&h, Duration::from_secs(20));
         let r = kcache_core::registry::Reference::parse(&format!("{}/apps/web:v1", h.host())).unwrap();
         let e = client.manifest(&r, "v1").await.unwrap_err();
-        assert!(matches!(e, RegistryError::TooLarge { limit, .. } if limit == client.config().max_manifest_bytes), "{behavior:?}: {e}");
+        assert!(
+            matches!(e, RegistryError::TooLarge { limit, .. } if limit == client.config().max_manifest_bytes),
+            "{behavior:?}: {e}"
+        );
         let e = client.blob(&r, &Digest::sha256_of(b"x"), 1024).await.unwrap_err();
-        assert!(matches!(e, RegistryError::TooLarge { limit: 1024, .. }), "{behavior:?}: {e}");
+        assert!(
+            matches!(e, RegistryError::TooLarge { limit: 1024, .. }),
+            "{behavior:?}: {e}"
+        );
     }
 }
 
@@ -307,12 +383,21 @@ async fn malformed_signature_layers_and_junk_annotations_are_denied_clearly() {
     let junk = SignatureLayer {
         payload: b"not a simple signing payload".to_vec(),
         annotations: [
-            ("dev.cosignproject.cosign/signature".to_string(), "!!!not-base64".to_string()),
-            ("dev.sigstore.cosign/bundle".to_string(), "{\"SignedEntryTimestamp\": 7}".to_string()),
+            (
+                "dev.cosignproject.cosign/signature".to_string(),
+                "!!!not-base64".to_string(),
+            ),
+            (
+                "dev.sigstore.cosign/bundle".to_string(),
+                "{\"SignedEntryTimestamp\": 7}".to_string(),
+            ),
         ]
         .into(),
     };
-    let no_sig = SignatureLayer { payload: b"{}".to_vec(), annotations: Default::default() };
+    let no_sig = SignatureLayer {
+        payload: b"{}".to_vec(),
+        annotations: Default::default(),
+    };
     fixtures::push_v2_signature(&env.reg, "apps/web", &d, &[junk, no_sig]).await;
     let v = env.verify(&env.image("apps/web:v1")).await;
     assert!(!v.permits());
@@ -334,7 +419,15 @@ async fn oversized_signature_blobs_are_not_fetched() {
         "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": bd.as_str(), "size": big.len(),
                     "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ=="}}],
     });
-    client.push_manifest(&r, &format!("{}.sig", d.tag_prefix()), sign::OCI_MANIFEST, m.to_string().as_bytes()).await.unwrap();
+    client
+        .push_manifest(
+            &r,
+            &format!("{}.sig", d.tag_prefix()),
+            sign::OCI_MANIFEST,
+            m.to_string().as_bytes(),
+        )
+        .await
+        .unwrap();
     let v = env.verify(&env.image("apps/web:v1")).await;
     assert!(!v.permits());
     assert!(v.reason.contains("no signature found"), "{}", v.reason);

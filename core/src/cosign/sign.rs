@@ -34,7 +34,10 @@ pub struct Blob {
 impl Blob {
     /// Wraps bytes.
     pub fn new(bytes: Vec<u8>) -> Self {
-        Self { digest: Digest::sha256_of(&bytes), bytes }
+        Self {
+            digest: Digest::sha256_of(&bytes),
+            bytes,
+        }
     }
 
     fn descriptor(&self, media_type: &str) -> Value {
@@ -55,7 +58,12 @@ pub struct V2Signature {
 
 /// Signs `image` (named `reference`) cosign-v2 style. `existing` is the current `.sig`
 /// manifest, if any: its layers are kept and the new one appended (unless identical).
-pub fn sign_v2(key: &PrivateKey, reference: &str, image: &Digest, existing: Option<&[u8]>) -> Result<V2Signature, String> {
+pub fn sign_v2(
+    key: &PrivateKey,
+    reference: &str,
+    image: &Digest,
+    existing: Option<&[u8]>,
+) -> Result<V2Signature, String> {
     let payload = Blob::new(super::v2::simple_signing_payload(reference, image));
     let sig = B64.encode(key.sign(&payload.bytes));
     let mut layer = payload.descriptor(SIMPLE_SIGNING);
@@ -90,7 +98,11 @@ pub fn sign_v2(key: &PrivateKey, reference: &str, image: &Digest, existing: Opti
     })
     .to_string()
     .into_bytes();
-    Ok(V2Signature { payload, config, manifest })
+    Ok(V2Signature {
+        payload,
+        config,
+        manifest,
+    })
 }
 
 /// Everything a v3 bundle push needs.
@@ -132,7 +144,11 @@ pub fn sign_v3(key: &PrivateKey, image: &Digest, media_type: &str, size: u64) ->
         "subject": {"mediaType": media_type, "digest": image.as_str(), "size": size},
         "annotations": {"dev.sigstore.bundle.content": "message-signature"}
     });
-    Ok(V3Signature { bundle, config, manifest: Blob::new(manifest.to_string().into_bytes()) })
+    Ok(V3Signature {
+        bundle,
+        config,
+        manifest: Blob::new(manifest.to_string().into_bytes()),
+    })
 }
 
 /// The referrers-tag index (OCI 1.1 fallback) with `referrer` added to `existing`.
@@ -149,7 +165,11 @@ pub fn referrers_tag_index(existing: Option<&[u8]>, referrer: &Blob, artifact_ty
     let mut d = referrer.descriptor(OCI_MANIFEST);
     d["artifactType"] = json!(artifact_type);
     manifests.push(d);
-    Ok(json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}).to_string().into_bytes())
+    Ok(
+        json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+            .to_string()
+            .into_bytes(),
+    )
 }
 
 /// What [`sign_and_push`] pushed.
@@ -174,7 +194,9 @@ pub enum PushError {
     Build(String),
 }
 
-async fn optional(r: Result<crate::registry::Manifest, crate::registry::RegistryError>) -> Result<Option<Vec<u8>>, PushError> {
+async fn optional(
+    r: Result<crate::registry::Manifest, crate::registry::RegistryError>,
+) -> Result<Option<Vec<u8>>, PushError> {
     match r {
         Ok(m) => Ok(Some(m.bytes)),
         Err(crate::registry::RegistryError::NotFound { .. }) => Ok(None),
@@ -184,7 +206,12 @@ async fn optional(r: Result<crate::registry::Manifest, crate::registry::Registry
 
 /// Signs the digest `r` resolves to and pushes a cosign v2 signature (and, with `v3`, a bundle
 /// referrer plus the referrers-tag index where the registry lacks the API).
-pub async fn sign_and_push(client: &crate::registry::Client, key: &PrivateKey, r: &crate::registry::Reference, v3: bool) -> Result<Pushed, PushError> {
+pub async fn sign_and_push(
+    client: &crate::registry::Client,
+    key: &PrivateKey,
+    r: &crate::registry::Reference,
+    v3: bool,
+) -> Result<Pushed, PushError> {
     let image = client.manifest(r, &r.reference()).await?;
     let digest = image.digest.clone();
     let sig_tag = format!("{}.sig", digest.tag_prefix());
@@ -195,18 +222,29 @@ pub async fn sign_and_push(client: &crate::registry::Client, key: &PrivateKey, r
     client.push_manifest(r, &sig_tag, OCI_MANIFEST, &s.manifest).await?;
     let mut referrer = None;
     if v3 {
-        let media_type = if image.media_type.is_empty() { OCI_MANIFEST.to_string() } else { image.media_type.clone() };
+        let media_type = if image.media_type.is_empty() {
+            OCI_MANIFEST.to_string()
+        } else {
+            image.media_type.clone()
+        };
         let b = sign_v3(key, &digest, &media_type, image.bytes.len() as u64).map_err(PushError::Build)?;
         client.push_blob(r, &b.bundle.bytes).await?;
         client.push_blob(r, &b.config.bytes).await?;
-        client.push_manifest(r, b.manifest.digest.as_str(), OCI_MANIFEST, &b.manifest.bytes).await?;
+        client
+            .push_manifest(r, b.manifest.digest.as_str(), OCI_MANIFEST, &b.manifest.bytes)
+            .await?;
         if client.referrers(r, &digest, None).await?.is_none() {
             let tag = digest.tag_prefix();
             let existing = optional(client.manifest(r, &tag).await).await?;
-            let index = referrers_tag_index(existing.as_deref(), &b.manifest, super::v3::BUNDLE_ARTIFACT_TYPE).map_err(PushError::Build)?;
+            let index = referrers_tag_index(existing.as_deref(), &b.manifest, super::v3::BUNDLE_ARTIFACT_TYPE)
+                .map_err(PushError::Build)?;
             client.push_manifest(r, &tag, OCI_INDEX, &index).await?;
         }
         referrer = Some(b.manifest.digest.clone());
     }
-    Ok(Pushed { digest, sig_tag, referrer })
+    Ok(Pushed {
+        digest,
+        sig_tag,
+        referrer,
+    })
 }

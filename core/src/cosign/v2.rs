@@ -95,7 +95,9 @@ impl SignatureLayer {
             .annotations
             .get(ANNOTATION_SIGNATURE)
             .ok_or_else(|| malformed(format!("no {ANNOTATION_SIGNATURE} annotation")))?;
-        let signature = B64.decode(sig.trim()).map_err(|e| malformed(format!("signature is not base64: {e}")))?;
+        let signature = B64
+            .decode(sig.trim())
+            .map_err(|e| malformed(format!("signature is not base64: {e}")))?;
         let material = match self.annotations.get(ANNOTATION_CERTIFICATE) {
             Some(pem) if !pem.trim().is_empty() => {
                 let (label, der) = keys::pem_decode(pem).map_err(|e| malformed(format!("certificate: {e}")))?;
@@ -108,9 +110,13 @@ impl SignatureLayer {
         };
         let mut tlog_entries = Vec::new();
         if let Some(b) = self.annotations.get(ANNOTATION_BUNDLE) {
-            let rb: RekorBundle = serde_json::from_str(b).map_err(|e| malformed(format!("rekor bundle annotation: {e}")))?;
-            let body = B64.decode(&rb.payload.body).map_err(|_| malformed("rekor body is not base64"))?;
-            let kv: serde_json::Value = serde_json::from_slice(&body).map_err(|_| malformed("rekor body is not JSON"))?;
+            let rb: RekorBundle =
+                serde_json::from_str(b).map_err(|e| malformed(format!("rekor bundle annotation: {e}")))?;
+            let body = B64
+                .decode(&rb.payload.body)
+                .map_err(|_| malformed("rekor body is not base64"))?;
+            let kv: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|_| malformed("rekor body is not JSON"))?;
             if rb.payload.log_index < 0 || rb.payload.integrated_time <= 0 {
                 return Err(malformed("rekor bundle has a negative log index or no integrated time"));
             }
@@ -118,7 +124,11 @@ impl SignatureLayer {
                 log_index: rb.payload.log_index as u64,
                 log_id: hex::decode(&rb.payload.log_id).map_err(|_| malformed("rekor logID is not hex"))?,
                 kind: kv.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string(),
-                version: kv.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string(),
+                version: kv
+                    .get("apiVersion")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
                 integrated_time: Some(rb.payload.integrated_time),
                 set: Some(B64.decode(&rb.set).map_err(|_| malformed("SET is not base64"))?),
                 proof: None,
@@ -128,7 +138,10 @@ impl SignatureLayer {
         let mut timestamps = Vec::new();
         if let Some(t) = self.annotations.get(ANNOTATION_RFC3161) {
             let t: Rfc3161 = serde_json::from_str(t).map_err(|e| malformed(format!("rfc3161 annotation: {e}")))?;
-            timestamps.push(B64.decode(&t.signed).map_err(|_| malformed("rfc3161 timestamp is not base64"))?);
+            timestamps.push(
+                B64.decode(&t.signed)
+                    .map_err(|_| malformed("rfc3161 timestamp is not base64"))?,
+            );
         }
         use sha2::Digest as _;
         Ok(Bundle {
@@ -136,16 +149,28 @@ impl SignatureLayer {
             material,
             tlog_entries,
             timestamps,
-            content: Content::MessageSignature { digest: Some(sha2::Sha256::digest(&self.payload).to_vec()), signature },
+            content: Content::MessageSignature {
+                digest: Some(sha2::Sha256::digest(&self.payload).to_vec()),
+                signature,
+            },
         })
     }
 
     /// Verifies this layer as a signature of `image` by `signer`: the Sigstore checks over the
     /// exact payload bytes, then the payload's `docker-manifest-digest` must be `image`.
     /// (`docker-reference` is not compared, as cosign's own claim check does not.)
-    pub fn verify(&self, image: &Digest, signer: Signer<'_>, root: &TrustedRoot, opts: &Options) -> Result<Verified, LayerError> {
+    pub fn verify(
+        &self,
+        image: &Digest,
+        signer: Signer<'_>,
+        root: &TrustedRoot,
+        opts: &Options,
+    ) -> Result<Verified, LayerError> {
         if self.payload.len() > MAX_PAYLOAD_BYTES {
-            return Err(malformed(format!("payload of {} bytes exceeds {MAX_PAYLOAD_BYTES}", self.payload.len())));
+            return Err(malformed(format!(
+                "payload of {} bytes exceeds {MAX_PAYLOAD_BYTES}",
+                self.payload.len()
+            )));
         }
         let bundle = self.to_bundle()?;
         let verified = verify(&bundle, Artifact::Bytes(&self.payload), signer, root, opts)?;
@@ -156,11 +181,16 @@ impl SignatureLayer {
 
 /// Checks a simple-signing payload names `image` as its `docker-manifest-digest`.
 pub fn check_simple_signing(payload: &[u8], image: &Digest) -> Result<(), LayerError> {
-    let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
-    let critical = v.get("critical").ok_or_else(|| malformed("payload has no critical section"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
+    let critical = v
+        .get("critical")
+        .ok_or_else(|| malformed("payload has no critical section"))?;
     let ty = critical.get("type").and_then(|t| t.as_str()).unwrap_or_default();
     if !ty.eq_ignore_ascii_case("cosign container image signature") && ty != "atomic container signature" {
-        return Err(malformed(format!("payload type {ty:?} is not a container image signature")));
+        return Err(malformed(format!(
+            "payload type {ty:?} is not a container image signature"
+        )));
     }
     let signed = critical
         .get("image")
@@ -168,7 +198,10 @@ pub fn check_simple_signing(payload: &[u8], image: &Digest) -> Result<(), LayerE
         .and_then(|d| d.as_str())
         .ok_or_else(|| malformed("payload has no docker-manifest-digest"))?;
     if signed != image.as_str() {
-        return Err(LayerError::WrongDigest { signed: signed.to_string(), expected: image.to_string() });
+        return Err(LayerError::WrongDigest {
+            signed: signed.to_string(),
+            expected: image.to_string(),
+        });
     }
     Ok(())
 }
@@ -189,20 +222,28 @@ pub fn simple_signing_payload(reference: &str, image: &Digest) -> Vec<u8> {
 
 /// Reads containers/image's on-disk signature form (`\0sigstore-json\n` + JSON) — test fixtures.
 pub fn from_containers_image_file(raw: &[u8]) -> Result<SignatureLayer, LayerError> {
-    let json = raw.strip_prefix(b"\0sigstore-json\n").ok_or_else(|| malformed("missing sigstore-json prefix"))?;
+    let json = raw
+        .strip_prefix(b"\0sigstore-json\n")
+        .ok_or_else(|| malformed("missing sigstore-json prefix"))?;
     #[derive(Deserialize)]
     struct F {
         payload: String,
         annotations: BTreeMap<String, String>,
     }
     let f: F = serde_json::from_slice(json).map_err(|e| malformed(e.to_string()))?;
-    Ok(SignatureLayer { payload: B64.decode(f.payload).map_err(|_| malformed("payload is not base64"))?, annotations: f.annotations })
+    Ok(SignatureLayer {
+        payload: B64.decode(f.payload).map_err(|_| malformed("payload is not base64"))?,
+        annotations: f.annotations,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{keys::PublicKey, sigstore::{Identity, TlogPolicy}};
+    use crate::{
+        keys::PublicKey,
+        sigstore::{Identity, TlogPolicy},
+    };
 
     fn fixtures() -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cosign-v2-containers-image")
@@ -223,9 +264,13 @@ mod tests {
     fn keyless_fixture_verifies_with_its_identity_at_the_set_time() {
         let root = TrustedRoot::public_good();
         let id = Identity::exact("https://github.com/login/oauth", "mitr@redhat.com").unwrap();
-        let v = layer("dir-img-cosign-fulcio-rekor-valid").verify(&digest(IMG), Signer::Identity(&id), &root, &Options::default()).unwrap();
+        let v = layer("dir-img-cosign-fulcio-rekor-valid")
+            .verify(&digest(IMG), Signer::Identity(&id), &root, &Options::default())
+            .unwrap();
         assert_eq!(v.tlog_index, Some(11605770));
-        assert!(matches!(v.signer, crate::sigstore::SignerInfo::Keyless { ref subject, .. } if subject == "mitr@redhat.com"));
+        assert!(
+            matches!(v.signer, crate::sigstore::SignerInfo::Keyless { ref subject, .. } if subject == "mitr@redhat.com")
+        );
     }
 
     #[test]
@@ -233,16 +278,38 @@ mod tests {
         let root = TrustedRoot::public_good();
         let l = layer("dir-img-cosign-fulcio-rekor-valid");
         let other = Identity::exact("https://github.com/login/oauth", "someone@else.com").unwrap();
-        assert!(matches!(l.verify(&digest(IMG), Signer::Identity(&other), &root, &Options::default()), Err(LayerError::Verify(VerifyError::Identity { .. }))));
+        assert!(matches!(
+            l.verify(&digest(IMG), Signer::Identity(&other), &root, &Options::default()),
+            Err(LayerError::Verify(VerifyError::Identity { .. }))
+        ));
         let other_issuer = Identity::exact("https://accounts.google.com", "mitr@redhat.com").unwrap();
-        assert!(l.verify(&digest(IMG), Signer::Identity(&other_issuer), &root, &Options::default()).is_err());
+        assert!(l
+            .verify(
+                &digest(IMG),
+                Signer::Identity(&other_issuer),
+                &root,
+                &Options::default()
+            )
+            .is_err());
         let id = Identity::exact("https://github.com/login/oauth", "mitr@redhat.com").unwrap();
-        assert!(matches!(l.verify(&digest(IMG_KEY_ONLY), Signer::Identity(&id), &root, &Options::default()), Err(LayerError::WrongDigest { .. })));
+        assert!(matches!(
+            l.verify(&digest(IMG_KEY_ONLY), Signer::Identity(&id), &root, &Options::default()),
+            Err(LayerError::WrongDigest { .. })
+        ));
         let mut t = l.clone();
         t.payload[20] ^= 1;
-        assert!(t.verify(&digest(IMG), Signer::Identity(&id), &root, &Options::default()).is_err());
+        assert!(t
+            .verify(&digest(IMG), Signer::Identity(&id), &root, &Options::default())
+            .is_err());
         // A keyless signature is never accepted by key, even with the certificate's own key.
-        assert!(l.verify(&digest(IMG), Signer::Key(&key("cosign2.pub")), &root, &Options::default()).is_err());
+        assert!(l
+            .verify(
+                &digest(IMG),
+                Signer::Key(&key("cosign2.pub")),
+                &root,
+                &Options::default()
+            )
+            .is_err());
     }
 
     #[test]
@@ -251,7 +318,10 @@ mod tests {
         let id = Identity::exact("https://github.com/login/oauth", "mitr@redhat.com").unwrap();
         let mut l = layer("dir-img-cosign-fulcio-rekor-valid");
         l.annotations.remove(ANNOTATION_BUNDLE);
-        let opts = Options { tlog: TlogPolicy::Optional, ..Options::default() };
+        let opts = Options {
+            tlog: TlogPolicy::Optional,
+            ..Options::default()
+        };
         let e = l.verify(&digest(IMG), Signer::Identity(&id), &root, &opts).unwrap_err();
         assert!(e.to_string().contains("no verified timestamp"), "{e}");
     }
@@ -260,9 +330,23 @@ mod tests {
     fn key_rekor_fixture_passes_with_cosign2_pub_only() {
         let root = TrustedRoot::public_good();
         let l = layer("dir-img-cosign-key-rekor-valid");
-        let v = l.verify(&digest(IMG), Signer::Key(&key("cosign2.pub")), &root, &Options::default()).unwrap();
+        let v = l
+            .verify(
+                &digest(IMG),
+                Signer::Key(&key("cosign2.pub")),
+                &root,
+                &Options::default(),
+            )
+            .unwrap();
         assert_eq!(v.tlog_index, Some(11608800));
-        assert!(l.verify(&digest(IMG), Signer::Key(&key("cosign.pub")), &root, &Options::default()).is_err());
+        assert!(l
+            .verify(
+                &digest(IMG),
+                Signer::Key(&key("cosign.pub")),
+                &root,
+                &Options::default()
+            )
+            .is_err());
     }
 
     #[test]
@@ -270,13 +354,32 @@ mod tests {
         let root = TrustedRoot::public_good();
         let l = layer("dir-img-cosign-valid");
         let k = key("cosign.pub");
-        let required = l.verify(&digest(IMG_KEY_ONLY), Signer::Key(&k), &root, &Options::default()).unwrap_err();
-        assert!(required.to_string().contains("transparency log entry is required"), "{required}");
+        let required = l
+            .verify(&digest(IMG_KEY_ONLY), Signer::Key(&k), &root, &Options::default())
+            .unwrap_err();
+        assert!(
+            required.to_string().contains("transparency log entry is required"),
+            "{required}"
+        );
         for tlog in [TlogPolicy::Optional, TlogPolicy::Off] {
-            l.verify(&digest(IMG_KEY_ONLY), Signer::Key(&k), &root, &Options { tlog, ..Options::default() }).unwrap();
+            l.verify(
+                &digest(IMG_KEY_ONLY),
+                Signer::Key(&k),
+                &root,
+                &Options {
+                    tlog,
+                    ..Options::default()
+                },
+            )
+            .unwrap();
         }
-        let opts = Options { tlog: TlogPolicy::Off, ..Options::default() };
-        assert!(l.verify(&digest(IMG_KEY_ONLY), Signer::Key(&key("cosign2.pub")), &root, &opts).is_err());
+        let opts = Options {
+            tlog: TlogPolicy::Off,
+            ..Options::default()
+        };
+        assert!(l
+            .verify(&digest(IMG_KEY_ONLY), Signer::Key(&key("cosign2.pub")), &root, &opts)
+            .is_err());
     }
 
     #[test]
@@ -288,7 +391,10 @@ mod tests {
         l.annotations.insert(ANNOTATION_SIGNATURE.into(), "!!!".into());
         assert!(matches!(l.to_bundle(), Err(LayerError::Malformed(_))));
         let mut l = layer("dir-img-cosign-fulcio-rekor-valid");
-        l.annotations.insert(ANNOTATION_CERTIFICATE.into(), "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into());
+        l.annotations.insert(
+            ANNOTATION_CERTIFICATE.into(),
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into(),
+        );
         assert!(matches!(l.to_bundle(), Err(LayerError::Malformed(_))));
     }
 }

@@ -14,12 +14,23 @@ pub const BUNDLE_ARTIFACT_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3
 pub const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
 
 /// Verifies bundle JSON as a signature over `image`.
-pub fn verify_bundle_for_image(bundle_json: &[u8], image: &Digest, signer: Signer<'_>, root: &TrustedRoot, opts: &Options) -> Result<Verified, VerifyError> {
+pub fn verify_bundle_for_image(
+    bundle_json: &[u8],
+    image: &Digest,
+    signer: Signer<'_>,
+    root: &TrustedRoot,
+    opts: &Options,
+) -> Result<Verified, VerifyError> {
     if bundle_json.len() > MAX_BUNDLE_BYTES {
-        return Err(VerifyError::Bundle(format!("bundle of {} bytes exceeds {MAX_BUNDLE_BYTES}", bundle_json.len())));
+        return Err(VerifyError::Bundle(format!(
+            "bundle of {} bytes exceeds {MAX_BUNDLE_BYTES}",
+            bundle_json.len()
+        )));
     }
     if image.algorithm() != "sha256" {
-        return Err(VerifyError::Bundle(format!("cannot verify a bundle over {image}: only sha256 digests")));
+        return Err(VerifyError::Bundle(format!(
+            "cannot verify a bundle over {image}: only sha256 digests"
+        )));
     }
     let bundle = Bundle::from_json(bundle_json)?;
     let mut d = [0u8; 32];
@@ -33,7 +44,12 @@ mod tests {
     use crate::sigstore::Identity;
 
     fn fx(p: &str) -> Vec<u8> {
-        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(p)).unwrap()
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/fixtures")
+                .join(p),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -45,11 +61,18 @@ mod tests {
         let v = verify_bundle_for_image(&bundle, &subject, Signer::Identity(&id), &root, &Options::default()).unwrap();
         assert!(v.tlog_index.is_some());
         let other = Digest::sha256_of(b"another image");
-        let e = verify_bundle_for_image(&bundle, &other, Signer::Identity(&id), &root, &Options::default()).unwrap_err();
+        let e =
+            verify_bundle_for_image(&bundle, &other, Signer::Identity(&id), &root, &Options::default()).unwrap_err();
         assert!(e.to_string().contains("no in-toto subject"), "{e}");
         let wrong_id = Identity::exact("https://github.com/login/oauth", "mallory@soyland.com").unwrap();
         assert!(matches!(
-            verify_bundle_for_image(&bundle, &subject, Signer::Identity(&wrong_id), &root, &Options::default()),
+            verify_bundle_for_image(
+                &bundle,
+                &subject,
+                Signer::Identity(&wrong_id),
+                &root,
+                &Options::default()
+            ),
             Err(VerifyError::Identity { .. })
         ));
     }
@@ -66,8 +89,18 @@ mod tests {
         let root = TrustedRoot::public_good();
         verify_bundle_for_image(&bundle, &subject, Signer::Identity(&id), &root, &Options::default()).unwrap();
         let re = crate::sigstore::Matcher::regex(r"^https://github\.com/kubewarden/.*$").unwrap();
-        let id_re = Identity { issuer: id.issuer.clone(), subject: re };
+        let id_re = Identity {
+            issuer: id.issuer.clone(),
+            subject: re,
+        };
         verify_bundle_for_image(&bundle, &subject, Signer::Identity(&id_re), &root, &Options::default()).unwrap();
-        assert!(verify_bundle_for_image(&bundle, &Digest::sha256_of(b"x"), Signer::Identity(&id), &root, &Options::default()).is_err());
+        assert!(verify_bundle_for_image(
+            &bundle,
+            &Digest::sha256_of(b"x"),
+            Signer::Identity(&id),
+            &root,
+            &Options::default()
+        )
+        .is_err());
     }
 }

@@ -116,7 +116,10 @@ impl ImagePattern {
         }
         let (rest, digest) = match s.rsplit_once('@') {
             Some((name, d)) => {
-                let digest = Digest::parse(d).map_err(|source| PatternError::Digest { pattern: err_s(), source })?;
+                let digest = Digest::parse(d).map_err(|source| PatternError::Digest {
+                    pattern: err_s(),
+                    source,
+                })?;
                 (name, Some(digest))
             }
             None => (s, None),
@@ -159,10 +162,16 @@ impl ImagePattern {
             let (part, ok): (&'static str, fn(char) -> bool) = if i == 0 {
                 ("the registry", |c| c.is_ascii_alphanumeric() || ".-_:[]*".contains(c))
             } else {
-                ("a repository name", |c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-*".contains(c))
+                ("a repository name", |c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || "._-*".contains(c)
+                })
             };
             if let Some(ch) = seg.chars().find(|c| !ok(*c)) {
-                return Err(PatternError::BadChar { pattern: err_s(), ch, part });
+                return Err(PatternError::BadChar {
+                    pattern: err_s(),
+                    ch,
+                    part,
+                });
             }
             name.push(Segment::Glob(seg.to_string()));
         }
@@ -177,10 +186,19 @@ impl ImagePattern {
         }
         if let Some(t) = &tag {
             if let Some(ch) = t.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-*".contains(*c))) {
-                return Err(PatternError::BadChar { pattern: err_s(), ch, part: "a tag" });
+                return Err(PatternError::BadChar {
+                    pattern: err_s(),
+                    ch,
+                    part: "a tag",
+                });
             }
         }
-        Ok(Self { raw: s.to_string(), name, tag, digest })
+        Ok(Self {
+            raw: s.to_string(),
+            name,
+            tag,
+            digest,
+        })
     }
 
     /// The pattern as written.
@@ -366,7 +384,9 @@ mod tests {
         assert!(!p.matches("ghcr.io/x/y", Some("v1"), None));
         assert!(!p.matches("ghcr.io/x/z", None, Some(&d)));
         // A pattern without a digest matches any digest.
-        assert!(ImagePattern::parse("ghcr.io/x/y").unwrap().matches("ghcr.io/x/y", None, Some(&d)));
+        assert!(ImagePattern::parse("ghcr.io/x/y")
+            .unwrap()
+            .matches("ghcr.io/x/y", None, Some(&d)));
     }
 
     #[rstest]
@@ -412,7 +432,10 @@ mod tests {
         }
         let longer = ImagePattern::parse("ghcr.io/x/cache-*").unwrap();
         let shorter = ImagePattern::parse("ghcr.io/x/c*").unwrap();
-        assert!(longer.specificity() > shorter.specificity(), "more literal characters win");
+        assert!(
+            longer.specificity() > shorter.specificity(),
+            "more literal characters win"
+        );
     }
 
     fn segment() -> impl Strategy<Value = String> {

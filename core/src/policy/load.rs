@@ -24,7 +24,12 @@ use crate::{
 
 /// Strings a sane identity matcher never accepts. A regexp matching one of them would accept
 /// (nearly) any signer, which the policy refuses to express.
-const ANY_SIGNER_PROBES: &[&str] = &["", "x", "kcache-probe@invalid.example", "https://kcache-probe.invalid/any"];
+const ANY_SIGNER_PROBES: &[&str] = &[
+    "",
+    "x",
+    "kcache-probe@invalid.example",
+    "https://kcache-probe.invalid/any",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,7 +104,11 @@ impl Loader {
     }
 
     fn problem(&mut self, file: &Path, field: impl Into<String>, kind: ProblemKind) {
-        self.problems.push(Problem { file: file.to_path_buf(), field: field.into(), kind });
+        self.problems.push(Problem {
+            file: file.to_path_buf(),
+            field: field.into(),
+            kind,
+        });
     }
 
     /// Feeds the generation hash, with framing so that moving bytes between inputs changes it.
@@ -126,9 +135,11 @@ impl Loader {
         };
         for (k, v) in map {
             match k.as_str() {
-                Some(f @ ("mode" | "default")) if !main => {
-                    self.problem(path, f, ProblemKind::MainOnly(if f == "mode" { "mode" } else { "default" }))
-                }
+                Some(f @ ("mode" | "default")) if !main => self.problem(
+                    path,
+                    f,
+                    ProblemKind::MainOnly(if f == "mode" { "mode" } else { "default" }),
+                ),
                 Some("mode") => {
                     if let Some(m) = self.shape(path, "mode", v) {
                         self.mode = m;
@@ -150,7 +161,10 @@ impl Loader {
                 },
                 _ => {
                     let key = serde_yaml::to_string(&k).unwrap_or_default();
-                    let msg = format!("unknown field `{}`, expected one of `mode`, `default`, `rules`", key.trim());
+                    let msg = format!(
+                        "unknown field `{}`, expected one of `mode`, `default`, `rules`",
+                        key.trim()
+                    );
                     self.problem(path, key.trim(), ProblemKind::Shape(msg));
                 }
             }
@@ -176,14 +190,19 @@ impl Loader {
 
     fn rule(&mut self, file: &Path, index: usize, value: Value) {
         let at = format!("rules[{index}]");
-        let Some(raw) = self.shape::<RawRule>(file, &at, value) else { return };
+        let Some(raw) = self.shape::<RawRule>(file, &at, value) else {
+            return;
+        };
         let before = self.problems.len();
 
         let name_ok = !raw.name.is_empty() && raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !name_ok {
             self.problem(file, format!("{at}.name"), ProblemKind::BadName(raw.name.clone()));
         } else if let Some(first) = self.names.get(&raw.name) {
-            let kind = ProblemKind::DuplicateName { name: raw.name.clone(), first: first.clone() };
+            let kind = ProblemKind::DuplicateName {
+                name: raw.name.clone(),
+                first: first.clone(),
+            };
             self.problem(file, format!("{at}.name"), kind);
         } else {
             self.names.insert(raw.name.clone(), format!("{}: {at}", file.display()));
@@ -205,16 +224,25 @@ impl Loader {
                 self.problem(file, format!("{at}.authorities"), ProblemKind::AllowWithAuthorities);
             }
             if raw.transparency_log.is_some() {
-                self.problem(file, format!("{at}.transparencyLog"), ProblemKind::AllowWith("transparencyLog"));
+                self.problem(
+                    file,
+                    format!("{at}.transparencyLog"),
+                    ProblemKind::AllowWith("transparencyLog"),
+                );
             }
             if raw.signature_formats.is_some() {
-                self.problem(file, format!("{at}.signatureFormats"), ProblemKind::AllowWith("signatureFormats"));
+                self.problem(
+                    file,
+                    format!("{at}.signatureFormats"),
+                    ProblemKind::AllowWith("signatureFormats"),
+                );
             }
         } else if raw.authorities.is_empty() {
             self.problem(file, format!("{at}.authorities"), ProblemKind::NoAuthority);
         }
-        let formats =
-            raw.signature_formats.unwrap_or_else(|| vec![SignatureFormat::CosignV2, SignatureFormat::CosignV3]);
+        let formats = raw
+            .signature_formats
+            .unwrap_or_else(|| vec![SignatureFormat::CosignV2, SignatureFormat::CosignV3]);
         if formats.is_empty() {
             self.problem(file, format!("{at}.signatureFormats"), ProblemKind::NoFormats);
         }
@@ -272,8 +300,13 @@ impl Loader {
 
     fn keyless(&mut self, file: &Path, at: &str, base: &Path, raw: RawKeyless) -> Option<Authority> {
         let at = format!("{at}.keyless");
-        let issuer =
-            self.matcher(file, &at, ("issuer", raw.issuer), ("issuerRegExp", raw.issuer_regexp), ProblemKind::NoIssuer);
+        let issuer = self.matcher(
+            file,
+            &at,
+            ("issuer", raw.issuer),
+            ("issuerRegExp", raw.issuer_regexp),
+            ProblemKind::NoIssuer,
+        );
         let subject = self.matcher(
             file,
             &at,
@@ -291,7 +324,10 @@ impl Loader {
             }
         };
         Some(Authority::Keyless {
-            identity: Identity { issuer: issuer?, subject: subject? },
+            identity: Identity {
+                issuer: issuer?,
+                subject: subject?,
+            },
             trusted_root: trusted_root?,
             trusted_root_path,
         })
@@ -348,7 +384,10 @@ impl Loader {
                     self.material.push(p.clone());
                     TrustedRoot::from_json(&bytes).map(Arc::new).map_err(Arc::new)
                 }
-                Err(source) => Err(Arc::new(TrustRootError::Read { path: p.display().to_string(), source })),
+                Err(source) => Err(Arc::new(TrustRootError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })),
             },
         };
         self.roots.insert(path, r.clone());
@@ -357,7 +396,9 @@ impl Loader {
 
     fn finish(self) -> Result<Policy, PolicyError> {
         if !self.problems.is_empty() {
-            return Err(PolicyError { problems: self.problems });
+            return Err(PolicyError {
+                problems: self.problems,
+            });
         }
         let hash = self.hasher.finalize();
         let mut first = [0u8; 8];
@@ -426,7 +467,9 @@ fn fragments(loader: &mut Loader, dir: &Path) -> Vec<(String, PathBuf)> {
                 continue;
             }
         };
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
         let wanted = !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"));
         // metadata() follows symlinks, as Kubernetes ConfigMap mounts need.
         if wanted && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {

@@ -156,7 +156,10 @@ impl Rule {
 
     /// This rule's most specific pattern matching the image, if any.
     pub fn best_match(&self, name: &str, tag: Option<&str>, digest: Option<&Digest>) -> Option<&ImagePattern> {
-        self.images.iter().filter(|p| p.matches(name, tag, digest)).max_by_key(|p| p.specificity())
+        self.images
+            .iter()
+            .filter(|p| p.matches(name, tag, digest))
+            .max_by_key(|p| p.specificity())
     }
 }
 

@@ -79,7 +79,13 @@ rules:
 fn defaults_are_enforce_deny_and_public_good() {
     let p = parse("rules:\n  - name: a\n    images: [ghcr.io/x/*]\n    authorities:\n      - keyless: {issuer: https://i.example, subject: me@example.com}\n").unwrap();
     assert_eq!((p.mode, p.default), (Mode::Enforce, DefaultAction::Deny));
-    assert!(matches!(&p.rules[0].authorities[0], Authority::Keyless { trusted_root_path: None, .. }));
+    assert!(matches!(
+        &p.rules[0].authorities[0],
+        Authority::Keyless {
+            trusted_root_path: None,
+            ..
+        }
+    ));
     assert!(parse("").unwrap().rules.is_empty());
 }
 
@@ -98,15 +104,24 @@ fn relative_key_paths_resolve_against_the_policy_file() {
     fs::create_dir(dir.path().join("keys")).unwrap();
     fs::copy(key_path(), dir.path().join("keys/k.pub")).unwrap();
     let main = dir.path().join("policy.yaml");
-    fs::write(&main, "rules:\n  - {name: a, images: [ghcr.io/x/y], authorities: [{key: {path: keys/k.pub}}]}\n")
-        .unwrap();
+    fs::write(
+        &main,
+        "rules:\n  - {name: a, images: [ghcr.io/x/y], authorities: [{key: {path: keys/k.pub}}]}\n",
+    )
+    .unwrap();
     let p = Policy::load(&main, None).unwrap();
-    let Authority::Key { path, .. } = &p.rules[0].authorities[0] else { panic!("key") };
+    let Authority::Key { path, .. } = &p.rules[0].authorities[0] else {
+        panic!("key")
+    };
     assert_eq!(path, &dir.path().join("keys/k.pub"));
 
     // Rotating the key changes the generation even though the YAML is the same.
     let before = p.generation;
-    fs::copy(format!("{FIXTURES}/cosign-v2-containers-image/cosign2.pub"), dir.path().join("keys/k.pub")).unwrap();
+    fs::copy(
+        format!("{FIXTURES}/cosign-v2-containers-image/cosign2.pub"),
+        dir.path().join("keys/k.pub"),
+    )
+    .unwrap();
     assert_ne!(Policy::load(&main, None).unwrap().generation, before);
 }
 
@@ -116,9 +131,21 @@ fn policy_d_fragments_load_in_file_name_order_and_skip_other_files() {
     let main = dir.path().join("policy.yaml");
     let d = dir.path().join("policy.d");
     fs::create_dir(&d).unwrap();
-    fs::write(&main, "mode: enforce\nrules:\n  - {name: m, images: [ghcr.io/m/*], allow: true}\n").unwrap();
-    fs::write(d.join("20-b.yml"), "rules:\n  - {name: b, images: [ghcr.io/x/*], allow: true}\n").unwrap();
-    fs::write(d.join("10-a.yaml"), "rules:\n  - {name: a, images: [ghcr.io/x/*], allow: true}\n").unwrap();
+    fs::write(
+        &main,
+        "mode: enforce\nrules:\n  - {name: m, images: [ghcr.io/m/*], allow: true}\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("20-b.yml"),
+        "rules:\n  - {name: b, images: [ghcr.io/x/*], allow: true}\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("10-a.yaml"),
+        "rules:\n  - {name: a, images: [ghcr.io/x/*], allow: true}\n",
+    )
+    .unwrap();
     fs::write(d.join(".10-a.yaml.tmp"), "garbage: [").unwrap();
     fs::write(d.join("README.md"), "not yaml").unwrap();
     let p = Policy::load(&main, Some(&d)).unwrap();
@@ -127,7 +154,10 @@ fn policy_d_fragments_load_in_file_name_order_and_skip_other_files() {
     // Equally specific: load order decides, so 10-a beats 20-b.
     assert_eq!(p.match_image("ghcr.io/x/app", None, None).rule_name(), Some("a"));
     // A missing policy.d is just empty.
-    assert_eq!(Policy::load(&main, Some(&dir.path().join("nope"))).unwrap().rules.len(), 1);
+    assert_eq!(
+        Policy::load(&main, Some(&dir.path().join("nope"))).unwrap().rules.len(),
+        1
+    );
 }
 
 #[rstest]
@@ -154,16 +184,28 @@ fn most_specific_rule_wins(
 fn digest_pin_beats_everything_and_default_applies_otherwise() {
     let d = digest('d');
     let p = allow_rules(&["ghcr.io/x/app:v1", &format!("ghcr.io/**@{d}")]);
-    assert_eq!(p.match_image("ghcr.io/x/app", Some("v1"), Some(&d)).rule_name(), Some("r1"));
-    assert_eq!(p.match_image("ghcr.io/x/app", Some("v1"), Some(&digest('e'))).rule_name(), Some("r0"));
-    assert!(matches!(p.match_image("quay.io/x/app", None, None), Match::Default(DefaultAction::Deny)));
+    assert_eq!(
+        p.match_image("ghcr.io/x/app", Some("v1"), Some(&d)).rule_name(),
+        Some("r1")
+    );
+    assert_eq!(
+        p.match_image("ghcr.io/x/app", Some("v1"), Some(&digest('e')))
+            .rule_name(),
+        Some("r0")
+    );
+    assert!(matches!(
+        p.match_image("quay.io/x/app", None, None),
+        Match::Default(DefaultAction::Deny)
+    ));
 }
 
 #[test]
 fn a_rules_best_pattern_is_its_specificity() {
     // r0's literal pattern beats r1's single wildcard even though r0 also has a broad one.
     let p = parse("rules:\n  - {name: r0, images: ['**', 'ghcr.io/x/app'], allow: true}\n  - {name: r1, images: [ghcr.io/x/*], allow: true}\n").unwrap();
-    let Match::Rule { rule, pattern } = p.match_image("ghcr.io/x/app", None, None) else { panic!("no match") };
+    let Match::Rule { rule, pattern } = p.match_image("ghcr.io/x/app", None, None) else {
+        panic!("no match")
+    };
     assert_eq!((rule.name.as_str(), pattern.as_str()), ("r0", "ghcr.io/x/app"));
 }
 
@@ -259,5 +301,9 @@ fn every_error_in_every_file_is_reported() {
 #[test]
 fn unreadable_main_file_is_an_error() {
     let err = Policy::load(Path::new("/nonexistent/policy.yaml"), None).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/policy.yaml: cannot read policy file"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/policy.yaml: cannot read policy file"),
+        "{err}"
+    );
 }

@@ -13,7 +13,9 @@ pub struct AuthFile {
 
 impl fmt::Debug for AuthFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthFile").field("registries", &self.basic.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("AuthFile")
+            .field("registries", &self.basic.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -60,7 +62,9 @@ impl AuthFile {
                         .decode(a.trim())
                         .map_err(|_| format!("auths[{key}].auth is not base64"))?;
                     let s = String::from_utf8(dec).map_err(|_| format!("auths[{key}].auth is not UTF-8"))?;
-                    let (u, p) = s.split_once(':').ok_or_else(|| format!("auths[{key}].auth is not user:password"))?;
+                    let (u, p) = s
+                        .split_once(':')
+                        .ok_or_else(|| format!("auths[{key}].auth is not user:password"))?;
                     (u.to_string(), p.to_string())
                 }
                 (_, Some(u), Some(p)) => (u, p),

@@ -153,7 +153,12 @@ impl Client {
             .user_agent(concat!("kcache/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| RegistryError::Config(e.to_string()))?;
-        Ok(Self { http, cfg, auth, tokens: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            http,
+            cfg,
+            auth,
+            tokens: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The settings.
@@ -162,14 +167,25 @@ impl Client {
     }
 
     fn base(&self, registry: &str) -> String {
-        let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
-        let scheme = if self.cfg.insecure.iter().any(|h| h == registry) { "http" } else { "https" };
+        let host = if registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        let scheme = if self.cfg.insecure.iter().any(|h| h == registry) {
+            "http"
+        } else {
+            "https"
+        };
         format!("{scheme}://{host}")
     }
 
     fn net_err(&self, url: &str, e: reqwest::Error) -> RegistryError {
         if e.is_timeout() {
-            RegistryError::Timeout { url: url.to_string(), timeout: self.cfg.timeout }
+            RegistryError::Timeout {
+                url: url.to_string(),
+                timeout: self.cfg.timeout,
+            }
         } else {
             let mut reason = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -177,13 +193,28 @@ impl Client {
                 reason = format!("{reason}: {s}");
                 src = s.source();
             }
-            RegistryError::Unreachable { url: url.to_string(), reason }
+            RegistryError::Unreachable {
+                url: url.to_string(),
+                reason,
+            }
         }
     }
 
     /// Sends a request, authenticating (basic, or bearer via the challenge) as needed.
-    async fn send(&self, r: &Reference, push: bool, method: Method, url: &str, headers: &[(header::HeaderName, String)], body: Option<Vec<u8>>) -> Result<reqwest::Response> {
-        let scope = format!("repository:{}:{}", r.repository, if push { "pull,push" } else { "pull" });
+    async fn send(
+        &self,
+        r: &Reference,
+        push: bool,
+        method: Method,
+        url: &str,
+        headers: &[(header::HeaderName, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<reqwest::Response> {
+        let scope = format!(
+            "repository:{}:{}",
+            r.repository,
+            if push { "pull,push" } else { "pull" }
+        );
         let key = (r.registry.clone(), scope.clone());
         let mut retried = false;
         loop {
@@ -238,34 +269,60 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| self.net_err(realm, e))?;
         if !resp.status().is_success() {
-            return Err(RegistryError::Unauthorized { url: realm.clone(), status: resp.status().as_u16() });
+            return Err(RegistryError::Unauthorized {
+                url: realm.clone(),
+                status: resp.status().as_u16(),
+            });
         }
         let body = read_bounded(resp, 64 << 10, realm).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| RegistryError::Protocol { url: realm.clone(), reason: format!("token response: {e}") })?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
+            url: realm.clone(),
+            reason: format!("token response: {e}"),
+        })?;
         v.get("token")
             .or_else(|| v.get("access_token"))
             .and_then(|t| t.as_str())
             .map(str::to_string)
-            .ok_or_else(|| RegistryError::Protocol { url: realm.clone(), reason: "token response without token".into() })
+            .ok_or_else(|| RegistryError::Protocol {
+                url: realm.clone(),
+                reason: "token response without token".into(),
+            })
     }
 
     fn check_status(resp: &reqwest::Response, url: &str, what: impl FnOnce() -> String) -> Result<()> {
         match resp.status() {
             s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(RegistryError::NotFound { what: what() }),
-            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                Err(RegistryError::Unauthorized { url: url.to_string(), status: s.as_u16() })
-            }
-            s => Err(RegistryError::Protocol { url: url.to_string(), reason: format!("HTTP {s}") }),
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Err(RegistryError::Unauthorized {
+                url: url.to_string(),
+                status: s.as_u16(),
+            }),
+            s => Err(RegistryError::Protocol {
+                url: url.to_string(),
+                reason: format!("HTTP {s}"),
+            }),
         }
     }
 
     /// Resolves a tag (or digest) to a digest with HEAD; falls back to GET when the registry
     /// sends no `Docker-Content-Digest`.
     pub async fn resolve(&self, r: &Reference) -> Result<Resolved> {
-        let url = format!("{}/v2/{}/manifests/{}", self.base(&r.registry), r.repository, r.reference());
-        let resp = self.send(r, false, Method::HEAD, &url, &[(header::ACCEPT, ACCEPT_MANIFESTS.into())], None).await?;
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base(&r.registry),
+            r.repository,
+            r.reference()
+        );
+        let resp = self
+            .send(
+                r,
+                false,
+                Method::HEAD,
+                &url,
+                &[(header::ACCEPT, ACCEPT_MANIFESTS.into())],
+                None,
+            )
+            .await?;
         Self::check_status(&resp, &url, || format!("manifest {r}"))?;
         let digest = resp
             .headers()
@@ -275,15 +332,27 @@ impl Client {
         let media_type = content_type(&resp);
         let size = resp.content_length().unwrap_or(0);
         let resolved = match digest {
-            Some(digest) => Resolved { media_type, digest, size },
+            Some(digest) => Resolved {
+                media_type,
+                digest,
+                size,
+            },
             None => {
                 let m = self.manifest(r, &r.reference()).await?;
-                Resolved { media_type: m.media_type, size: m.bytes.len() as u64, digest: m.digest }
+                Resolved {
+                    media_type: m.media_type,
+                    size: m.bytes.len() as u64,
+                    digest: m.digest,
+                }
             }
         };
         if let Some(want) = &r.digest {
             if *want != resolved.digest {
-                return Err(RegistryError::DigestMismatch { url, expected: want.to_string(), actual: resolved.digest.to_string() });
+                return Err(RegistryError::DigestMismatch {
+                    url,
+                    expected: want.to_string(),
+                    actual: resolved.digest.to_string(),
+                });
             }
         }
         Ok(resolved)
@@ -292,8 +361,19 @@ impl Client {
     /// Fetches a manifest by tag or digest. By digest, the bytes must hash to it.
     pub async fn manifest(&self, r: &Reference, reference: &str) -> Result<Manifest> {
         let url = format!("{}/v2/{}/manifests/{}", self.base(&r.registry), r.repository, reference);
-        let resp = self.send(r, false, Method::GET, &url, &[(header::ACCEPT, ACCEPT_MANIFESTS.into())], None).await?;
-        Self::check_status(&resp, &url, || format!("manifest {}/{}:{reference}", r.registry, r.repository))?;
+        let resp = self
+            .send(
+                r,
+                false,
+                Method::GET,
+                &url,
+                &[(header::ACCEPT, ACCEPT_MANIFESTS.into())],
+                None,
+            )
+            .await?;
+        Self::check_status(&resp, &url, || {
+            format!("manifest {}/{}:{reference}", r.registry, r.repository)
+        })?;
         let mut media_type = content_type(&resp);
         let bytes = read_bounded(resp, self.cfg.max_manifest_bytes, &url).await?;
         if media_type.is_empty() || media_type == "application/json" || media_type == "text/plain" {
@@ -305,10 +385,18 @@ impl Client {
         let digest = Digest::sha256_of(&bytes);
         if let Ok(want) = Digest::parse(reference) {
             if !want.matches(&bytes) {
-                return Err(RegistryError::DigestMismatch { url, expected: want.to_string(), actual: digest.to_string() });
+                return Err(RegistryError::DigestMismatch {
+                    url,
+                    expected: want.to_string(),
+                    actual: digest.to_string(),
+                });
             }
         }
-        Ok(Manifest { media_type, digest, bytes })
+        Ok(Manifest {
+            media_type,
+            digest,
+            bytes,
+        })
     }
 
     /// Fetches a blob, at most `max` bytes, and checks its digest.
@@ -318,19 +406,37 @@ impl Client {
         Self::check_status(&resp, &url, || format!("blob {digest} in {}", r.name()))?;
         let bytes = read_bounded(resp, max.min(self.cfg.max_blob_bytes), &url).await?;
         if !digest.matches(&bytes) {
-            return Err(RegistryError::DigestMismatch { url, expected: digest.to_string(), actual: Digest::sha256_of(&bytes).to_string() });
+            return Err(RegistryError::DigestMismatch {
+                url,
+                expected: digest.to_string(),
+                actual: Digest::sha256_of(&bytes).to_string(),
+            });
         }
         Ok(bytes)
     }
 
     /// The OCI 1.1 referrers of `digest` (an image index), or `None` if the registry does not
     /// implement the API (callers then read the `sha256-<hex>` referrers tag).
-    pub async fn referrers(&self, r: &Reference, digest: &Digest, artifact_type: Option<&str>) -> Result<Option<Vec<u8>>> {
+    pub async fn referrers(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<u8>>> {
         let mut url = format!("{}/v2/{}/referrers/{digest}", self.base(&r.registry), r.repository);
         if let Some(t) = artifact_type {
             url.push_str(&format!("?artifactType={}", t.replace('+', "%2B")));
         }
-        let resp = self.send(r, false, Method::GET, &url, &[(header::ACCEPT, "application/vnd.oci.image.index.v1+json".into())], None).await?;
+        let resp = self
+            .send(
+                r,
+                false,
+                Method::GET,
+                &url,
+                &[(header::ACCEPT, "application/vnd.oci.image.index.v1+json".into())],
+                None,
+            )
+            .await?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => return Ok(None),
             _ => Self::check_status(&resp, &url, || format!("referrers of {digest}"))?,
@@ -346,7 +452,12 @@ impl Client {
         let digest = Digest::sha256_of(bytes);
         let base = self.base(&r.registry);
         let head = format!("{base}/v2/{}/blobs/{digest}", r.repository);
-        if self.send(r, true, Method::HEAD, &head, &[], None).await?.status().is_success() {
+        if self
+            .send(r, true, Method::HEAD, &head, &[], None)
+            .await?
+            .status()
+            .is_success()
+        {
             return Ok(digest);
         }
         let url = format!("{base}/v2/{}/blobs/uploads/", r.repository);
@@ -356,21 +467,38 @@ impl Client {
             .headers()
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::Protocol { url: url.clone(), reason: "upload without Location".into() })?;
-        let loc = if loc.starts_with("http") { loc.to_string() } else { format!("{base}{loc}") };
+            .ok_or_else(|| RegistryError::Protocol {
+                url: url.clone(),
+                reason: "upload without Location".into(),
+            })?;
+        let loc = if loc.starts_with("http") {
+            loc.to_string()
+        } else {
+            format!("{base}{loc}")
+        };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let put = format!("{loc}{sep}digest={digest}");
         let headers = [(header::CONTENT_TYPE, "application/octet-stream".to_string())];
-        let resp = self.send(r, true, Method::PUT, &put, &headers, Some(bytes.to_vec())).await?;
+        let resp = self
+            .send(r, true, Method::PUT, &put, &headers, Some(bytes.to_vec()))
+            .await?;
         Self::check_status(&resp, &put, || format!("upload to {}", r.name()))?;
         Ok(digest)
     }
 
     /// Pushes a manifest under a tag or its digest.
-    pub async fn push_manifest(&self, r: &Reference, reference: &str, media_type: &str, bytes: &[u8]) -> Result<Digest> {
+    pub async fn push_manifest(
+        &self,
+        r: &Reference,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base(&r.registry), r.repository);
         let headers = [(header::CONTENT_TYPE, media_type.to_string())];
-        let resp = self.send(r, true, Method::PUT, &url, &headers, Some(bytes.to_vec())).await?;
+        let resp = self
+            .send(r, true, Method::PUT, &url, &headers, Some(bytes.to_vec()))
+            .await?;
         Self::check_status(&resp, &url, || format!("manifest push to {}", r.name()))?;
         Ok(Digest::sha256_of(bytes))
     }
@@ -386,7 +514,10 @@ fn content_type(resp: &reqwest::Response) -> String {
 
 /// Reads a body, refusing more than `limit` bytes (by header, then while streaming).
 async fn read_bounded(mut resp: reqwest::Response, limit: usize, url: &str) -> Result<Vec<u8>> {
-    let too_large = || RegistryError::TooLarge { url: url.to_string(), limit };
+    let too_large = || RegistryError::TooLarge {
+        url: url.to_string(),
+        limit,
+    };
     if resp.content_length().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -400,8 +531,18 @@ async fn read_bounded(mut resp: reqwest::Response, limit: usize, url: &str) -> R
                 out.extend_from_slice(&c);
             }
             Ok(None) => return Ok(out),
-            Err(e) if e.is_timeout() => return Err(RegistryError::Timeout { url: url.to_string(), timeout: Duration::ZERO }),
-            Err(e) => return Err(RegistryError::Protocol { url: url.to_string(), reason: format!("reading body: {e}") }),
+            Err(e) if e.is_timeout() => {
+                return Err(RegistryError::Timeout {
+                    url: url.to_string(),
+                    timeout: Duration::ZERO,
+                })
+            }
+            Err(e) => {
+                return Err(RegistryError::Protocol {
+                    url: url.to_string(),
+                    reason: format!("reading body: {e}"),
+                })
+            }
         }
     }
 }
@@ -442,7 +583,9 @@ mod tests {
 
     #[test]
     fn bearer_challenges_parse_with_quotes_and_commas() {
-        let p = parse_challenge(r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull,push""#);
+        let p = parse_challenge(
+            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull,push""#,
+        );
         assert_eq!(p["realm"], "https://auth.docker.io/token");
         assert_eq!(p["service"], "registry.docker.io");
         assert_eq!(p["scope"], "repository:library/nginx:pull,push");

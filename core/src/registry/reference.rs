@@ -55,7 +55,8 @@ fn component_ok(c: &str) -> bool {
             return false;
         }
     }
-    b.iter().all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'.' | b'_' | b'-'))
+    b.iter()
+        .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'.' | b'_' | b'-'))
 }
 
 fn tag_ok(t: &str) -> bool {
@@ -63,7 +64,8 @@ fn tag_ok(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
 }
 
 fn host_ok(h: &str) -> bool {
@@ -74,7 +76,9 @@ fn host_ok(h: &str) -> bool {
     port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
         && !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
         && !host.starts_with('-')
         && !host.contains("..")
 }
@@ -82,7 +86,10 @@ fn host_ok(h: &str) -> bool {
 impl Reference {
     /// Parses and normalizes a reference.
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
-        let fail = |reason: &str| ReferenceError { input: input.chars().take(300).collect(), reason: reason.to_string() };
+        let fail = |reason: &str| ReferenceError {
+            input: input.chars().take(300).collect(),
+            reason: reason.to_string(),
+        };
         if input.is_empty() || input.len() > 512 || input.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(fail("empty, too long, or contains whitespace"));
         }
@@ -115,9 +122,16 @@ impl Reference {
             repository = format!("library/{repository}");
         }
         if repository.len() > MAX_NAME || !repository.split('/').all(component_ok) {
-            return Err(fail("invalid repository (lowercase letters, digits and . _ __ - separators per path component)"));
+            return Err(fail(
+                "invalid repository (lowercase letters, digits and . _ __ - separators per path component)",
+            ));
         }
-        Ok(Self { registry, repository, tag, digest })
+        Ok(Self {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 
     /// `registry/repository`.
@@ -127,7 +141,10 @@ impl Reference {
 
     /// The same repository, pinned to `digest` (the tag is kept for display).
     pub fn with_digest(&self, digest: Digest) -> Self {
-        Self { digest: Some(digest), ..self.clone() }
+        Self {
+            digest: Some(digest),
+            ..self.clone()
+        }
     }
 
     /// The tag or digest to ask the registry for: the digest wins.
@@ -182,8 +199,20 @@ mod tests {
     #[test]
     fn hostile_references_are_rejected() {
         for bad in [
-            "", "UPPER/case", "a/../b", "a//b", "a b", "reg.io/x:", "reg.io/x:-bad", "reg.io/x@sha256:zz",
-            "reg.io/-x", "reg.io/x-", "reg.io/x/.hidden", "re g.io/x", "reg.io:99999999/x", "a\nb",
+            "",
+            "UPPER/case",
+            "a/../b",
+            "a//b",
+            "a b",
+            "reg.io/x:",
+            "reg.io/x:-bad",
+            "reg.io/x@sha256:zz",
+            "reg.io/-x",
+            "reg.io/x-",
+            "reg.io/x/.hidden",
+            "re g.io/x",
+            "reg.io:99999999/x",
+            "a\nb",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
         }

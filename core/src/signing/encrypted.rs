@@ -53,11 +53,20 @@ impl ScryptParams {
     /// The only parameter sets Go's `CheckParams` lets through.
     fn check(self) -> Result<scrypt::Params> {
         if ![Self::LEGACY, Self::STANDARD, Self::OWASP].contains(&self) {
-            return Err(SigningError::UnsupportedScryptParams { n: self.n, r: self.r, p: self.p });
+            return Err(SigningError::UnsupportedScryptParams {
+                n: self.n,
+                r: self.r,
+                p: self.p,
+            });
         }
         // All three are powers of two with r=8, p=1: the conversions cannot fail.
-        scrypt::Params::new(self.n.trailing_zeros() as u8, self.r as u32, self.p as u32, KEY_LEN)
-            .map_err(|_| SigningError::UnsupportedScryptParams { n: self.n, r: self.r, p: self.p })
+        scrypt::Params::new(self.n.trailing_zeros() as u8, self.r as u32, self.p as u32, KEY_LEN).map_err(|_| {
+            SigningError::UnsupportedScryptParams {
+                n: self.n,
+                r: self.r,
+                p: self.p,
+            }
+        })
     }
 }
 
@@ -116,8 +125,15 @@ pub(crate) fn encrypt_with(plaintext: &[u8], password: &[u8], params: ScryptPara
         .encrypt(Nonce::from_slice(&nonce), plaintext)
         .map_err(|_| SigningError::Encrypt)?;
     let envelope = Envelope {
-        kdf: Kdf { name: KDF_SCRYPT.into(), params, salt },
-        cipher: Cipher { name: CIPHER_SECRETBOX.into(), nonce },
+        kdf: Kdf {
+            name: KDF_SCRYPT.into(),
+            params,
+            salt,
+        },
+        cipher: Cipher {
+            name: CIPHER_SECRETBOX.into(),
+            nonce,
+        },
         ciphertext,
     };
     serde_json::to_vec(&envelope).map_err(SigningError::Envelope)
@@ -173,21 +189,37 @@ mod tests {
     fn go_securesystemslib_vectors_decrypt_for_every_accepted_parameter_set() {
         let marshalled = format!("\"{}\"", B64.encode("reallyimportant"));
         for v in &GO_VECTORS[..3] {
-            assert_eq!(decrypt(v.as_bytes(), b"supersecret").unwrap(), marshalled.as_bytes(), "{v}");
+            assert_eq!(
+                decrypt(v.as_bytes(), b"supersecret").unwrap(),
+                marshalled.as_bytes(),
+                "{v}"
+            );
         }
-        assert_eq!(decrypt(GO_VECTORS[3].as_bytes(), b"supersecret").unwrap(), b"reallyimportant");
+        assert_eq!(
+            decrypt(GO_VECTORS[3].as_bytes(), b"supersecret").unwrap(),
+            b"reallyimportant"
+        );
     }
 
     #[test]
     fn go_vector_with_wrong_password_is_wrong_password() {
-        assert!(matches!(decrypt(GO_VECTORS[0].as_bytes(), b"supersecreT"), Err(SigningError::WrongPassword)));
+        assert!(matches!(
+            decrypt(GO_VECTORS[0].as_bytes(), b"supersecreT"),
+            Err(SigningError::WrongPassword)
+        ));
     }
 
     #[test]
     fn envelope_json_has_go_field_order_and_standard_params() {
         let json = String::from_utf8(encrypt(b"x", b"pw").unwrap()).unwrap();
-        assert!(json.starts_with(r#"{"kdf":{"name":"scrypt","params":{"N":65536,"r":8,"p":1},"salt":""#), "{json}");
-        assert!(json.contains(r#""},"cipher":{"name":"nacl/secretbox","nonce":""#), "{json}");
+        assert!(
+            json.starts_with(r#"{"kdf":{"name":"scrypt","params":{"N":65536,"r":8,"p":1},"salt":""#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""},"cipher":{"name":"nacl/secretbox","nonce":""#),
+            "{json}"
+        );
         let env: Envelope = serde_json::from_str(&json).unwrap();
         assert_eq!((env.kdf.salt.len(), env.cipher.nonce.len()), (SALT_LEN, NONCE_LEN));
         assert_eq!(env.ciphertext.len(), 1 + 16);
@@ -205,7 +237,14 @@ mod tests {
     fn hostile_scrypt_params_are_refused_before_any_work() {
         // go-securesystemslib TestUnsupportedKDFParameters, plus memory bombs: N=2^30
         // (128 GiB at r=8), r*p large, and a non-power-of-two N.
-        let cases = [(99, 99, 99), (1 << 30, 8, 1), (1 << 15, 8, 1 << 20), (1 << 15, 1 << 20, 1), (65535, 8, 1), (1 << 16, 8, 2)];
+        let cases = [
+            (99, 99, 99),
+            (1 << 30, 8, 1),
+            (1 << 15, 8, 1 << 20),
+            (1 << 15, 1 << 20, 1),
+            (65535, 8, 1),
+            (1 << 16, 8, 2),
+        ];
         for (n, r, p) in cases {
             let json = GO_VECTORS[1].replace(r#""N":65536,"r":8,"p":1"#, &format!(r#""N":{n},"r":{r},"p":{p}"#));
             let start = Instant::now();
@@ -221,11 +260,19 @@ mod tests {
         let cases: Vec<Case> = vec![
             ("not json".into(), |e| matches!(e, SigningError::Envelope(_))),
             (r#"{"kdf":{}}"#.into(), |e| matches!(e, SigningError::Envelope(_))),
-            (GO_VECTORS[0].replace("\"salt\":\"WO3", "\"salt\":\"!!!"), |e| matches!(e, SigningError::Envelope(_))),
-            (GO_VECTORS[0].replace("\"scrypt\"", "\"argon2\""), |e| matches!(e, SigningError::UnsupportedKdf(_))),
-            (GO_VECTORS[0].replace("nacl/secretbox", "aes-gcm"), |e| matches!(e, SigningError::UnsupportedCipher(_))),
+            (GO_VECTORS[0].replace("\"salt\":\"WO3", "\"salt\":\"!!!"), |e| {
+                matches!(e, SigningError::Envelope(_))
+            }),
+            (GO_VECTORS[0].replace("\"scrypt\"", "\"argon2\""), |e| {
+                matches!(e, SigningError::UnsupportedKdf(_))
+            }),
+            (GO_VECTORS[0].replace("nacl/secretbox", "aes-gcm"), |e| {
+                matches!(e, SigningError::UnsupportedCipher(_))
+            }),
             (bad_nonce, |e| matches!(e, SigningError::BadNonce(3))),
-            (GO_VECTORS[0].replace("\"N\":32768", "\"N\":-1"), |e| matches!(e, SigningError::Envelope(_))),
+            (GO_VECTORS[0].replace("\"N\":32768", "\"N\":-1"), |e| {
+                matches!(e, SigningError::Envelope(_))
+            }),
         ];
         for (json, want) in cases {
             let err = decrypt(json.as_bytes(), b"supersecret").unwrap_err();

@@ -70,16 +70,26 @@ pub fn write_key_pair(dir: &Path, prefix: &str, password: &[u8], force: bool) ->
 /// Writes `data` to `path` via a temporary sibling + fsync + rename (or link when not forcing,
 /// which fails if `path` exists), then fsyncs the directory.
 fn write_atomic(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<()> {
-    let err = |source| SigningError::Write { path: path.to_path_buf(), source };
+    let err = |source| SigningError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}-{:016x}", std::process::id(), OsRng.next_u64()));
     let result = (|| {
         // create_new + mode: the file is born with its final permissions (umask may only narrow).
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);

@@ -114,7 +114,10 @@ pub enum SigningError {
 pub type Result<T> = std::result::Result<T, SigningError>;
 
 fn malformed<E: std::error::Error + Send + Sync + 'static>(format: &'static str) -> impl FnOnce(E) -> SigningError {
-    move |e| SigningError::MalformedKey { format, source: Box::new(e) }
+    move |e| SigningError::MalformedKey {
+        format,
+        source: Box::new(e),
+    }
 }
 
 /// A private key kcache can sign with.
@@ -191,7 +194,9 @@ impl PrivateKey {
                 let s: p384::ecdsa::Signature = k.sign_prehash(digest).map_err(der)?;
                 Ok(s.to_der().as_bytes().to_vec())
             }
-            Self::Ed25519(_) => Err(SigningError::UnsupportedAlgorithm("Ed25519 cannot sign a bare digest".into())),
+            Self::Ed25519(_) => Err(SigningError::UnsupportedAlgorithm(
+                "Ed25519 cannot sign a bare digest".into(),
+            )),
             Self::Rsa(k) => k
                 .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), digest)
                 .map_err(|e| SigningError::Sign(e.to_string())),
@@ -203,9 +208,11 @@ impl PrivateKey {
         match self {
             Self::P256(k) => k.to_pkcs8_der(),
             Self::P384(k) => k.to_pkcs8_der(),
-            Self::Ed25519(k) => {
-                ed25519_dalek::pkcs8::KeypairBytes { secret_key: k.to_bytes(), public_key: None }.to_pkcs8_der()
+            Self::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
             }
+            .to_pkcs8_der(),
             Self::Rsa(k) => k.to_pkcs8_der(),
         }
         .map_err(SigningError::Encode)
@@ -222,8 +229,7 @@ impl PrivateKey {
     /// Loads a private key from PEM. Encrypted cosign keys are decrypted with `password` and must
     /// hold PKCS#8, as in cosign's `LoadPrivateKey`; unencrypted keys ignore `password`.
     pub fn from_pem(pem: &[u8], password: &[u8]) -> Result<Self> {
-        let text = std::str::from_utf8(pem)
-            .map_err(|_| SigningError::Pem(KeyError::Pem("not UTF-8".into())))?;
+        let text = std::str::from_utf8(pem).map_err(|_| SigningError::Pem(KeyError::Pem("not UTF-8".into())))?;
         let (label, der) = pem_decode(text).map_err(SigningError::Pem)?;
         match label.as_str() {
             SIGSTORE_PRIVATE_KEY_LABEL | COSIGN_PRIVATE_KEY_LABEL => {
@@ -233,8 +239,10 @@ impl PrivateKey {
             "EC PRIVATE KEY" => Self::from_sec1_der(&der),
             "RSA PRIVATE KEY" => {
                 use rsa::pkcs1::DecodeRsaPrivateKey;
-                let k = rsa::RsaPrivateKey::from_pkcs1_der(&der)
-                    .map_err(|e| SigningError::MalformedKey { format: "PKCS#1", source: Box::new(e) })?;
+                let k = rsa::RsaPrivateKey::from_pkcs1_der(&der).map_err(|e| SigningError::MalformedKey {
+                    format: "PKCS#1",
+                    source: Box::new(e),
+                })?;
                 Self::checked_rsa(k)
             }
             other => Err(SigningError::UnsupportedLabel(other.to_string())),
@@ -249,15 +257,21 @@ impl PrivateKey {
         if oid == rfc5912::ID_EC_PUBLIC_KEY {
             let curve = info.algorithm.parameters_oid().map_err(malformed("PKCS#8"))?;
             if curve == rfc5912::SECP_256_R_1 {
-                return p256::ecdsa::SigningKey::from_pkcs8_der(der).map(Self::P256).map_err(malformed("PKCS#8"));
+                return p256::ecdsa::SigningKey::from_pkcs8_der(der)
+                    .map(Self::P256)
+                    .map_err(malformed("PKCS#8"));
             }
             if curve == rfc5912::SECP_384_R_1 {
-                return p384::ecdsa::SigningKey::from_pkcs8_der(der).map(Self::P384).map_err(malformed("PKCS#8"));
+                return p384::ecdsa::SigningKey::from_pkcs8_der(der)
+                    .map(Self::P384)
+                    .map_err(malformed("PKCS#8"));
             }
             return Err(SigningError::UnsupportedAlgorithm(format!("EC curve {curve}")));
         }
         if oid == rfc8410::ID_ED_25519 {
-            return ed25519_dalek::SigningKey::from_pkcs8_der(der).map(Self::Ed25519).map_err(malformed("PKCS#8"));
+            return ed25519_dalek::SigningKey::from_pkcs8_der(der)
+                .map(Self::Ed25519)
+                .map_err(malformed("PKCS#8"));
         }
         if oid == rfc5912::RSA_ENCRYPTION {
             let k = rsa::RsaPrivateKey::from_pkcs8_der(der).map_err(malformed("PKCS#8"))?;
@@ -274,7 +288,10 @@ impl PrivateKey {
         }
         p384::SecretKey::from_sec1_der(der)
             .map(|k| Self::P384(k.into()))
-            .map_err(|e| SigningError::MalformedKey { format: "SEC1", source: Box::new(e) })
+            .map_err(|e| SigningError::MalformedKey {
+                format: "SEC1",
+                source: Box::new(e),
+            })
     }
 
     fn checked_rsa(k: rsa::RsaPrivateKey) -> Result<Self> {

@@ -20,12 +20,20 @@ fn rsa_2048() -> PrivateKey {
 
 #[test]
 fn signatures_from_every_algorithm_verify_with_the_public_key_and_not_another() {
-    let keys = [PrivateKey::generate_p256(), PrivateKey::generate_p384(), PrivateKey::generate_ed25519(), rsa_2048()];
+    let keys = [
+        PrivateKey::generate_p256(),
+        PrivateKey::generate_p384(),
+        PrivateKey::generate_ed25519(),
+        rsa_2048(),
+    ];
     for key in &keys {
         let public = key.public_key();
         let sig = key.sign(b"payload");
         public.verify(b"payload", &sig).unwrap();
-        assert!(matches!(public.verify(b"payloaD", &sig), Err(KeyError::BadSignature { .. })), "{key:?}");
+        assert!(
+            matches!(public.verify(b"payloaD", &sig), Err(KeyError::BadSignature { .. })),
+            "{key:?}"
+        );
         let other = match key {
             PrivateKey::P256(_) => PrivateKey::generate_p256(),
             PrivateKey::P384(_) => PrivateKey::generate_p384(),
@@ -41,16 +49,25 @@ fn ecdsa_signatures_are_der_over_the_curve_hash_and_verify_by_digest() {
     let p256 = PrivateKey::generate_p256();
     let sig = p256.sign(b"msg");
     assert_eq!(sig[0], 0x30, "ASN.1 DER SEQUENCE");
-    p256.public_key().verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &sig).unwrap();
+    p256.public_key()
+        .verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &sig)
+        .unwrap();
 
     let p384 = PrivateKey::generate_p384();
     let sig = p384.sign(b"msg");
     assert_eq!(sig[0], 0x30);
-    p384.public_key().verify_digest(HashAlgorithm::Sha384, &Sha384::digest(b"msg"), &sig).unwrap();
-    assert!(p384.public_key().verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &sig).is_err());
+    p384.public_key()
+        .verify_digest(HashAlgorithm::Sha384, &Sha384::digest(b"msg"), &sig)
+        .unwrap();
+    assert!(p384
+        .public_key()
+        .verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &sig)
+        .is_err());
 
     let rsa = rsa_2048();
-    rsa.public_key().verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &rsa.sign(b"msg")).unwrap();
+    rsa.public_key()
+        .verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &rsa.sign(b"msg"))
+        .unwrap();
 }
 
 #[test]
@@ -58,12 +75,19 @@ fn ed25519_signatures_are_pure_and_refuse_digest_verification() {
     let key = PrivateKey::generate_ed25519();
     let sig = key.sign(b"msg");
     assert_eq!(sig.len(), 64);
-    assert!(matches!(key.public_key().verify_digest(HashAlgorithm::Sha256, &[0; 32], &sig), Err(KeyError::PrehashUnsupported)));
+    assert!(matches!(
+        key.public_key().verify_digest(HashAlgorithm::Sha256, &[0; 32], &sig),
+        Err(KeyError::PrehashUnsupported)
+    ));
 }
 
 #[test]
 fn encrypted_pem_round_trips_for_every_algorithm_and_wrong_password_is_named() {
-    for key in [PrivateKey::generate_p256(), PrivateKey::generate_p384(), PrivateKey::generate_ed25519()] {
+    for key in [
+        PrivateKey::generate_p256(),
+        PrivateKey::generate_p384(),
+        PrivateKey::generate_ed25519(),
+    ] {
         let pem = key.to_encrypted_pem(b"correct horse").unwrap();
         assert!(pem.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n"));
         let back = PrivateKey::from_pem(pem.as_bytes(), b"correct horse").unwrap();
@@ -78,8 +102,14 @@ fn encrypted_pem_round_trips_for_every_algorithm_and_wrong_password_is_named() {
 fn empty_password_is_allowed_as_in_cosign() {
     let key = PrivateKey::generate_p256();
     let pem = key.to_encrypted_pem(b"").unwrap();
-    assert_eq!(PrivateKey::from_pem(pem.as_bytes(), b"").unwrap().public_key(), key.public_key());
-    assert!(matches!(PrivateKey::from_pem(pem.as_bytes(), b" "), Err(SigningError::WrongPassword)));
+    assert_eq!(
+        PrivateKey::from_pem(pem.as_bytes(), b"").unwrap().public_key(),
+        key.public_key()
+    );
+    assert!(matches!(
+        PrivateKey::from_pem(pem.as_bytes(), b" "),
+        Err(SigningError::WrongPassword)
+    ));
 }
 
 #[test]
@@ -94,7 +124,10 @@ fn tampered_encrypted_pem_is_refused_without_panic() {
     ct[last] ^= 0x80;
     env["ciphertext"] = b64.encode(ct).into();
     let tampered = pem_encode(SIGSTORE_PRIVATE_KEY_LABEL, &serde_json::to_vec(&env).unwrap());
-    assert!(matches!(PrivateKey::from_pem(tampered.as_bytes(), b"pw"), Err(SigningError::WrongPassword)));
+    assert!(matches!(
+        PrivateKey::from_pem(tampered.as_bytes(), b"pw"),
+        Err(SigningError::WrongPassword)
+    ));
 }
 
 #[test]
@@ -103,29 +136,47 @@ fn ed25519_pkcs8_is_v1_without_public_key_like_go() {
     let der = key.to_pkcs8_der().unwrap();
     // Go's x509.MarshalPKCS8PrivateKey: 48 bytes, version 0, OCTET STRING { OCTET STRING seed }.
     assert_eq!(der.as_bytes().len(), 48);
-    assert_eq!(&der.as_bytes()[..16], &[0x30, 0x2e, 2, 1, 0, 0x30, 5, 6, 3, 0x2b, 0x65, 0x70, 4, 0x22, 4, 0x20]);
+    assert_eq!(
+        &der.as_bytes()[..16],
+        &[0x30, 0x2e, 2, 1, 0, 0x30, 5, 6, 3, 0x2b, 0x65, 0x70, 4, 0x22, 4, 0x20]
+    );
 }
 
 #[test]
 fn unencrypted_pkcs8_sec1_and_pkcs1_keys_load_and_ignore_the_password() {
     // cosign pkg/cosign/keys_test.go `validecp256` (SEC1) and `ed25519key` (PKCS#8).
     let sec1 = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIGhcmCI5F7BPMH4r3pWCpQdAsveErdU5DjvVQerErJuoAoGCCqGSM49\nAwEHoUQDQgAE+9E3Qe+h25ofmz3Uo2T004Dfy49iX06MMbxf9rsGmLkOPrS0KYDl\n1QMfFuSbrtf8wTWNT9HNxrW/Foz39mDhHw==\n-----END EC PRIVATE KEY-----\n";
-    assert!(matches!(PrivateKey::from_pem(sec1.as_bytes(), b"x").unwrap(), PrivateKey::P256(_)));
+    assert!(matches!(
+        PrivateKey::from_pem(sec1.as_bytes(), b"x").unwrap(),
+        PrivateKey::P256(_)
+    ));
     let ed = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIALEbo1EFnWFqBK/wC+hhypG/8hXEerwdNetAoFoFVdv\n-----END PRIVATE KEY-----\n";
-    assert!(matches!(PrivateKey::from_pem(ed.as_bytes(), b"").unwrap(), PrivateKey::Ed25519(_)));
+    assert!(matches!(
+        PrivateKey::from_pem(ed.as_bytes(), b"").unwrap(),
+        PrivateKey::Ed25519(_)
+    ));
 
     let p384 = PrivateKey::generate_p384();
     let PrivateKey::P384(k) = &p384 else { unreachable!() };
     let sec1 = pem_encode("EC PRIVATE KEY", &p384::SecretKey::from(k).to_sec1_der().unwrap());
-    assert_eq!(PrivateKey::from_pem(sec1.as_bytes(), b"").unwrap().public_key(), p384.public_key());
+    assert_eq!(
+        PrivateKey::from_pem(sec1.as_bytes(), b"").unwrap().public_key(),
+        p384.public_key()
+    );
     let pkcs8 = pem_encode("PRIVATE KEY", p384.to_pkcs8_der().unwrap().as_bytes());
-    assert_eq!(PrivateKey::from_pem(pkcs8.as_bytes(), b"").unwrap().public_key(), p384.public_key());
+    assert_eq!(
+        PrivateKey::from_pem(pkcs8.as_bytes(), b"").unwrap().public_key(),
+        p384.public_key()
+    );
 
     let rsa = rsa_2048();
     let PrivateKey::Rsa(k) = &rsa else { unreachable!() };
     use rsa::pkcs1::EncodeRsaPrivateKey;
     let pkcs1 = pem_encode("RSA PRIVATE KEY", k.to_pkcs1_der().unwrap().as_bytes());
-    assert_eq!(PrivateKey::from_pem(pkcs1.as_bytes(), b"").unwrap().public_key(), rsa.public_key());
+    assert_eq!(
+        PrivateKey::from_pem(pkcs1.as_bytes(), b"").unwrap().public_key(),
+        rsa.public_key()
+    );
 }
 
 #[test]
@@ -147,25 +198,37 @@ fn junk_and_unsupported_keys_are_clear_errors_never_panics() {
         let err = PrivateKey::from_pem(pem.as_bytes(), b"pw").unwrap_err();
         assert!(want(&err), "{pem}: {err:?}");
     }
-    assert!(matches!(PrivateKey::from_pem(&[0xff, 0xfe], b""), Err(SigningError::Pem(_))));
+    assert!(matches!(
+        PrivateKey::from_pem(&[0xff, 0xfe], b""),
+        Err(SigningError::Pem(_))
+    ));
 }
 
 #[test]
 fn rsa_keys_below_2048_bits_are_refused() {
     let small = rsa::RsaPrivateKey::new(&mut OsRng, 1024).unwrap();
     let der = small.to_pkcs8_der().unwrap();
-    assert!(matches!(PrivateKey::from_pkcs8_der(der.as_bytes()), Err(SigningError::RsaKeySize(1024))));
+    assert!(matches!(
+        PrivateKey::from_pkcs8_der(der.as_bytes()),
+        Err(SigningError::RsaKeySize(1024))
+    ));
 }
 
 /// cosign's own test keys (pkg/cosign/keys_test.go), password "hello"; see tests/data/README.md.
 #[test]
 fn cosign_made_encrypted_keys_decrypt_with_their_password() {
-    for (name, label) in [("cosign-keys-test-sigstore-hello.key", "SIGSTORE"), ("cosign-keys-test-rsa-hello.key", "COSIGN")] {
+    for (name, label) in [
+        ("cosign-keys-test-sigstore-hello.key", "SIGSTORE"),
+        ("cosign-keys-test-rsa-hello.key", "COSIGN"),
+    ] {
         let pem = fixture(name);
         assert!(String::from_utf8_lossy(&pem).contains(label));
         let key = PrivateKey::from_pem(&pem, b"hello").unwrap_or_else(|e| panic!("{name}: {e:?}"));
         key.public_key().verify(b"m", &key.sign(b"m")).unwrap();
-        assert!(matches!(PrivateKey::from_pem(&pem, b"hellO"), Err(SigningError::WrongPassword)), "{name}");
+        assert!(
+            matches!(PrivateKey::from_pem(&pem, b"hellO"), Err(SigningError::WrongPassword)),
+            "{name}"
+        );
     }
 }
 
@@ -175,8 +238,14 @@ fn cosign_made_encrypted_keys_decrypt_with_their_password() {
 fn cosign_envelope_around_sec1_decrypts_but_is_refused_like_cosign() {
     let pem = fixture("cosign-keys-test-sec1-hello.key");
     let err = PrivateKey::from_pem(&pem, b"hello").unwrap_err();
-    assert!(matches!(err, SigningError::MalformedKey { format: "PKCS#8", .. }), "{err:?}");
-    assert!(matches!(PrivateKey::from_pem(&pem, b"nope"), Err(SigningError::WrongPassword)));
+    assert!(
+        matches!(err, SigningError::MalformedKey { format: "PKCS#8", .. }),
+        "{err:?}"
+    );
+    assert!(matches!(
+        PrivateKey::from_pem(&pem, b"nope"),
+        Err(SigningError::WrongPassword)
+    ));
 }
 
 /// A `cosign generate-key-pair` output with an empty password and its `.pub`, from
@@ -220,19 +289,28 @@ fn write_key_pair_sets_0600_and_refuses_to_overwrite_without_force() {
 
     // Only the .pub existing is enough to refuse, and nothing is written.
     std::fs::write(dir.path().join("other.pub"), "x").unwrap();
-    assert!(matches!(write_key_pair(dir.path(), "other", b"pw", false), Err(SigningError::Exists(_))));
+    assert!(matches!(
+        write_key_pair(dir.path(), "other", b"pw", false),
+        Err(SigningError::Exists(_))
+    ));
     assert!(!dir.path().join("other.key").exists());
 
     write_key_pair(dir.path(), "cosign", b"new", true).unwrap();
     assert_ne!(std::fs::read(&paths.private_key).unwrap(), before);
     assert_eq!(mode(&paths.private_key), 0o600);
     assert!(PrivateKey::from_pem(&std::fs::read(&paths.private_key).unwrap(), b"new").is_ok());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty());
 
     for bad in ["", "a/b", ".."] {
-        assert!(matches!(write_key_pair(dir.path(), bad, b"", false), Err(SigningError::BadPrefix(_))));
+        assert!(matches!(
+            write_key_pair(dir.path(), bad, b"", false),
+            Err(SigningError::BadPrefix(_))
+        ));
     }
 }
 
@@ -243,13 +321,22 @@ fn password_from_env_reads_cosign_password_and_keeps_empty() {
     let exe = std::env::current_exe().unwrap();
     for (value, expect) in [(None, "unset"), (Some(""), "empty"), (Some("s3cret"), "s3cret")] {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["--exact", "signing::tests::password_from_env_child", "--include-ignored", "--quiet"]);
+        cmd.args([
+            "--exact",
+            "signing::tests::password_from_env_child",
+            "--include-ignored",
+            "--quiet",
+        ]);
         cmd.env("KCACHE_TEST_EXPECT", expect).env_remove(PASSWORD_ENV);
         if let Some(v) = value {
             cmd.env(PASSWORD_ENV, v);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{expect}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{expect}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{expect}");
     }
 }

@@ -283,8 +283,9 @@ pub fn version_of(media_type: &str) -> Result<BundleVersion, VerifyError> {
     match media_type {
         "application/vnd.dev.sigstore.bundle+json;version=0.1" => Ok(BundleVersion::V0_1),
         "application/vnd.dev.sigstore.bundle+json;version=0.2" => Ok(BundleVersion::V0_2),
-        "application/vnd.dev.sigstore.bundle+json;version=0.3"
-        | "application/vnd.dev.sigstore.bundle.v0.3+json" => Ok(BundleVersion::V0_3),
+        "application/vnd.dev.sigstore.bundle+json;version=0.3" | "application/vnd.dev.sigstore.bundle.v0.3+json" => {
+            Ok(BundleVersion::V0_3)
+        }
         other => Err(bad(format!("unsupported bundle media type {other:?}"))),
     }
 }
@@ -356,7 +357,9 @@ impl Bundle {
         }
         for (i, e) in tlog_entries.iter().enumerate() {
             if version == BundleVersion::V0_1 && e.set.is_none() {
-                return Err(bad(format!("tlogEntries[{i}]: a v0.1 bundle needs an inclusion promise")));
+                return Err(bad(format!(
+                    "tlogEntries[{i}]: a v0.1 bundle needs an inclusion promise"
+                )));
             }
             if version >= BundleVersion::V0_2 && e.proof.is_none() {
                 return Err(bad(format!("tlogEntries[{i}]: bundle v0.2+ needs an inclusion proof")));
@@ -382,11 +385,17 @@ impl Bundle {
                     Some(d) => return Err(bad(format!("unsupported message digest algorithm {:?}", d.algorithm))),
                     None => None,
                 };
-                Content::MessageSignature { digest, signature: b64("messageSignature.signature", &ms.signature)? }
+                Content::MessageSignature {
+                    digest,
+                    signature: b64("messageSignature.signature", &ms.signature)?,
+                }
             }
             (None, Some(env)) => {
                 if env.signatures.len() != 1 {
-                    return Err(bad(format!("DSSE envelope must carry exactly one signature, has {}", env.signatures.len())));
+                    return Err(bad(format!(
+                        "DSSE envelope must carry exactly one signature, has {}",
+                        env.signatures.len()
+                    )));
                 }
                 Content::Dsse(Envelope {
                     payload: b64("dsseEnvelope.payload", &env.payload)?,
@@ -404,7 +413,13 @@ impl Bundle {
         if content.signature().is_empty() {
             return Err(bad("empty signature"));
         }
-        Ok(Self { version, material, tlog_entries, timestamps, content })
+        Ok(Self {
+            version,
+            material,
+            tlog_entries,
+            timestamps,
+            content,
+        })
     }
 }
 

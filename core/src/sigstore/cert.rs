@@ -40,7 +40,10 @@ impl ParsedCert {
     /// Parses DER.
     pub fn from_der(der: &[u8]) -> Result<Self, VerifyError> {
         let cert = Certificate::from_der(der).map_err(|e| err(format!("malformed certificate: {e}")))?;
-        Ok(Self { der: der.to_vec(), cert })
+        Ok(Self {
+            der: der.to_vec(),
+            cert,
+        })
     }
 
     /// The subject public key.
@@ -50,7 +53,11 @@ impl ParsedCert {
     }
 
     fn spki_der(&self) -> Result<Vec<u8>, VerifyError> {
-        self.cert.tbs_certificate.subject_public_key_info.to_der().map_err(|e| err(e.to_string()))
+        self.cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| err(e.to_string()))
     }
 
     /// notBefore and notAfter.
@@ -67,7 +74,12 @@ impl ParsedCert {
     }
 
     fn extension(&self, oid: ObjectIdentifier) -> Option<&x509_cert::ext::Extension> {
-        self.cert.tbs_certificate.extensions.as_ref()?.iter().find(|e| e.extn_id == oid)
+        self.cert
+            .tbs_certificate
+            .extensions
+            .as_ref()?
+            .iter()
+            .find(|e| e.extn_id == oid)
     }
 
     fn is_ca(&self) -> bool {
@@ -86,10 +98,18 @@ impl ParsedCert {
     /// Verifies that `issuer` signed this certificate.
     pub fn verify_signed_by(&self, issuer: &ParsedCert) -> Result<(), VerifyError> {
         let tbs = tbs_bytes(&self.der)?;
-        let sig = self.cert.signature.as_bytes().ok_or_else(|| err("certificate signature has unused bits"))?;
+        let sig = self
+            .cert
+            .signature
+            .as_bytes()
+            .ok_or_else(|| err("certificate signature has unused bits"))?;
         let key = issuer.public_key()?;
-        verify_with_oid(&key, &self.cert.signature_algorithm.oid, tbs, sig)
-            .map_err(|e| err(format!("certificate is not signed by {}: {e}", issuer.cert.tbs_certificate.subject)))
+        verify_with_oid(&key, &self.cert.signature_algorithm.oid, tbs, sig).map_err(|e| {
+            err(format!(
+                "certificate is not signed by {}: {e}",
+                issuer.cert.tbs_certificate.subject
+            ))
+        })
     }
 }
 
@@ -138,7 +158,11 @@ pub fn verify_chain(leaf: &ParsedCert, ca: &CertificateAuthority, at: DateTime<U
     if !ca.valid_for.contains(at) {
         return Err(err(format!("authority {} is not trusted at {at}", ca.uri)));
     }
-    let chain = ca.chain.iter().map(|d| ParsedCert::from_der(d)).collect::<Result<Vec<_>, _>>()?;
+    let chain = ca
+        .chain
+        .iter()
+        .map(|d| ParsedCert::from_der(d))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut child = leaf;
     for parent in &chain {
         if child.der == parent.der {
@@ -167,7 +191,11 @@ pub fn verify_chain(leaf: &ParsedCert, ca: &CertificateAuthority, at: DateTime<U
 }
 
 /// Validates a Fulcio leaf at each of `times` against some CA in the root; returns the CA used.
-pub fn verify_fulcio_leaf<'r>(leaf: &ParsedCert, root: &'r TrustedRoot, times: &[DateTime<Utc>]) -> Result<&'r CertificateAuthority, VerifyError> {
+pub fn verify_fulcio_leaf<'r>(
+    leaf: &ParsedCert,
+    root: &'r TrustedRoot,
+    times: &[DateTime<Utc>],
+) -> Result<&'r CertificateAuthority, VerifyError> {
     if leaf.is_ca() {
         return Err(err("signing certificate is a CA certificate"));
     }
@@ -226,10 +254,16 @@ pub fn identity(cert: &ParsedCert) -> Result<CertIdentity, VerifyError> {
 
 /// Verifies at least one embedded SCT against the root's CT logs (RFC 6962 §3.2, precert entry).
 pub fn verify_embedded_sct(leaf: &ParsedCert, issuer: &ParsedCert, root: &TrustedRoot) -> Result<(), VerifyError> {
-    let ext = leaf.extension(OID_SCT_LIST).ok_or_else(|| err("certificate has no embedded SCT"))?;
-    let list = der::asn1::OctetStringRef::from_der(ext.extn_value.as_bytes()).map_err(|_| err("malformed SCT extension"))?;
+    let ext = leaf
+        .extension(OID_SCT_LIST)
+        .ok_or_else(|| err("certificate has no embedded SCT"))?;
+    let list =
+        der::asn1::OctetStringRef::from_der(ext.extn_value.as_bytes()).map_err(|_| err("malformed SCT extension"))?;
     let list = list.as_bytes();
-    let total = u16::from_be_bytes([*list.first().ok_or_else(|| err("empty SCT list"))?, *list.get(1).unwrap_or(&0)]) as usize;
+    let total = u16::from_be_bytes([
+        *list.first().ok_or_else(|| err("empty SCT list"))?,
+        *list.get(1).unwrap_or(&0),
+    ]) as usize;
     let mut rest = list.get(2..2 + total).ok_or_else(|| err("truncated SCT list"))?;
 
     // The precertificate TBS: the leaf's TBS without the SCT list extension.
@@ -253,13 +287,17 @@ pub fn verify_embedded_sct(leaf: &ParsedCert, issuer: &ParsedCert, root: &Truste
         let log_id = &sct[1..33];
         let timestamp = &sct[33..41];
         let ext_len = u16::from_be_bytes([sct[41], sct[42]]) as usize;
-        let Some(exts) = sct.get(43..43 + ext_len) else { return Err(err("truncated SCT extensions")) };
+        let Some(exts) = sct.get(43..43 + ext_len) else {
+            return Err(err("truncated SCT extensions"));
+        };
         let sig_part = &sct[43 + ext_len..];
         if sig_part.len() < 4 {
             return Err(err("truncated SCT signature"));
         }
         let sig_len = u16::from_be_bytes([sig_part[2], sig_part[3]]) as usize;
-        let sig = sig_part.get(4..4 + sig_len).ok_or_else(|| err("truncated SCT signature"))?;
+        let sig = sig_part
+            .get(4..4 + sig_len)
+            .ok_or_else(|| err("truncated SCT signature"))?;
         let Some(log) = root.ctlog(log_id) else {
             tried.push(format!("SCT from unknown CT log {}", hex::encode(log_id)));
             continue;

@@ -52,8 +52,10 @@ impl Matcher {
         }
         // Wrap so that `^a|b$` (anchored only on the outer branches) is still anchored as a whole.
         let wrapped = format!("^(?:{})$", pattern);
-        let re = regex::Regex::new(&wrapped)
-            .map_err(|source| MatcherError::Invalid { pattern: pattern.to_string(), source })?;
+        let re = regex::Regex::new(&wrapped).map_err(|source| MatcherError::Invalid {
+            pattern: pattern.to_string(),
+            source,
+        })?;
         Ok(Self::Regex(re))
     }
 
@@ -98,7 +100,10 @@ pub struct Identity {
 impl Identity {
     /// Both exact.
     pub fn exact(issuer: &str, subject: &str) -> Result<Self, MatcherError> {
-        Ok(Self { issuer: Matcher::exact(issuer)?, subject: Matcher::exact(subject)? })
+        Ok(Self {
+            issuer: Matcher::exact(issuer)?,
+            subject: Matcher::exact(subject)?,
+        })
     }
 }
 
@@ -117,7 +122,10 @@ mod tests {
         for bad in ["https://github.com/myorg/.*", "^https://github.com/.*", ".*$", "^a\\$"] {
             assert!(matches!(Matcher::regex(bad), Err(MatcherError::Unanchored(_))), "{bad}");
         }
-        assert!(matches!(Matcher::regex("^(unclosed$"), Err(MatcherError::Invalid { .. })));
+        assert!(matches!(
+            Matcher::regex("^(unclosed$"),
+            Err(MatcherError::Invalid { .. })
+        ));
         let m = Matcher::regex(r"^https://github\.com/myorg/.*$").unwrap();
         assert!(m.matches("https://github.com/myorg/repo/.github/workflows/x.yml@refs/heads/main"));
         assert!(!m.matches("https://evil.example/https://github.com/myorg/x"));

@@ -22,8 +22,13 @@ fn err(msg: impl Into<String>) -> VerifyError {
 /// Verifies the SET: the log's signature over canonical JSON of
 /// `{body, integratedTime, logID, logIndex}` (keys sorted, compact), as Rekor v1 signs it.
 pub fn verify_set(entry: &TlogEntry, log: &TransparencyLog) -> Result<(), VerifyError> {
-    let set = entry.set.as_ref().ok_or_else(|| err("entry has no signed entry timestamp"))?;
-    let time = entry.integrated_time.ok_or_else(|| err("entry with a SET has no integratedTime"))?;
+    let set = entry
+        .set
+        .as_ref()
+        .ok_or_else(|| err("entry has no signed entry timestamp"))?;
+    let time = entry
+        .integrated_time
+        .ok_or_else(|| err("entry with a SET has no integratedTime"))?;
     let payload = format!(
         "{{\"body\":{},\"integratedTime\":{},\"logID\":{},\"logIndex\":{}}}",
         Value::String(B64.encode(&entry.body)),
@@ -31,9 +36,12 @@ pub fn verify_set(entry: &TlogEntry, log: &TransparencyLog) -> Result<(), Verify
         Value::String(hex::encode(&entry.log_id)),
         entry.log_index
     );
-    log.key
-        .verify(payload.as_bytes(), set)
-        .map_err(|e| err(format!("signed entry timestamp of log index {} does not verify: {e}", entry.log_index)))
+    log.key.verify(payload.as_bytes(), set).map_err(|e| {
+        err(format!(
+            "signed entry timestamp of log index {} does not verify: {e}",
+            entry.log_index
+        ))
+    })
 }
 
 fn hash_leaf(body: &[u8]) -> [u8; 32] {
@@ -52,21 +60,36 @@ fn hash_children(l: &[u8], r: &[u8]) -> [u8; 32] {
 }
 
 /// RFC 9162 §2.1.3.2: the root a leaf's audit path leads to.
-pub fn root_from_inclusion_proof(index: u64, size: u64, leaf: [u8; 32], proof: &[Vec<u8>]) -> Result<[u8; 32], VerifyError> {
+pub fn root_from_inclusion_proof(
+    index: u64,
+    size: u64,
+    leaf: [u8; 32],
+    proof: &[Vec<u8>],
+) -> Result<[u8; 32], VerifyError> {
     if index >= size {
-        return Err(err(format!("inclusion proof index {index} is outside tree size {size}")));
+        return Err(err(format!(
+            "inclusion proof index {index} is outside tree size {size}"
+        )));
     }
     let inner = (64 - (index ^ (size - 1)).leading_zeros()) as usize;
     let border = (index >> inner).count_ones() as usize;
     if proof.len() != inner + border {
-        return Err(err(format!("inclusion proof has {} hashes, expected {}", proof.len(), inner + border)));
+        return Err(err(format!(
+            "inclusion proof has {} hashes, expected {}",
+            proof.len(),
+            inner + border
+        )));
     }
     if proof.iter().any(|h| h.len() != 32) {
         return Err(err("inclusion proof hash is not 32 bytes"));
     }
     let mut res = leaf;
     for (i, h) in proof[..inner].iter().enumerate() {
-        res = if (index >> i) & 1 == 0 { hash_children(&res, h) } else { hash_children(h, &res) };
+        res = if (index >> i) & 1 == 0 {
+            hash_children(&res, h)
+        } else {
+            hash_children(h, &res)
+        };
     }
     for h in &proof[inner..] {
         res = hash_children(h, &res);
@@ -78,12 +101,20 @@ pub fn root_from_inclusion_proof(index: u64, size: u64, leaf: [u8; 32], proof: &
 pub fn verify_inclusion(entry: &TlogEntry, proof: &InclusionProof, log: &TransparencyLog) -> Result<(), VerifyError> {
     let root = root_from_inclusion_proof(proof.log_index, proof.tree_size, hash_leaf(&entry.body), &proof.hashes)?;
     if root.as_slice() != proof.root_hash.as_slice() {
-        return Err(err(format!("inclusion proof for log index {} does not lead to the stated root hash", entry.log_index)));
+        return Err(err(format!(
+            "inclusion proof for log index {} does not lead to the stated root hash",
+            entry.log_index
+        )));
     }
-    let note = proof.checkpoint.as_deref().ok_or_else(|| err("inclusion proof has no checkpoint"))?;
+    let note = proof
+        .checkpoint
+        .as_deref()
+        .ok_or_else(|| err("inclusion proof has no checkpoint"))?;
     let cp = verify_checkpoint(note, log)?;
     if cp.size != proof.tree_size || cp.root_hash != proof.root_hash {
-        return Err(err("checkpoint does not match the inclusion proof's tree size and root hash"));
+        return Err(err(
+            "checkpoint does not match the inclusion proof's tree size and root hash",
+        ));
     }
     Ok(())
 }
@@ -108,7 +139,10 @@ pub fn verify_checkpoint(note: &str, log: &TransparencyLog) -> Result<Checkpoint
         .ok_or_else(|| err("checkpoint has no blank line between text and signatures"))?;
     let text = format!("{text}\n");
     let mut lines = text.lines();
-    let origin = lines.next().filter(|l| !l.is_empty()).ok_or_else(|| err("checkpoint has no origin line"))?;
+    let origin = lines
+        .next()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| err("checkpoint has no origin line"))?;
     let size = lines
         .next()
         .and_then(|l| l.parse::<u64>().ok())
@@ -118,20 +152,31 @@ pub fn verify_checkpoint(note: &str, log: &TransparencyLog) -> Result<Checkpoint
         .and_then(|l| B64.decode(l).ok())
         .filter(|h| h.len() == 32)
         .ok_or_else(|| err("checkpoint has no root hash line"))?;
-    let hint = log.log_id.get(..4).ok_or_else(|| err("log ID shorter than a key hint"))?;
+    let hint = log
+        .log_id
+        .get(..4)
+        .ok_or_else(|| err("log ID shorter than a key hint"))?;
     let mut candidates = 0;
     for line in sigs.lines().filter(|l| !l.is_empty()) {
         let rest = line
             .strip_prefix("\u{2014} ")
             .ok_or_else(|| err("checkpoint signature line does not start with an em dash"))?;
-        let (_name, sig_b64) = rest.rsplit_once(' ').ok_or_else(|| err("malformed checkpoint signature line"))?;
-        let raw = B64.decode(sig_b64).map_err(|_| err("checkpoint signature is not base64"))?;
+        let (_name, sig_b64) = rest
+            .rsplit_once(' ')
+            .ok_or_else(|| err("malformed checkpoint signature line"))?;
+        let raw = B64
+            .decode(sig_b64)
+            .map_err(|_| err("checkpoint signature is not base64"))?;
         if raw.len() < 5 || &raw[..4] != hint {
             continue;
         }
         candidates += 1;
         if log.key.verify(text.as_bytes(), &raw[4..]).is_ok() {
-            return Ok(Checkpoint { origin: origin.to_string(), size, root_hash });
+            return Ok(Checkpoint {
+                origin: origin.to_string(),
+                size,
+                root_hash,
+            });
         }
     }
     Err(err(if candidates == 0 {
@@ -154,22 +199,29 @@ pub struct Expected<'a> {
 fn field<'v>(v: &'v Value, path: &[&str]) -> Result<&'v Value, VerifyError> {
     let mut cur = v;
     for p in path {
-        cur = cur.get(p).ok_or_else(|| err(format!("log entry body lacks {}", path.join("."))))?;
+        cur = cur
+            .get(p)
+            .ok_or_else(|| err(format!("log entry body lacks {}", path.join("."))))?;
     }
     Ok(cur)
 }
 
 fn str_field<'v>(v: &'v Value, path: &[&str]) -> Result<&'v str, VerifyError> {
-    field(v, path)?.as_str().ok_or_else(|| err(format!("log entry field {} is not a string", path.join("."))))
+    field(v, path)?
+        .as_str()
+        .ok_or_else(|| err(format!("log entry field {} is not a string", path.join("."))))
 }
 
 fn b64_field(v: &Value, path: &[&str]) -> Result<Vec<u8>, VerifyError> {
-    B64.decode(str_field(v, path)?).map_err(|_| err(format!("log entry field {} is not base64", path.join("."))))
+    B64.decode(str_field(v, path)?)
+        .map_err(|_| err(format!("log entry field {} is not base64", path.join("."))))
 }
 
 /// A `publicKey.content` / `verifier` value: base64 of a PEM certificate or key.
 fn pem_matches(pem_b64: &[u8], want: &Expected) -> bool {
-    let Ok(text) = std::str::from_utf8(pem_b64) else { return false };
+    let Ok(text) = std::str::from_utf8(pem_b64) else {
+        return false;
+    };
     match crate::keys::pem_decode(text) {
         Ok((label, der)) if label == "CERTIFICATE" => want.cert_der == Some(der.as_slice()),
         Ok((label, der)) if label == "PUBLIC KEY" => want.cert_der.is_none() && der == want.key.to_spki_der(),
@@ -195,7 +247,10 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
     let kind = str_field(&body, &["kind"])?;
     let version = str_field(&body, &["apiVersion"])?;
     if kind != entry.kind || version != entry.version {
-        return Err(err(format!("log entry body is {kind} {version}, bundle says {} {}", entry.kind, entry.version)));
+        return Err(err(format!(
+            "log entry body is {kind} {version}, bundle says {} {}",
+            entry.kind, entry.version
+        )));
     }
     let sig = want.content.signature();
     let (signed_digest, payload_digest) = match want.content {
@@ -212,7 +267,8 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             if str_field(spec, &["data", "hash", "algorithm"])? != "sha256" {
                 return Err(err("hashedrekord entry uses a hash other than sha256"));
             }
-            let logged = hex::decode(str_field(spec, &["data", "hash", "value"])?).map_err(|_| err("bad hex digest"))?;
+            let logged =
+                hex::decode(str_field(spec, &["data", "hash", "value"])?).map_err(|_| err("bad hex digest"))?;
             if signed_digest.as_deref().is_some_and(|d| d != logged.as_slice()) {
                 return mismatch("artifact digest");
             }
@@ -245,7 +301,9 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             if payload_digest.as_deref() != Some(logged.as_slice()) {
                 return mismatch("payload hash");
             }
-            let sigs = field(spec, &["signatures"])?.as_array().ok_or_else(|| err("signatures is not a list"))?;
+            let sigs = field(spec, &["signatures"])?
+                .as_array()
+                .ok_or_else(|| err("signatures is not a list"))?;
             if sigs.len() != env.signatures.len() {
                 return mismatch("signature count");
             }
@@ -260,7 +318,9 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             if payload_digest.as_deref() != Some(b64_field(spec, &["payloadHash", "digest"])?.as_slice()) {
                 return mismatch("payload hash");
             }
-            let sigs = field(spec, &["signatures"])?.as_array().ok_or_else(|| err("signatures is not a list"))?;
+            let sigs = field(spec, &["signatures"])?
+                .as_array()
+                .ok_or_else(|| err("signatures is not a list"))?;
             if sigs.len() != env.signatures.len() {
                 return mismatch("signature count");
             }
@@ -272,7 +332,8 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
         }
         ("intoto", "0.0.2", Content::Dsse(env)) => {
             let content = field(&body, &["spec", "content"])?;
-            let logged = hex::decode(str_field(content, &["payloadHash", "value"])?).map_err(|_| err("bad hex digest"))?;
+            let logged =
+                hex::decode(str_field(content, &["payloadHash", "value"])?).map_err(|_| err("bad hex digest"))?;
             if payload_digest.as_deref() != Some(logged.as_slice()) {
                 return mismatch("payload hash");
             }
@@ -291,7 +352,11 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
                 }
             }
         }
-        (k, v, _) => return Err(err(format!("log entry kind {k} {v} does not fit this bundle's content"))),
+        (k, v, _) => {
+            return Err(err(format!(
+                "log entry kind {k} {v} does not fit this bundle's content"
+            )))
+        }
     }
     Ok(())
 }

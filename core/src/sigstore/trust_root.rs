@@ -181,17 +181,26 @@ struct RawValidity {
 fn b64(field: &str, s: &str) -> Result<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
-        .map_err(|e| TrustRootError::Field { field: field.to_string(), reason: format!("bad base64: {e}") })
+        .map_err(|e| TrustRootError::Field {
+            field: field.to_string(),
+            reason: format!("bad base64: {e}"),
+        })
 }
 
 fn time(field: &str, s: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| TrustRootError::Field { field: field.to_string(), reason: format!("bad RFC 3339 time {s:?}: {e}") })
+        .map_err(|e| TrustRootError::Field {
+            field: field.to_string(),
+            reason: format!("bad RFC 3339 time {s:?}: {e}"),
+        })
 }
 
 fn validity(field: &str, v: Option<RawValidity>) -> Result<ValidityPeriod> {
-    let v = v.ok_or_else(|| TrustRootError::Field { field: field.to_string(), reason: "missing".into() })?;
+    let v = v.ok_or_else(|| TrustRootError::Field {
+        field: field.to_string(),
+        reason: "missing".into(),
+    })?;
     let start = v.start.ok_or_else(|| TrustRootError::Field {
         field: format!("{field}.start"),
         reason: "missing (a validity period needs a start)".into(),
@@ -199,7 +208,10 @@ fn validity(field: &str, v: Option<RawValidity>) -> Result<ValidityPeriod> {
     let start = time(&format!("{field}.start"), &start)?;
     let end = v.end.map(|e| time(&format!("{field}.end"), &e)).transpose()?;
     if end.is_some_and(|e| e < start) {
-        return Err(TrustRootError::Field { field: field.to_string(), reason: "end before start".into() });
+        return Err(TrustRootError::Field {
+            field: field.to_string(),
+            reason: "end before start".into(),
+        });
     }
     Ok(ValidityPeriod { start, end })
 }
@@ -210,9 +222,20 @@ fn logs(kind: &str, raw: Vec<RawLog>) -> Result<Vec<TransparencyLog>> {
         .map(|(i, l)| {
             let f = format!("{kind}[{i}]");
             let der = b64(&format!("{f}.publicKey.rawBytes"), &l.public_key.raw_bytes)?;
-            let pkcs1 = l.public_key.key_details.as_deref().is_some_and(|d| d.starts_with("PKCS1_RSA"));
-            let key = if pkcs1 { PublicKey::from_pkcs1_rsa_der(&der) } else { PublicKey::from_spki_der(&der) }
-                .map_err(|source| TrustRootError::Key { field: format!("{f}.publicKey"), source })?;
+            let pkcs1 = l
+                .public_key
+                .key_details
+                .as_deref()
+                .is_some_and(|d| d.starts_with("PKCS1_RSA"));
+            let key = if pkcs1 {
+                PublicKey::from_pkcs1_rsa_der(&der)
+            } else {
+                PublicKey::from_spki_der(&der)
+            }
+            .map_err(|source| TrustRootError::Key {
+                field: format!("{f}.publicKey"),
+                source,
+            })?;
             Ok(TransparencyLog {
                 base_url: l.base_url,
                 key,
@@ -236,9 +259,16 @@ fn cas(kind: &str, raw: Vec<RawCa>) -> Result<Vec<CertificateAuthority>> {
                 .map(|(j, cert)| b64(&format!("{f}.certChain.certificates[{j}]"), &cert.raw_bytes))
                 .collect::<Result<Vec<_>>>()?;
             if chain.is_empty() {
-                return Err(TrustRootError::Field { field: format!("{f}.certChain"), reason: "empty".into() });
+                return Err(TrustRootError::Field {
+                    field: format!("{f}.certChain"),
+                    reason: "empty".into(),
+                });
             }
-            Ok(CertificateAuthority { uri: c.uri, chain, valid_for: validity(&format!("{f}.validFor"), c.valid_for)? })
+            Ok(CertificateAuthority {
+                uri: c.uri,
+                chain,
+                valid_for: validity(&format!("{f}.validFor"), c.valid_for)?,
+            })
         })
         .collect()
 }
@@ -253,7 +283,10 @@ impl TrustedRoot {
         })?;
         if let Some(mt) = &raw.media_type {
             if !mt.starts_with("application/vnd.dev.sigstore.trustedroot") {
-                return Err(TrustRootError::Field { field: "mediaType".into(), reason: format!("unexpected {mt:?}") });
+                return Err(TrustRootError::Field {
+                    field: "mediaType".into(),
+                    reason: format!("unexpected {mt:?}"),
+                });
             }
         }
         Ok(Self {
@@ -266,8 +299,10 @@ impl TrustedRoot {
 
     /// Reads and parses a file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| TrustRootError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| TrustRootError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_json(&bytes)
     }
 
@@ -299,7 +334,9 @@ mod tests {
         assert_eq!(r.certificate_authorities.len(), 2);
         assert_eq!(r.ctlogs.len(), 2);
         assert_eq!(r.timestamp_authorities.len(), 1);
-        let rekor_id = base64::engine::general_purpose::STANDARD.decode("wNI9atQGlz+VWfO6LRygH4QUfY/8W4RFwiT5i5WRgB0=").unwrap();
+        let rekor_id = base64::engine::general_purpose::STANDARD
+            .decode("wNI9atQGlz+VWfO6LRygH4QUfY/8W4RFwiT5i5WRgB0=")
+            .unwrap();
         assert!(r.tlog(&rekor_id).is_some());
     }
 
@@ -307,7 +344,10 @@ mod tests {
     fn broken_roots_are_errors_not_empty_roots() {
         assert!(matches!(TrustedRoot::from_json(b"{"), Err(TrustRootError::Json { .. })));
         let mut v: serde_json::Value = serde_json::from_str(PUBLIC_GOOD_JSON).unwrap();
-        v["tlogs"][0]["publicKey"]["validFor"].as_object_mut().unwrap().remove("start");
+        v["tlogs"][0]["publicKey"]["validFor"]
+            .as_object_mut()
+            .unwrap()
+            .remove("start");
         let err = TrustedRoot::from_json(v.to_string().as_bytes()).unwrap_err();
         assert!(err.to_string().contains("tlogs[0].publicKey.validFor.start"), "{err}");
         let mut v: serde_json::Value = serde_json::from_str(PUBLIC_GOOD_JSON).unwrap();

@@ -61,7 +61,9 @@ fn unwrap_response(der_bytes: &[u8]) -> Result<Vec<u8>, VerifyError> {
     let fields: Vec<der::Any> = Vec::from_der(der_bytes).map_err(|e| err(format!("malformed timestamp: {e}")))?;
     match fields.first() {
         Some(first) if first.tag() == der::Tag::Sequence => {
-            let status: Vec<der::Any> = first.decode_as().map_err(|e| err(format!("malformed PKIStatusInfo: {e}")))?;
+            let status: Vec<der::Any> = first
+                .decode_as()
+                .map_err(|e| err(format!("malformed PKIStatusInfo: {e}")))?;
             let code = status
                 .first()
                 .and_then(|s| s.decode_as::<u8>().ok())
@@ -85,11 +87,18 @@ pub fn verify_timestamp(token: &[u8], signature: &[u8], root: &TrustedRoot) -> R
     if ci.content_type != OID_SIGNED_DATA {
         return Err(err("timestamp token is not CMS SignedData"));
     }
-    let sd: SignedData = ci.content.decode_as().map_err(|e| err(format!("malformed SignedData: {e}")))?;
+    let sd: SignedData = ci
+        .content
+        .decode_as()
+        .map_err(|e| err(format!("malformed SignedData: {e}")))?;
     if sd.encap_content_info.econtent_type != OID_CT_TSTINFO {
         return Err(err("timestamp token does not hold a TSTInfo"));
     }
-    let econtent = sd.encap_content_info.econtent.as_ref().ok_or_else(|| err("timestamp token has no content"))?;
+    let econtent = sd
+        .encap_content_info
+        .econtent
+        .as_ref()
+        .ok_or_else(|| err("timestamp token has no content"))?;
     let tst_der = OctetString::from_der(&econtent.to_der().map_err(|e| err(e.to_string()))?)
         .map_err(|e| err(format!("TSTInfo is not wrapped in an OCTET STRING: {e}")))?;
     let tst_der = tst_der.as_bytes();
@@ -118,11 +127,16 @@ pub fn verify_timestamp(token: &[u8], signature: &[u8], root: &TrustedRoot) -> R
         [one] => one,
         _ => return Err(err("timestamp token must have exactly one signer")),
     };
-    let attrs = si.signed_attrs.as_ref().ok_or_else(|| err("timestamp signer has no signed attributes"))?;
+    let attrs = si
+        .signed_attrs
+        .as_ref()
+        .ok_or_else(|| err("timestamp signer has no signed attributes"))?;
     let attr = |oid| attrs.iter().find(|a| a.oid == oid).and_then(|a| a.values.get(0));
     let digest_alg = hash_alg(&si.digest_alg.oid)?;
     let md = attr(OID_ATTR_MESSAGE_DIGEST).ok_or_else(|| err("timestamp has no messageDigest attribute"))?;
-    let md = md.decode_as::<OctetString>().map_err(|_| err("messageDigest is not an OCTET STRING"))?;
+    let md = md
+        .decode_as::<OctetString>()
+        .map_err(|_| err("messageDigest is not an OCTET STRING"))?;
     if md.as_bytes() != digest_alg.hash(tst_der) {
         return Err(err("timestamp messageDigest does not match the TSTInfo"));
     }
@@ -150,13 +164,9 @@ pub fn verify_timestamp(token: &[u8], signature: &[u8], root: &TrustedRoot) -> R
         SignerIdentifier::IssuerAndSerialNumber(is) => {
             c.cert.tbs_certificate.issuer == is.issuer && c.cert.tbs_certificate.serial_number == is.serial_number
         }
-        SignerIdentifier::SubjectKeyIdentifier(ski) => c
-            .cert
-            .tbs_certificate
-            .extensions
-            .iter()
-            .flatten()
-            .any(|e| e.extn_id == rfc5912::ID_CE_SUBJECT_KEY_IDENTIFIER && e.extn_value.as_bytes().ends_with(ski.0.as_bytes())),
+        SignerIdentifier::SubjectKeyIdentifier(ski) => c.cert.tbs_certificate.extensions.iter().flatten().any(|e| {
+            e.extn_id == rfc5912::ID_CE_SUBJECT_KEY_IDENTIFIER && e.extn_value.as_bytes().ends_with(ski.0.as_bytes())
+        }),
     };
     let sig_alg = match si.signature_algorithm.oid {
         // Bare key algorithms: the digest algorithm names the hash.
@@ -169,7 +179,9 @@ pub fn verify_timestamp(token: &[u8], signature: &[u8], root: &TrustedRoot) -> R
     };
     let mut last = err("no trusted timestamp authority signed this timestamp");
     for der in &candidates {
-        let Ok(signer) = ParsedCert::from_der(der) else { continue };
+        let Ok(signer) = ParsedCert::from_der(der) else {
+            continue;
+        };
         if !matches_sid(&signer) {
             continue;
         }

@@ -107,7 +107,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { tlog: TlogPolicy::Required, now: Utc::now() }
+        Self {
+            tlog: TlogPolicy::Required,
+            now: Utc::now(),
+        }
     }
 }
 
@@ -152,16 +155,26 @@ pub struct Verified {
 }
 
 /// Verifies `bundle` over `artifact` for `signer` against `root`.
-pub fn verify(bundle: &Bundle, artifact: Artifact<'_>, signer: Signer<'_>, root: &TrustedRoot, opts: &Options) -> Result<Verified, VerifyError> {
+pub fn verify(
+    bundle: &Bundle,
+    artifact: Artifact<'_>,
+    signer: Signer<'_>,
+    root: &TrustedRoot,
+    opts: &Options,
+) -> Result<Verified, VerifyError> {
     // 1. Key material.
     let leaf = match (&bundle.material, signer) {
         (Material::Certificate(der), Signer::Identity(_)) => Some(ParsedCert::from_der(der)?),
         (Material::PublicKey { .. }, Signer::Key(_)) => None,
         (Material::Certificate(_), Signer::Key(_)) => {
-            return Err(VerifyError::Material("bundle is signed with a certificate, but a key was required".into()))
+            return Err(VerifyError::Material(
+                "bundle is signed with a certificate, but a key was required".into(),
+            ))
         }
         (Material::PublicKey { .. }, Signer::Identity(_)) => {
-            return Err(VerifyError::Material("bundle is signed with a bare key, but a keyless identity was required".into()))
+            return Err(VerifyError::Material(
+                "bundle is signed with a bare key, but a keyless identity was required".into(),
+            ))
         }
     };
     let key = match (&leaf, signer) {
@@ -178,22 +191,35 @@ pub fn verify(bundle: &Bundle, artifact: Artifact<'_>, signer: Signer<'_>, root:
     let mut times: Vec<DateTime<Utc>> = Vec::new();
     let mut tlog_index = None;
     if opts.tlog != TlogPolicy::Off {
-        let expected = tlog::Expected { cert_der: leaf.as_ref().map(|l| l.der.as_slice()), key: &key, content: &bundle.content };
+        let expected = tlog::Expected {
+            cert_der: leaf.as_ref().map(|l| l.der.as_slice()),
+            key: &key,
+            content: &bundle.content,
+        };
         for entry in &bundle.tlog_entries {
-            let log = root
-                .tlog(&entry.log_id)
-                .ok_or_else(|| VerifyError::Tlog(format!("entry from a log the trusted root does not know ({})", hex::encode(&entry.log_id))))?;
+            let log = root.tlog(&entry.log_id).ok_or_else(|| {
+                VerifyError::Tlog(format!(
+                    "entry from a log the trusted root does not know ({})",
+                    hex::encode(&entry.log_id)
+                ))
+            })?;
             tlog::check_body(entry, &expected)?;
             if entry.set.is_none() && entry.proof.is_none() {
-                return Err(VerifyError::Tlog("entry has neither an inclusion promise nor an inclusion proof".into()));
+                return Err(VerifyError::Tlog(
+                    "entry has neither an inclusion promise nor an inclusion proof".into(),
+                ));
             }
             if let Some(t) = entry.integrated_time {
-                let t = DateTime::from_timestamp(t, 0).ok_or_else(|| VerifyError::Tlog("integrated time out of range".into()))?;
+                let t = DateTime::from_timestamp(t, 0)
+                    .ok_or_else(|| VerifyError::Tlog("integrated time out of range".into()))?;
                 if t > opts.now {
                     return Err(VerifyError::Tlog(format!("integrated time {t} is in the future")));
                 }
                 if !log.valid_for.contains(t) {
-                    return Err(VerifyError::Tlog(format!("log key {} was not valid at integrated time {t}", log.base_url)));
+                    return Err(VerifyError::Tlog(format!(
+                        "log key {} was not valid at integrated time {t}",
+                        log.base_url
+                    )));
                 }
                 if entry.set.is_some() {
                     tlog::verify_set(entry, log)?;
@@ -206,7 +232,9 @@ pub fn verify(bundle: &Bundle, artifact: Artifact<'_>, signer: Signer<'_>, root:
             tlog_index.get_or_insert(entry.log_index);
         }
         if opts.tlog == TlogPolicy::Required && tlog_index.is_none() {
-            return Err(VerifyError::Tlog("a transparency log entry is required and the signature has none".into()));
+            return Err(VerifyError::Tlog(
+                "a transparency log entry is required and the signature has none".into(),
+            ));
         }
     }
 
@@ -220,7 +248,8 @@ pub fn verify(bundle: &Bundle, artifact: Artifact<'_>, signer: Signer<'_>, root:
         (Some(leaf), Signer::Identity(want)) => {
             if times.is_empty() {
                 return Err(VerifyError::Certificate(
-                    "no verified timestamp (transparency log or TSA) to check the short-lived certificate against".into(),
+                    "no verified timestamp (transparency log or TSA) to check the short-lived certificate against"
+                        .into(),
                 ));
             }
             let ca = cert::verify_fulcio_leaf(&leaf, root, &times)?;
@@ -230,7 +259,10 @@ pub fn verify(bundle: &Bundle, artifact: Artifact<'_>, signer: Signer<'_>, root:
             let issuer = id.issuer.clone().unwrap_or_default();
             let subject = id.sans.iter().find(|s| want.subject.matches(s));
             match subject {
-                Some(subject) if want.issuer.matches(&issuer) => SignerInfo::Keyless { issuer, subject: subject.clone() },
+                Some(subject) if want.issuer.matches(&issuer) => SignerInfo::Keyless {
+                    issuer,
+                    subject: subject.clone(),
+                },
                 _ => {
                     return Err(VerifyError::Identity {
                         expected: want.to_string(),
@@ -239,21 +271,42 @@ pub fn verify(bundle: &Bundle, artifact: Artifact<'_>, signer: Signer<'_>, root:
                 }
             }
         }
-        (None, Signer::Key(k)) => SignerInfo::Key { fingerprint: k.fingerprint() },
-        _ => return Err(VerifyError::Material("key material does not match the required signer".into())),
+        (None, Signer::Key(k)) => SignerInfo::Key {
+            fingerprint: k.fingerprint(),
+        },
+        _ => {
+            return Err(VerifyError::Material(
+                "key material does not match the required signer".into(),
+            ))
+        }
     };
 
-    Ok(Verified { signer: signer_info, tlog_index, time: times.iter().min().copied(), statement })
+    Ok(Verified {
+        signer: signer_info,
+        tlog_index,
+        time: times.iter().min().copied(),
+        statement,
+    })
 }
 
 /// In-toto statement payload type.
 pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
-fn verify_content(content: &Content, artifact: Artifact<'_>, digest: &[u8; 32], key: &PublicKey) -> Result<Option<Vec<u8>>, VerifyError> {
+fn verify_content(
+    content: &Content,
+    artifact: Artifact<'_>,
+    digest: &[u8; 32],
+    key: &PublicKey,
+) -> Result<Option<Vec<u8>>, VerifyError> {
     match content {
-        Content::MessageSignature { digest: claimed, signature } => {
+        Content::MessageSignature {
+            digest: claimed,
+            signature,
+        } => {
             if claimed.as_deref().is_some_and(|c| c != digest) {
-                return Err(VerifyError::Signature("the bundle's message digest is not the artifact's digest".into()));
+                return Err(VerifyError::Signature(
+                    "the bundle's message digest is not the artifact's digest".into(),
+                ));
             }
             let r = match artifact {
                 Artifact::Bytes(b) => key.verify(b, signature),
@@ -263,15 +316,23 @@ fn verify_content(content: &Content, artifact: Artifact<'_>, digest: &[u8; 32], 
             Ok(None)
         }
         Content::Dsse(env) => {
-            let sig = env.signatures.first().ok_or_else(|| VerifyError::Bundle("DSSE envelope has no signature".into()))?;
+            let sig = env
+                .signatures
+                .first()
+                .ok_or_else(|| VerifyError::Bundle("DSSE envelope has no signature".into()))?;
             key.verify(&pae(&env.payload_type, &env.payload), sig)
                 .map_err(|e| VerifyError::Signature(format!("DSSE envelope: {e}")))?;
             if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
-                return Err(VerifyError::Signature(format!("DSSE payload type {:?} is not an in-toto statement", env.payload_type)));
+                return Err(VerifyError::Signature(format!(
+                    "DSSE payload type {:?} is not an in-toto statement",
+                    env.payload_type
+                )));
             }
             let want = hex::encode(digest);
             if !statement_subject_digests(&env.payload)?.contains(&want) {
-                return Err(VerifyError::Signature(format!("no in-toto subject has digest sha256:{want}")));
+                return Err(VerifyError::Signature(format!(
+                    "no in-toto subject has digest sha256:{want}"
+                )));
             }
             Ok(Some(env.payload.clone()))
         }
@@ -280,8 +341,8 @@ fn verify_content(content: &Content, artifact: Artifact<'_>, digest: &[u8; 32], 
 
 /// The sha256 digests (hex) of an in-toto statement's subjects.
 pub fn statement_subject_digests(payload: &[u8]) -> Result<Vec<String>, VerifyError> {
-    let v: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| VerifyError::Signature(format!("in-toto statement is not JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(|e| VerifyError::Signature(format!("in-toto statement is not JSON: {e}")))?;
     let subjects = v
         .get("subject")
         .and_then(|s| s.as_array())

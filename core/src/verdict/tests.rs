@@ -11,7 +11,10 @@ struct ManualClock {
 
 impl ManualClock {
     fn new() -> Arc<Self> {
-        Arc::new(Self { start: Instant::now(), offset: Mutex::new(Duration::ZERO) })
+        Arc::new(Self {
+            start: Instant::now(),
+            offset: Mutex::new(Duration::ZERO),
+        })
     }
 
     fn advance(&self, by: Duration) {
@@ -30,12 +33,19 @@ fn is_allowed(v: &bool) -> bool {
 }
 
 fn config(capacity: usize) -> CacheConfig {
-    CacheConfig { positive_ttl: Duration::from_secs(60), negative_ttl: Duration::from_secs(5), capacity }
+    CacheConfig {
+        positive_ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(5),
+        capacity,
+    }
 }
 
 fn cache_with_clock(capacity: usize) -> (VerdictCache<&'static str, bool>, Arc<ManualClock>) {
     let clock = ManualClock::new();
-    (VerdictCache::with_clock(config(capacity), is_allowed, clock.clone()), clock)
+    (
+        VerdictCache::with_clock(config(capacity), is_allowed, clock.clone()),
+        clock,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -65,25 +75,42 @@ async fn fifty_concurrent_callers_share_one_verification() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert_eq!(outcomes.iter().filter(|o| **o == Outcome::Miss).count(), 1);
     // Late starters on a loaded machine may find the entry already cached.
-    assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Joined | Outcome::Hit)).count(), 49);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Joined | Outcome::Hit))
+            .count(),
+        49
+    );
     assert_eq!(cache.get(&"sha256:abc".to_string()), Some(true));
     assert_eq!(cache.in_flight(), 0);
-    let (_, o) = cache.get_or_insert_with("sha256:abc".to_string(), || async { unreachable!() }).await;
+    let (_, o) = cache
+        .get_or_insert_with("sha256:abc".to_string(), || async { unreachable!() })
+        .await;
     assert_eq!(o, Outcome::Hit);
 }
 
 #[tokio::test]
 async fn entries_expire_after_their_ttl_and_negatives_sooner() {
     let (cache, clock) = cache_with_clock(16);
-    assert_eq!(cache.get_or_insert_with("good", || async { true }).await, (true, Outcome::Miss));
-    assert_eq!(cache.get_or_insert_with("bad", || async { false }).await, (false, Outcome::Miss));
+    assert_eq!(
+        cache.get_or_insert_with("good", || async { true }).await,
+        (true, Outcome::Miss)
+    );
+    assert_eq!(
+        cache.get_or_insert_with("bad", || async { false }).await,
+        (false, Outcome::Miss)
+    );
     clock.advance(Duration::from_secs(4));
     assert_eq!((cache.get(&"good"), cache.get(&"bad")), (Some(true), Some(false)));
     assert_eq!(cache.len(), 2);
 
     clock.advance(Duration::from_secs(2)); // 6s: past the negative TTL only
     assert_eq!((cache.get(&"good"), cache.get(&"bad")), (Some(true), None));
-    assert_eq!(cache.get_or_insert_with("bad", || async { true }).await, (true, Outcome::Miss));
+    assert_eq!(
+        cache.get_or_insert_with("bad", || async { true }).await,
+        (true, Outcome::Miss)
+    );
 
     clock.advance(Duration::from_secs(55)); // 61s: past the first positive entry's TTL
     assert_eq!(cache.get(&"good"), None);
@@ -93,7 +120,10 @@ async fn entries_expire_after_their_ttl_and_negatives_sooner() {
 
 #[tokio::test]
 async fn zero_ttl_means_not_cached() {
-    let cfg = CacheConfig { negative_ttl: Duration::ZERO, ..config(16) };
+    let cfg = CacheConfig {
+        negative_ttl: Duration::ZERO,
+        ..config(16)
+    };
     let cache = VerdictCache::<&str, bool>::new(cfg, is_allowed);
     cache.get_or_insert_with("bad", || async { false }).await;
     assert_eq!(cache.get(&"bad"), None);
@@ -136,7 +166,10 @@ async fn cancelled_leader_does_not_strand_followers() {
     leader.abort();
     let mut outcomes = Vec::new();
     for f in followers {
-        let (v, o) = tokio::time::timeout(Duration::from_secs(5), f).await.expect("follower hung").unwrap();
+        let (v, o) = tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("follower hung")
+            .unwrap();
         assert!(v);
         outcomes.push(o);
     }
@@ -152,7 +185,10 @@ async fn an_abandoned_flight_is_forgotten() {
     let pending = cache.get_or_insert_with("k", std::future::pending::<bool>);
     assert!(tokio::time::timeout(Duration::from_millis(10), pending).await.is_err());
     assert_eq!(cache.in_flight(), 0);
-    assert_eq!(cache.get_or_insert_with("k", || async { false }).await, (false, Outcome::Miss));
+    assert_eq!(
+        cache.get_or_insert_with("k", || async { false }).await,
+        (false, Outcome::Miss)
+    );
 }
 
 #[tokio::test]
@@ -188,7 +224,10 @@ fn a_full_cache_drops_expired_entries_then_the_oldest() {
     cache.insert("a", true);
     cache.insert("b", true);
     cache.insert("c", true);
-    assert_eq!((cache.get(&"a"), cache.get(&"b"), cache.get(&"c")), (None, Some(true), Some(true)));
+    assert_eq!(
+        (cache.get(&"a"), cache.get(&"b"), cache.get(&"c")),
+        (None, Some(true), Some(true))
+    );
     // Updating an existing key never evicts.
     cache.insert("b", false);
     assert_eq!(cache.len(), 2);
@@ -198,7 +237,11 @@ fn a_full_cache_drops_expired_entries_then_the_oldest() {
     cache.insert("negative", false);
     clock.advance(Duration::from_secs(10)); // the negative entry expired
     cache.insert("new", true);
-    assert_eq!(cache.get(&"old-positive"), Some(true), "expired entries go before the oldest live one");
+    assert_eq!(
+        cache.get(&"old-positive"),
+        Some(true),
+        "expired entries go before the oldest live one"
+    );
     assert_eq!(cache.get(&"new"), Some(true));
 }
 
@@ -216,11 +259,24 @@ fn a_full_cache_finds_every_live_key_by_value() {
     let cache = VerdictCache::<Key, bool>::new(config(4096), is_allowed);
     let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64))).unwrap();
     for i in 0..4096u64 {
-        cache.insert(("kernel-caches".into(), format!("quay.io/gkm/cache-{i}"), digest.clone(), 7), i % 2 == 0);
+        cache.insert(
+            (
+                "kernel-caches".into(),
+                format!("quay.io/gkm/cache-{i}"),
+                digest.clone(),
+                7,
+            ),
+            i % 2 == 0,
+        );
     }
     assert_eq!(cache.len(), 4096);
     for i in [0u64, 77, 4095] {
-        let key: Key = ("kernel-caches".into(), format!("quay.io/gkm/cache-{i}"), digest.clone(), 7);
+        let key: Key = (
+            "kernel-caches".into(),
+            format!("quay.io/gkm/cache-{i}"),
+            digest.clone(),
+            7,
+        );
         assert_eq!(cache.get(&key), Some(i % 2 == 0));
     }
     let other_generation: Key = ("kernel-caches".into(), "quay.io/gkm/cache-77".into(), digest, 8);

@@ -11,7 +11,11 @@ mod sigstore_cmd;
 mod verify_cmd;
 
 #[derive(Parser)]
-#[command(name = "kcache", version, about = "Verify container images and manage kernel caches on a node")]
+#[command(
+    name = "kcache",
+    version,
+    about = "Verify container images and manage kernel caches on a node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -15,7 +15,10 @@ use crate::{registry_args::RegistryArgs, Outcome};
 
 fn password() -> Result<Vec<u8>> {
     signing::password_from_env().with_context(|| {
-        format!("set {} to the key password (it may be empty, as with cosign)", signing::PASSWORD_ENV)
+        format!(
+            "set {} to the key password (it may be empty, as with cosign)",
+            signing::PASSWORD_ENV
+        )
     })
 }
 
@@ -55,7 +58,8 @@ pub struct SignArgs {
 
 pub fn sign(a: SignArgs) -> Result<Outcome> {
     let pem = std::fs::read(&a.key).with_context(|| format!("cannot read key {}", a.key.display()))?;
-    let key = PrivateKey::from_pem(&pem, &password()?).with_context(|| format!("cannot load key {}", a.key.display()))?;
+    let key =
+        PrivateKey::from_pem(&pem, &password()?).with_context(|| format!("cannot load key {}", a.key.display()))?;
     let r = Reference::parse(&a.image)?;
     let client = a.registry.client()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -64,8 +68,16 @@ pub fn sign(a: SignArgs) -> Result<Outcome> {
 }
 
 async fn sign_image(client: &Client, key: &PrivateKey, r: &Reference, v3: bool) -> Result<()> {
-    let p = sign::sign_and_push(client, key, r, v3).await.with_context(|| format!("cannot sign {r}"))?;
-    println!("signed {}@{} (cosign v2, key {}): pushed {}", r.name(), p.digest, key.public_key().fingerprint(), p.sig_tag);
+    let p = sign::sign_and_push(client, key, r, v3)
+        .await
+        .with_context(|| format!("cannot sign {r}"))?;
+    println!(
+        "signed {}@{} (cosign v2, key {}): pushed {}",
+        r.name(),
+        p.digest,
+        key.public_key().fingerprint(),
+        p.sig_tag
+    );
     if let Some(m) = p.referrer {
         println!("signed {}@{} (cosign v3 bundle referrer {m})", r.name(), p.digest);
     }

@@ -56,7 +56,8 @@ fn verify_bundle(a: VerifyBundleArgs) -> Result<Outcome> {
         },
         None => TrustedRoot::public_good(),
     };
-    let bundle_bytes = std::fs::read(&a.bundle).with_context(|| format!("cannot read bundle {}", a.bundle.display()))?;
+    let bundle_bytes =
+        std::fs::read(&a.bundle).with_context(|| format!("cannot read bundle {}", a.bundle.display()))?;
     let bundle = match Bundle::from_json(&bundle_bytes) {
         Ok(b) => b,
         Err(e) => return Ok(Outcome::Rejected(e.to_string())),
@@ -89,7 +90,11 @@ fn verify_bundle(a: VerifyBundleArgs) -> Result<Outcome> {
     };
     match verify(&bundle, artifact, signer, &root, &Options::default()) {
         Ok(v) => {
-            println!("verified: signer {}{}", v.signer, v.tlog_index.map(|i| format!(", tlog index {i}")).unwrap_or_default());
+            println!(
+                "verified: signer {}{}",
+                v.signer,
+                v.tlog_index.map(|i| format!(", tlog index {i}")).unwrap_or_default()
+            );
             Ok(Outcome::Ok)
         }
         Err(e) => Ok(Outcome::Rejected(e.to_string())),

@@ -61,5 +61,9 @@ pub fn run(a: VerifyArgs) -> Result<Outcome> {
             println!("time:     {:.1} ms", v.elapsed.as_secs_f64() * 1000.0);
         }
     }
-    Ok(if v.permits() { Outcome::Ok } else { Outcome::Rejected(v.summary()) })
+    Ok(if v.permits() {
+        Outcome::Ok
+    } else {
+        Outcome::Rejected(v.summary())
+    })
 }
