@@ -23,6 +23,7 @@ use crate::{
     policy::{Authority, Decision, DefaultAction, Match, Mode, Policy, SignatureFormat, TlogRequirement},
     registry::{Client, Reference, RegistryError},
     sigstore::{Options, Signer, SignerInfo, TlogPolicy},
+    verdict::{CacheConfig, Outcome, VerdictCache},
 };
 
 /// Most `.sig` layers or referrers looked at per image (a hostile registry could list millions).
@@ -52,8 +53,10 @@ pub struct ImageVerdict {
     pub format: Option<Format>,
     /// The signed index this manifest was allowed through.
     pub via_index: Option<Digest>,
-    /// Wall time spent.
-    #[serde(serialize_with = "ser_duration")]
+    /// Served from the verdict cache.
+    pub cached: bool,
+    /// Wall time spent (milliseconds in JSON).
+    #[serde(serialize_with = "ser_duration", rename = "elapsed_ms")]
     pub elapsed: Duration,
 }
 
@@ -110,15 +113,34 @@ struct Found {
     format: Format,
 }
 
+/// Cache key: repository, tag (it decides the signed-index rule), digest and policy
+/// generation. Together they determine the rule and so the verdict.
+type CacheKey = (String, Option<String>, Digest, u64);
+
 /// Verifies images against a policy through a registry.
 pub struct Verifier {
     client: Arc<Client>,
+    cache: Option<VerdictCache<CacheKey, ImageVerdict>>,
 }
 
 impl Verifier {
-    /// A verifier using `client`.
+    /// A verifier using `client`, without a verdict cache (every call verifies).
     pub fn new(client: Arc<Client>) -> Self {
-        Self { client }
+        Self { client, cache: None }
+    }
+
+    /// A verifier whose verdicts are cached (positive and negative TTLs) and whose concurrent
+    /// requests for one image share one verification.
+    pub fn with_cache(client: Arc<Client>, config: CacheConfig) -> Self {
+        Self {
+            client,
+            cache: Some(VerdictCache::new(config, |v: &ImageVerdict| v.verified)),
+        }
+    }
+
+    /// The cache, if any (for metrics and tests).
+    pub fn cache(&self) -> Option<&VerdictCache<CacheKey, ImageVerdict>> {
+        self.cache.as_ref()
     }
 
     /// Verifies `image` (tag or digest reference) under `policy`.
@@ -136,6 +158,7 @@ impl Verifier {
             tlog_index: None,
             format: None,
             via_index: None,
+            cached: false,
             elapsed: Duration::ZERO,
         };
         if policy.mode == Mode::Off {
@@ -161,7 +184,25 @@ impl Verifier {
     }
 
     /// Verifies a known digest; `r` gives the repository (and the tag for the index rule).
+    /// Served from the verdict cache when there is one.
     pub async fn verify_digest(&self, policy: &Policy, r: &Reference, digest: &Digest) -> ImageVerdict {
+        let Some(cache) = &self.cache else {
+            return self.verify_digest_uncached(policy, r, digest).await;
+        };
+        let start = Instant::now();
+        let key = (r.name(), r.tag.clone(), digest.clone(), policy.generation);
+        let (mut v, outcome) = cache
+            .get_or_insert_with(key, || self.verify_digest_uncached(policy, r, digest))
+            .await;
+        if outcome != Outcome::Miss {
+            v.image = r.to_string();
+            v.cached = true;
+            v.elapsed = start.elapsed();
+        }
+        v
+    }
+
+    async fn verify_digest_uncached(&self, policy: &Policy, r: &Reference, digest: &Digest) -> ImageVerdict {
         let start = Instant::now();
         let v = ImageVerdict {
             image: r.to_string(),
@@ -174,6 +215,7 @@ impl Verifier {
             tlog_index: None,
             format: None,
             via_index: None,
+            cached: false,
             elapsed: Duration::ZERO,
         };
         match self.verify_digest_into(policy, r, digest, v, start).await {

@@ -432,3 +432,52 @@ async fn oversized_signature_blobs_are_not_fetched() {
     assert!(!v.permits());
     assert!(v.reason.contains("no signature found"), "{}", v.reason);
 }
+
+#[tokio::test]
+async fn verdicts_are_cached_per_policy_generation_and_concurrent_requests_share_one_verification() {
+    let mut env = Env::new();
+    push_image(&env.reg, "apps/web:v1", "web").await;
+    let digest = env.sign(&env.image("apps/web:v1"), false).await;
+    let verifier = Arc::new(Verifier::with_cache(
+        env.reg.client(),
+        kcache_core::verdict::CacheConfig::default(),
+    ));
+    let r = env.reg.reference("apps/web:v1");
+    let policy = Arc::new(env.policy.clone());
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (v, p, r, d) = (verifier.clone(), policy.clone(), r.clone(), digest.clone());
+            tokio::spawn(async move { v.verify_digest(&p, &r, &d).await })
+        })
+        .collect();
+    let mut fresh = 0;
+    for t in tasks {
+        let v = t.await.unwrap();
+        assert!(v.permits(), "{}", v.summary());
+        fresh += usize::from(!v.cached);
+    }
+    assert_eq!(fresh, 1, "20 concurrent requests share one verification");
+
+    // A hit needs no registry.
+    env.reg.stop();
+    let v = verifier.verify_digest(&policy, &r, &digest).await;
+    assert!(v.permits() && v.cached);
+
+    // A new policy generation is verified afresh (and fails closed with the registry down).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("trusted.pub"), env.key.public_key().to_pem()).unwrap();
+    let p = dir.path().join("policy.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "mode: enforce\ndefault: deny\nrules:\n  - name: apps-v2\n    images: [\"{}/apps/**\"]\n    authorities:\n      - key: {{path: trusted.pub}}\n    transparencyLog: off\n",
+            env.reg.host()
+        ),
+    )
+    .unwrap();
+    let newer = Policy::load(&p, None).unwrap();
+    assert_ne!(newer.generation, policy.generation);
+    let v = verifier.verify_digest(&newer, &r, &digest).await;
+    assert!(!v.permits() && !v.cached, "{}", v.summary());
+    env.reg.restart();
+}
