@@ -17,6 +17,7 @@
 #![warn(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
+pub mod cache;
 pub mod digest;
 
 #[cfg(feature = "verify")]

@@ -1,0 +1,6 @@
+//! Kernel cache images (GKM/MCV format) and what a node needs to know about them.
+//!
+//! [`meta`] holds the types every side shares (daemon, CLI, the OCI hook): no heavy
+//! dependencies, so the hook can read them.
+
+pub mod meta;
