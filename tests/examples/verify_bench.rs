@@ -1,0 +1,75 @@
+//! Bench fixture for bench/run: a real docker-registry on loopback with a kcache-signed image.
+//! Prints one JSON line (registry, image, policy, and the in-process warm verdict-cache hit
+//! timing), then keeps the registry up until stdin closes, so the harness can time
+//! `kcache verify` (cold, process start included) against it.
+
+use std::{io::Read, sync::Arc, time::Instant};
+
+use kcache_core::{cosign::sign, policy::Policy, signing::PrivateKey, verdict::CacheConfig, verifier::Verifier};
+use kcache_tests::TestRegistry;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let reg = TestRegistry::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = reg.client();
+    let r = reg.reference("bench/app:v1");
+    let layer = client.push_blob(&r, b"bench layer").await.expect("layer");
+    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = client.push_blob(&r, cfg).await.expect("config");
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":11}}]}}"#,
+        sign::OCI_MANIFEST,
+        cfg.len()
+    );
+    client.push_manifest(&r, "v1", sign::OCI_MANIFEST, m.as_bytes()).await.expect("manifest");
+    let key = PrivateKey::generate_p256();
+    sign::sign_and_push(&client, &key, &r, true).await.expect("sign");
+    std::fs::write(dir.path().join("bench.pub"), key.public_key().to_pem()).expect("pub");
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy_path,
+        format!(
+            "rules:\n  - name: bench\n    images: [\"{}/bench/*\"]\n    authorities:\n      - key: {{path: bench.pub}}\n    transparencyLog: off\n",
+            reg.host()
+        ),
+    )
+    .expect("policy");
+    let policy = Policy::load(&policy_path, None).expect("policy loads");
+
+    // Warm verdict-cache hit, in process: one miss, then timed hits of the same image.
+    let verifier = Verifier::with_cache(client.clone(), CacheConfig::default());
+    let resolved = client.resolve(&r).await.expect("resolve").digest;
+    assert!(verifier.verify_digest(&policy, &r, &resolved).await.permits(), "bench image verifies");
+    let mut hits_ns = Vec::new();
+    for _ in 0..200 {
+        let n = 1000;
+        let t = Instant::now();
+        for _ in 0..n {
+            let v = verifier.verify_digest(&policy, &r, &resolved).await;
+            assert!(v.cached);
+        }
+        hits_ns.push(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    // In-process cold verification (no cache): registry round trips + crypto, no process start.
+    let cold = Arc::new(Verifier::new(client.clone()));
+    let mut cold_ns = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        assert!(cold.verify_digest(&policy, &r, &resolved).await.permits());
+        cold_ns.push(t.elapsed().as_nanos() as f64);
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "registry": reg.host(),
+            "image": format!("{}/bench/app:v1", reg.host()),
+            "policy": policy_path,
+            "cache_hit_ns": hits_ns,
+            "in_process_cold_ns": cold_ns,
+        })
+    );
+    // Keep the registry up while the harness times the CLI.
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
