@@ -200,7 +200,11 @@ impl PublicKey {
         match self {
             Self::Ed25519(k) => {
                 let s = ed25519_dalek::Signature::from_slice(sig).map_err(|_| self.malformed())?;
-                k.verify(message, &s).map_err(|_| self.bad())
+                // Pure Ed25519 (Sigstore, kcache), else Ed25519ph: cosign 2.x signs with
+                // Ed25519ph when given an Ed25519 key (its default load options).
+                k.verify(message, &s)
+                    .or_else(|_| k.verify_prehashed(Sha512::new_with_prefix(message), None, &s))
+                    .map_err(|_| self.bad())
             }
             Self::P256(k) => {
                 let s = p256::ecdsa::DerSignature::try_from(sig).map_err(|_| self.malformed())?;
@@ -353,6 +357,19 @@ mod tests {
             key.verify(&payload, b"junk"),
             Err(KeyError::MalformedSignature { .. })
         ));
+    }
+
+    #[test]
+    fn ed25519_accepts_pure_and_prehashed_signatures_as_cosign_makes_them() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let sk = SigningKey::from_bytes(&[7u8; 32]);
+        let pk = PublicKey::Ed25519(sk.verifying_key());
+        let msg = b"simple signing payload";
+        pk.verify(msg, &sk.sign(msg).to_bytes()).unwrap();
+        let ph = sk.sign_prehashed(Sha512::new_with_prefix(msg), None).unwrap();
+        pk.verify(msg, &ph.to_bytes()).unwrap();
+        assert!(pk.verify(b"other payload", &ph.to_bytes()).is_err());
+        assert!(matches!(pk.verify_digest(HashAlgorithm::Sha256, &[0; 32], &ph.to_bytes()), Err(KeyError::PrehashUnsupported)));
     }
 
     #[test]
