@@ -369,7 +369,10 @@ mod tests {
         let ph = sk.sign_prehashed(Sha512::new_with_prefix(msg), None).unwrap();
         pk.verify(msg, &ph.to_bytes()).unwrap();
         assert!(pk.verify(b"other payload", &ph.to_bytes()).is_err());
-        assert!(matches!(pk.verify_digest(HashAlgorithm::Sha256, &[0; 32], &ph.to_bytes()), Err(KeyError::PrehashUnsupported)));
+        assert!(matches!(
+            pk.verify_digest(HashAlgorithm::Sha256, &[0; 32], &ph.to_bytes()),
+            Err(KeyError::PrehashUnsupported)
+        ));
     }
 
     #[test]

@@ -74,6 +74,24 @@ fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
 }
 
 impl ImageVerdict {
+    /// A verdict not decided yet: denied until a step allows it (fail closed).
+    fn pending(image: String, digest: Option<Digest>) -> Self {
+        Self {
+            image,
+            digest,
+            rule: None,
+            verified: false,
+            decision: Decision::Deny,
+            reason: String::new(),
+            signer: None,
+            tlog_index: None,
+            format: None,
+            via_index: None,
+            cached: false,
+            elapsed: Duration::ZERO,
+        }
+    }
+
     /// Whether the pull may go ahead.
     pub fn permits(&self) -> bool {
         self.decision.permits()
@@ -147,20 +165,7 @@ impl Verifier {
     pub async fn verify(&self, policy: &Policy, image: &str) -> Result<ImageVerdict, VerifierError> {
         let start = Instant::now();
         let r = Reference::parse(image)?;
-        let mut v = ImageVerdict {
-            image: image.to_string(),
-            digest: r.digest.clone(),
-            rule: None,
-            verified: false,
-            decision: Decision::Deny,
-            reason: String::new(),
-            signer: None,
-            tlog_index: None,
-            format: None,
-            via_index: None,
-            cached: false,
-            elapsed: Duration::ZERO,
-        };
+        let mut v = ImageVerdict::pending(image.to_string(), r.digest.clone());
         if policy.mode == Mode::Off {
             v.decision = Decision::Unchecked;
             v.reason = "policy mode is off".into();
@@ -204,20 +209,7 @@ impl Verifier {
 
     async fn verify_digest_uncached(&self, policy: &Policy, r: &Reference, digest: &Digest) -> ImageVerdict {
         let start = Instant::now();
-        let v = ImageVerdict {
-            image: r.to_string(),
-            digest: Some(digest.clone()),
-            rule: None,
-            verified: false,
-            decision: Decision::Deny,
-            reason: String::new(),
-            signer: None,
-            tlog_index: None,
-            format: None,
-            via_index: None,
-            cached: false,
-            elapsed: Duration::ZERO,
-        };
+        let v = ImageVerdict::pending(r.to_string(), Some(digest.clone()));
         match self.verify_digest_into(policy, r, digest, v, start).await {
             Ok(v) => v,
             Err(e) => match e {},
@@ -446,11 +438,7 @@ impl Verifier {
                 .unwrap_or_default();
             match self.client.blob(r, &d, crate::cosign::v2::MAX_PAYLOAD_BYTES).await {
                 Ok(payload) => out.push(SignatureLayer { payload, annotations }),
-                Err(
-                    RegistryError::NotFound { .. }
-                    | RegistryError::TooLarge { .. }
-                    | RegistryError::DigestMismatch { .. },
-                ) => continue,
+                Err(e) if skippable(&e) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -491,11 +479,7 @@ impl Verifier {
             };
             let m = match self.client.manifest(r, md.as_str()).await {
                 Ok(m) => m,
-                Err(
-                    RegistryError::NotFound { .. }
-                    | RegistryError::TooLarge { .. }
-                    | RegistryError::DigestMismatch { .. },
-                ) => continue,
+                Err(e) if skippable(&e) => continue,
                 Err(e) => return Err(e),
             };
             let Ok(mv) = serde_json::from_slice::<serde_json::Value>(&m.bytes) else {
@@ -524,17 +508,22 @@ impl Verifier {
                 };
                 match self.client.blob(r, &bd, v3::MAX_BUNDLE_BYTES).await {
                     Ok(b) => out.push(b),
-                    Err(
-                        RegistryError::NotFound { .. }
-                        | RegistryError::TooLarge { .. }
-                        | RegistryError::DigestMismatch { .. },
-                    ) => continue,
+                    Err(e) if skippable(&e) => continue,
                     Err(e) => return Err(e),
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// A signature object that is missing, oversized or corrupt is skipped (the others may still
+/// satisfy the rule); any other registry failure aborts and denies.
+fn skippable(e: &RegistryError) -> bool {
+    matches!(
+        e,
+        RegistryError::NotFound { .. } | RegistryError::TooLarge { .. } | RegistryError::DigestMismatch { .. }
+    )
 }
 
 fn signer_of(a: &Authority) -> (Signer<'_>, &crate::sigstore::TrustedRoot) {

@@ -14,37 +14,14 @@ fn kcache(args: &[&str], dir: &std::path::Path) -> Output {
         .unwrap()
 }
 
-async fn push_image(reg: &TestRegistry, repo_tag: &str, content: &str) -> String {
-    let client = reg.client();
-    let r = reg.reference(repo_tag);
-    let layer = client.push_blob(&r, content.as_bytes()).await.unwrap();
-    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
-    let cd = client.push_blob(&r, cfg).await.unwrap();
-    let m = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
-        cfg.len(),
-        content.len()
-    );
-    client
-        .push_manifest(
-            &r,
-            &r.reference(),
-            "application/vnd.oci.image.manifest.v1+json",
-            m.as_bytes(),
-        )
-        .await
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn generate_sign_verify_round_trip_with_exit_codes() {
     let reg = TestRegistry::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let host = reg.host();
-    push_image(&reg, "apps/web:v1", "web").await;
-    push_image(&reg, "apps/other:v1", "other").await;
+    reg.push_image("apps/web:v1", "web").await;
+    reg.push_image("apps/other:v1", "other").await;
 
     let out = kcache(&["generate-key-pair"], d);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

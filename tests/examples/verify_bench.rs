@@ -14,15 +14,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let client = reg.client();
     let r = reg.reference("bench/app:v1");
-    let layer = client.push_blob(&r, b"bench layer").await.expect("layer");
-    let cfg = br#"{"architecture":"amd64","os":"linux"}"#;
-    let cd = client.push_blob(&r, cfg).await.expect("config");
-    let m = format!(
-        r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":11}}]}}"#,
-        sign::OCI_MANIFEST,
-        cfg.len()
-    );
-    client.push_manifest(&r, "v1", sign::OCI_MANIFEST, m.as_bytes()).await.expect("manifest");
+    reg.push_image("bench/app:v1", "bench layer").await;
     let key = PrivateKey::generate_p256();
     sign::sign_and_push(&client, &key, &r, true).await.expect("sign");
     std::fs::write(dir.path().join("bench.pub"), key.public_key().to_pem()).expect("pub");
@@ -40,7 +32,10 @@ async fn main() {
     // Warm verdict-cache hit, in process: one miss, then timed hits of the same image.
     let verifier = Verifier::with_cache(client.clone(), CacheConfig::default());
     let resolved = client.resolve(&r).await.expect("resolve").digest;
-    assert!(verifier.verify_digest(&policy, &r, &resolved).await.permits(), "bench image verifies");
+    assert!(
+        verifier.verify_digest(&policy, &r, &resolved).await.permits(),
+        "bench image verifies"
+    );
     let mut hits_ns = Vec::new();
     for _ in 0..200 {
         let n = 1000;

@@ -132,6 +132,35 @@ impl TestRegistry {
     }
 }
 
+impl TestRegistry {
+    /// Pushes a small OCI image whose layer holds `content` under `repo:tag` (or `repo@digest`
+    /// form is not accepted: give a tag); returns the manifest digest and bytes.
+    pub async fn push_image(&self, repo_tag: &str, content: &str) -> (Digest, Vec<u8>) {
+        let client = self.client();
+        let r = self.reference(repo_tag);
+        let layer = client.push_blob(&r, content.as_bytes()).await.expect("push layer");
+        let config =
+            format!(r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer}"]}}}}"#);
+        let cd = client.push_blob(&r, config.as_bytes()).await.expect("push config");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
+            config.len(),
+            content.len()
+        )
+        .into_bytes();
+        let d = client
+            .push_manifest(
+                &r,
+                &r.reference(),
+                "application/vnd.oci.image.manifest.v1+json",
+                &manifest,
+            )
+            .await
+            .expect("push manifest");
+        (d, manifest)
+    }
+}
+
 impl Drop for TestRegistry {
     fn drop(&mut self) {
         self.stop();

@@ -76,26 +76,8 @@ impl Env {
     }
 }
 
-/// Pushes a small distinct OCI image; returns its digest and manifest bytes.
 async fn push_image(reg: &TestRegistry, repo_tag: &str, content: &str) -> (Digest, Vec<u8>) {
-    let client = reg.client();
-    let r = reg.reference(repo_tag);
-    let layer = client.push_blob(&r, content.as_bytes()).await.unwrap();
-    let config =
-        format!(r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{layer}"]}}}}"#);
-    let cd = client.push_blob(&r, config.as_bytes()).await.unwrap();
-    let m = json!({
-        "schemaVersion": 2, "mediaType": sign::OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.as_str(), "size": content.len()}],
-    })
-    .to_string()
-    .into_bytes();
-    let d = client
-        .push_manifest(&r, &r.reference(), sign::OCI_MANIFEST, &m)
-        .await
-        .unwrap();
-    (d, m)
+    reg.push_image(repo_tag, content).await
 }
 
 async fn sig_layers(reg: &TestRegistry, repo: &str, image: &Digest) -> Vec<SignatureLayer> {
