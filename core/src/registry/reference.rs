@@ -196,6 +196,24 @@ mod tests {
         assert_eq!(r.to_string(), format!("ghcr.io/o/r:v1@{d}"));
     }
 
+    proptest::proptest! {
+        /// Any input parses or fails quickly (no panic, no loop), and what parses round-trips
+        /// through its own Display.
+        #[test]
+        fn parsing_never_panics_and_round_trips(input in "[a-zA-Z0-9./:@_\\-]{0,80}") {
+            if let Ok(r) = Reference::parse(&input) {
+                proptest::prop_assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
+            }
+        }
+
+        #[test]
+        fn valid_names_parse(repo in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", tag in "[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,20}") {
+            let r = Reference::parse(&format!("reg.example:5000/{repo}:{tag}")).unwrap();
+            proptest::prop_assert_eq!(r.repository, repo);
+            proptest::prop_assert_eq!(r.tag.as_deref(), Some(tag.as_str()));
+        }
+    }
+
     #[test]
     fn hostile_references_are_rejected() {
         for bad in [
