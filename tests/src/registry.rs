@@ -19,6 +19,7 @@ pub struct TestRegistry {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    htpasswd: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -32,19 +33,46 @@ impl TestRegistry {
     /// Starts a registry and waits until `/v2/` answers. Panics with a clear message when
     /// `docker-registry` is not installed.
     pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// Starts a registry that requires HTTP basic auth (htpasswd with a bcrypt hash).
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Self {
+        Self::start_inner(Some((user, password)))
+    }
+
+    fn start_inner(basic_auth: Option<(&str, &str)>) -> Self {
         let bin = Path::new("/usr/bin/docker-registry");
         assert!(
             bin.exists(),
             "docker-registry is not installed: run `make deps` (apt-get install docker-registry)"
         );
         let dir = tempfile::tempdir().expect("temp dir");
+        let htpasswd = basic_auth.map(|(user, password)| {
+            let p = dir.path().join("htpasswd");
+            let hash = bcrypt::hash(password, 5).expect("bcrypt");
+            std::fs::write(&p, format!("{user}:{hash}\n")).expect("htpasswd");
+            p
+        });
         let mut reg = Self {
             child: None,
             dir,
             port: free_port(),
+            htpasswd,
         };
         reg.spawn();
         reg
+    }
+
+    /// A docker-style auth file with credentials for this registry.
+    pub fn write_auth_file(&self, user: &str, password: &str) -> PathBuf {
+        use base64::Engine as _;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = self.dir.path().join(format!("auth-{n}.json"));
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        std::fs::write(&p, format!(r#"{{"auths":{{"{}":{{"auth":"{token}"}}}}}}"#, self.host())).expect("auth file");
+        p
     }
 
     fn spawn(&mut self) {
@@ -52,9 +80,13 @@ impl TestRegistry {
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\nlog:\n  level: error\n  accesslog:\n    disabled: true\n",
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\nlog:\n  level: error\n  accesslog:\n    disabled: true\n{}",
                 self.storage().display(),
-                self.port
+                self.port,
+                self.htpasswd
+                    .as_ref()
+                    .map(|p| format!("auth:\n  htpasswd:\n    realm: kcache-test\n    path: {}\n", p.display()))
+                    .unwrap_or_default()
             ),
         )
         .expect("write registry config");

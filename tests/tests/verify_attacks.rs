@@ -463,3 +463,46 @@ async fn verdicts_are_cached_per_policy_generation_and_concurrent_requests_share
     assert!(!v.permits() && !v.cached, "{}", v.summary());
     env.reg.restart();
 }
+
+#[tokio::test]
+async fn basic_auth_from_a_docker_auth_file_against_a_real_htpasswd_registry() {
+    let reg = TestRegistry::start_with_basic_auth("kcache", "s3cret");
+    let r = reg.reference("apps/web:v1");
+    let anonymous = reg.client();
+    let e = anonymous.resolve(&r).await.unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { status: 401, .. }), "{e}");
+
+    let auth = reg.write_auth_file("kcache", "s3cret");
+    let client = Arc::new(
+        Client::new(RegistryConfig {
+            insecure: vec![reg.host()],
+            auth_file: Some(auth),
+            ..RegistryConfig::default()
+        })
+        .unwrap(),
+    );
+    let layer = client.push_blob(&r, b"authenticated").await.unwrap();
+    let m = json!({
+        "schemaVersion": 2, "mediaType": sign::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": layer.as_str(), "size": 13},
+        "layers": [],
+    })
+    .to_string();
+    let d = client
+        .push_manifest(&r, "v1", sign::OCI_MANIFEST, m.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(client.resolve(&r).await.unwrap().digest, d);
+
+    let wrong = reg.write_auth_file("kcache", "wrong");
+    let client = Client::new(RegistryConfig {
+        insecure: vec![reg.host()],
+        auth_file: Some(wrong),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        client.resolve(&r).await.unwrap_err(),
+        RegistryError::Unauthorized { .. }
+    ));
+}
