@@ -181,11 +181,10 @@ impl Verifier {
             },
         };
         v.digest = Some(digest.clone());
-        Ok(self.verify_digest(policy, &r, &digest).await).map(|mut out| {
-            out.image = v.image;
-            out.elapsed = start.elapsed();
-            out
-        })
+        let mut out = self.verify_digest(policy, &r, &digest).await;
+        out.image = v.image;
+        out.elapsed = start.elapsed();
+        Ok(out)
     }
 
     /// Verifies a known digest; `r` gives the repository (and the tag for the index rule).
@@ -210,10 +209,7 @@ impl Verifier {
     async fn verify_digest_uncached(&self, policy: &Policy, r: &Reference, digest: &Digest) -> ImageVerdict {
         let start = Instant::now();
         let v = ImageVerdict::pending(r.to_string(), Some(digest.clone()));
-        match self.verify_digest_into(policy, r, digest, v, start).await {
-            Ok(v) => v,
-            Err(e) => match e {},
-        }
+        self.verify_digest_into(policy, r, digest, v, start).await
     }
 
     async fn verify_digest_into(
@@ -223,32 +219,32 @@ impl Verifier {
         digest: &Digest,
         mut v: ImageVerdict,
         start: Instant,
-    ) -> Result<ImageVerdict, std::convert::Infallible> {
+    ) -> ImageVerdict {
         // 2. The deciding rule.
         let rule = match policy.match_image(&r.name(), r.tag.as_deref(), Some(digest)) {
             Match::Default(DefaultAction::Allow) => {
-                return Ok(self.finish(
+                return self.finish(
                     policy,
                     v,
                     true,
                     "no rule matches; policy default is allow".into(),
                     start,
-                ))
+                )
             }
             Match::Default(DefaultAction::Deny) => {
-                return Ok(self.finish(
+                return self.finish(
                     policy,
                     v,
                     false,
                     "no rule matches; policy default is deny".into(),
                     start,
-                ))
+                )
             }
             Match::Rule { rule, .. } => rule,
         };
         v.rule = Some(rule.name.clone());
         if rule.allow {
-            return Ok(self.finish(policy, v, true, "allow-listed without signature".into(), start));
+            return self.finish(policy, v, true, "allow-listed without signature".into(), start);
         }
         // 3. Signatures about this digest.
         let mut reasons = Vec::new();
@@ -257,17 +253,17 @@ impl Verifier {
                 v.signer = Some(found.signer);
                 v.tlog_index = found.tlog_index;
                 v.format = Some(found.format);
-                return Ok(self.finish(policy, v, true, "signature verified".into(), start));
+                return self.finish(policy, v, true, "signature verified".into(), start);
             }
             Ok(None) => {}
             Err(e) => {
-                return Ok(self.finish(
+                return self.finish(
                     policy,
                     v,
                     false,
                     format!("registry error while fetching signatures: {e}"),
                     start,
-                ))
+                )
             }
         }
         // 4. Listed in a signed index the tag resolves to?
@@ -285,7 +281,7 @@ impl Verifier {
                         v.format = Some(found.format);
                         v.via_index = Some(res.digest.clone());
                         let reason = format!("listed in signed index {}", res.digest);
-                        return Ok(self.finish(policy, v, true, reason, start));
+                        return self.finish(policy, v, true, reason, start);
                     }
                 }
             }
@@ -295,7 +291,7 @@ impl Verifier {
         } else {
             format!("no signature satisfies the rule: {}", reasons.join("; "))
         };
-        Ok(self.finish(policy, v, false, reason, start))
+        self.finish(policy, v, false, reason, start)
     }
 
     fn finish(
