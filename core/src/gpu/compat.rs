@@ -181,10 +181,13 @@ mod tests {
         ]
     }
 
+    /// name, cache targets, cache requirements, the GPU, the expected reason (`Ok` = compatible).
+    type Case = (&'static str, Vec<CacheTarget>, CacheRequirements, Gpu, Result<(), &'static str>);
+
     #[test]
     fn each_gpu_gets_one_verdict_with_the_most_general_reason() {
         let mi300 = || Arch::Gfx("gfx942".into());
-        let cases: Vec<(&str, Vec<CacheTarget>, CacheRequirements, Gpu, Result<(), &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "h100_exact",
                 cuda_80_90(),
