@@ -276,6 +276,31 @@ mod tests {
         assert!(!out.path().join("__grp__link.json").exists());
     }
 
+    proptest::proptest! {
+        /// Any child under the build root lands at the same relative path under the target;
+        /// any `..` component under the build root is refused.
+        #[test]
+        fn rewriting_keeps_the_relative_path_or_refuses_dot_dot(
+            build in "(/[a-z._]{1,8}){1,4}",
+            target in "(/[a-z._]{1,8}){1,4}",
+            rel in proptest::collection::vec(proptest::prop_oneof![3 => "[A-Za-z0-9_.]{1,12}", 1 => proptest::strategy::Just("..".to_string())], 1..5),
+        ) {
+            proptest::prop_assume!(!build.split('/').any(|c| c == "..") && !target.split('/').any(|c| c == ".."));
+            let rel = rel.join("/");
+            let json = serde_json::json!({"child_paths": {"k.json": format!("{build}/{rel}")}}).to_string();
+            let res = rewrite_grp(json.as_bytes(), &build, &target);
+            if rel.split('/').any(|c| c == "..") {
+                let escaped = matches!(res, Err(GrpError::Escape { .. }));
+                proptest::prop_assert!(escaped, "{:?}", res);
+            } else {
+                let out = res.unwrap();
+                let got = out.map(|b| children(&b)["k.json"].as_str().unwrap().to_string());
+                let want = format!("{target}/{rel}");
+                proptest::prop_assert_eq!(got.unwrap_or_else(|| format!("{build}/{rel}")), want);
+            }
+        }
+    }
+
     #[test]
     fn a_bad_group_file_in_the_tree_is_named() {
         let cache = tempfile::tempdir().unwrap();

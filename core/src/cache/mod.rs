@@ -1,7 +1,7 @@
 //! Kernel cache images (GKM/MCV format) and what a node needs to know about them.
 //!
 //! - [`meta`]: the types every side shares (daemon, CLI, the OCI hook).
-//! - [`format`]: the image's labels and layer layout ([`format::CacheImageMeta`]).
+//! - [`format`](mod@format): the image's labels and layer layout ([`format::CacheImageMeta`]).
 //! - [`triton`]: scanning a Triton cache directory (targets, kernels, manifest).
 //! - [`grp`]: rewriting Triton's `__grp__*.json` absolute paths for another mount path.
 //! - `builder` (feature `cache`): a deterministic tar.gz layer + image config from a cache dir.

@@ -182,7 +182,13 @@ mod tests {
     }
 
     /// name, cache targets, cache requirements, the GPU, the expected reason (`Ok` = compatible).
-    type Case = (&'static str, Vec<CacheTarget>, CacheRequirements, Gpu, Result<(), &'static str>);
+    type Case = (
+        &'static str,
+        Vec<CacheTarget>,
+        CacheRequirements,
+        Gpu,
+        Result<(), &'static str>,
+    );
 
     #[test]
     fn each_gpu_gets_one_verdict_with_the_most_general_reason() {
