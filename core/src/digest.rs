@@ -41,14 +41,14 @@ impl Digest {
     }
 
     /// The sha256 digest of `bytes`.
-    #[cfg(feature = "verify")]
+    #[cfg(any(feature = "verify", feature = "cache"))]
     pub fn sha256_of(bytes: &[u8]) -> Self {
         use sha2::{Digest as _, Sha256};
         Self(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
     }
 
     /// Builds a sha256 digest from raw hash bytes.
-    #[cfg(feature = "verify")]
+    #[cfg(any(feature = "verify", feature = "cache"))]
     pub fn from_sha256_bytes(hash: &[u8; 32]) -> Self {
         Self(format!("sha256:{}", hex::encode(hash)))
     }

@@ -9,8 +9,10 @@
 //! - [`cosign`]: cosign v2 (`.sig`) and v3 (bundle referrers) signatures on images.
 //! - [`verifier`]: the image verification pipeline and its verdicts.
 //! - [`verdict`]: the verdict cache shared by the daemon and the CLI.
+//! - [`cache`]: kernel cache images (GKM/MCV format, Triton metadata, `__grp__` relocation).
+//! - [`gpu`]: the node's GPUs (NVML, KFD sysfs, a pinned file) and cache compatibility.
 //!
-//! Everything except [`digest`] sits behind the `verify` feature, so the OCI hook links no
+//! Everything except [`digest`], [`cache`]'s metadata and [`gpu`] sits behind the `verify` feature, so the OCI hook links no
 //! crypto, tokio or network code.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,6 +21,7 @@
 
 pub mod cache;
 pub mod digest;
+pub mod gpu;
 
 #[cfg(feature = "verify")]
 pub mod cosign;

@@ -13,6 +13,15 @@ pub enum Backend {
     Hip,
 }
 
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cuda => "cuda",
+            Self::Hip => "hip",
+        })
+    }
+}
+
 /// A GPU architecture: CUDA compute capability as `major*10+minor` (JSON int), or an AMD gfx
 /// target name (JSON string, e.g. `gfx942`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

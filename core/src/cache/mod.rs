@@ -1,6 +1,16 @@
 //! Kernel cache images (GKM/MCV format) and what a node needs to know about them.
 //!
-//! [`meta`] holds the types every side shares (daemon, CLI, the OCI hook): no heavy
-//! dependencies, so the hook can read them.
+//! - [`meta`]: the types every side shares (daemon, CLI, the OCI hook).
+//! - [`format`](mod@format): the image's labels and layer layout ([`format::CacheImageMeta`]).
+//! - [`triton`]: scanning a Triton cache directory (targets, kernels, manifest).
+//! - [`grp`]: rewriting Triton's `__grp__*.json` absolute paths for another mount path.
+//! - `builder` (feature `cache`): a deterministic tar.gz layer + image config from a cache dir.
+//!
+//! Everything but `builder` is plain serde and std, so the hook can use it.
 
+#[cfg(feature = "cache")]
+pub mod builder;
+pub mod format;
+pub mod grp;
 pub mod meta;
+pub mod triton;
