@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cache_cmd;
 mod registry_args;
 mod sign_cmd;
 mod sigstore_cmd;
@@ -29,6 +30,13 @@ enum Command {
     GenerateKeyPair(sign_cmd::GenerateKeyPairArgs),
     /// Sign an image with a key: cosign v2 `.sig` (and with --v3 a Sigstore bundle referrer).
     Sign(sign_cmd::SignArgs),
+    /// The node's GPU inventory (NVML, AMD KFD, or a pinned file).
+    Gpu(cache_cmd::GpuArgs),
+    /// Kernel-cache images.
+    Cache {
+        #[command(subcommand)]
+        command: cache_cmd::CacheCommand,
+    },
     /// Sigstore tools (the sigstore-conformance client protocol).
     Sigstore {
         #[command(subcommand)]
@@ -57,6 +65,8 @@ fn main() -> ExitCode {
         Command::Verify(a) => verify_cmd::run(a),
         Command::GenerateKeyPair(a) => sign_cmd::generate_key_pair(a),
         Command::Sign(a) => sign_cmd::sign(a),
+        Command::Gpu(a) => cache_cmd::gpu(a),
+        Command::Cache { command } => cache_cmd::run(command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

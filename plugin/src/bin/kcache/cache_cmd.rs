@@ -1,0 +1,144 @@
+//! `kcache gpu` and `kcache cache build`: the node's GPU inventory, and kernel-cache images
+//! built from a Triton (or vLLM) cache directory in the GKM/MCV format.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use kcache_core::{
+    cache::{
+        builder::{build_cache_layer, image_config_json},
+        format::CacheKind,
+    },
+    cosign::sign::OCI_MANIFEST,
+    gpu::{self, ProbeOptions},
+    registry::Reference,
+};
+
+use crate::{registry_args::RegistryArgs, verify_cmd::Output, Outcome};
+
+#[derive(Args)]
+pub struct GpuArgs {
+    /// An admin-pinned inventory file (it wins over the probes).
+    #[arg(long)]
+    pinned: Option<PathBuf>,
+    /// KFD topology root for AMD GPUs.
+    #[arg(long, default_value = gpu::kfd::DEFAULT_TOPOLOGY_ROOT)]
+    kfd_root: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+pub fn gpu(a: GpuArgs) -> Result<Outcome> {
+    let inv = gpu::probe(&ProbeOptions {
+        pinned_file: a.pinned,
+        nvml: true,
+        kfd_root: Some(a.kfd_root),
+    });
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&inv)?),
+        Output::Text => {
+            println!("source: {}", serde_json::to_value(inv.source)?.as_str().unwrap_or("?"));
+            for g in &inv.gpus {
+                println!(
+                    "gpu {}: {} {} ({}, warp {}) driver {}",
+                    g.index,
+                    g.id,
+                    g.name,
+                    g.arch,
+                    g.warp_size,
+                    g.driver_version.as_deref().unwrap_or("-")
+                );
+            }
+            for n in &inv.notes {
+                println!("note: {n}");
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Build a kernel-cache image (one gzip layer + GKM/MCV labels) from a cache directory.
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The Triton cache directory (`TRITON_CACHE_DIR`), or a vLLM cache root with --vllm.
+    dir: PathBuf,
+    /// Image reference to name (and with --push, push) the cache image as.
+    #[arg(long)]
+    image: String,
+    /// The directory is a vLLM cache root (`VLLM_CACHE_ROOT`).
+    #[arg(long)]
+    vllm: bool,
+    /// Push the image to its registry.
+    #[arg(long)]
+    push: bool,
+    /// Where to write layer.tar.gz, config.json and manifest.json.
+    #[arg(long, default_value = "kcache-cache-image")]
+    out: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn run(cmd: CacheCommand) -> Result<Outcome> {
+    match cmd {
+        CacheCommand::Build(a) => build(a),
+    }
+}
+
+fn build(a: BuildArgs) -> Result<Outcome> {
+    let r = Reference::parse(&a.image)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let layer_path = a.out.join("layer.tar.gz");
+    let file = std::fs::File::create(&layer_path).with_context(|| format!("cannot write {}", layer_path.display()))?;
+    let kind = if a.vllm { CacheKind::Vllm } else { CacheKind::Triton };
+    let built = build_cache_layer(&a.dir, kind, std::io::BufWriter::new(file))
+        .with_context(|| format!("cannot build a cache image from {}", a.dir.display()))?;
+    let config = image_config_json(&built);
+    let config_digest = kcache_core::digest::Digest::sha256_of(&config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": built.layer_digest.as_str(), "size": built.layer_size}],
+    })
+    .to_string()
+    .into_bytes();
+    std::fs::write(a.out.join("config.json"), &config)?;
+    std::fs::write(a.out.join("manifest.json"), &manifest)?;
+    let targets: Vec<String> = built
+        .summary
+        .targets
+        .iter()
+        .map(|t| format!("{}:{}", t.backend, t.arch))
+        .collect();
+    println!(
+        "built {} cache: {} kernels, {} bytes, targets [{}], layer {}",
+        kind.name(),
+        built.entry_count,
+        built.size_bytes,
+        targets.join(", "),
+        built.layer_digest
+    );
+    if a.push {
+        let client = a.registry.client()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let digest = rt.block_on(async {
+            let layer = std::fs::read(&layer_path)?;
+            client.push_blob(&r, &layer).await?;
+            client.push_blob(&r, &config).await?;
+            anyhow::Ok(
+                client
+                    .push_manifest(&r, &r.reference(), OCI_MANIFEST, &manifest)
+                    .await?,
+            )
+        })?;
+        println!("pushed {}@{digest}", r.name());
+    }
+    Ok(Outcome::Ok)
+}
