@@ -80,8 +80,12 @@ fn describe(e: &NvmlError) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        // Some errors already print their source; do not say it twice.
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
         src = cause.source();
     }
     s
