@@ -9,6 +9,8 @@
 //! - [`cosign`]: cosign v2 (`.sig`) and v3 (bundle referrers) signatures on images.
 //! - [`verifier`]: the image verification pipeline and its verdicts.
 //! - [`verdict`]: the verdict cache shared by the daemon and the CLI.
+//! - [`snapshot`]: the overlay snapshotter behind the containerd proxy snapshotter (feature
+//!   `snapshotter`).
 //!
 //! Everything except [`digest`] sits behind the `verify` feature, so the OCI hook links no
 //! crypto, tokio or network code.
@@ -19,6 +21,8 @@
 
 pub mod cache;
 pub mod digest;
+#[cfg(feature = "snapshotter")]
+pub mod snapshot;
 
 #[cfg(feature = "verify")]
 pub mod cosign;
