@@ -19,6 +19,8 @@
 
 mod error;
 pub mod filter;
+#[cfg(feature = "grpc")]
+mod grpc;
 mod overlay;
 mod store;
 mod usage;
