@@ -14,7 +14,7 @@ use std::{
 
 use super::{
     tests::{check_invariants, orphans},
-    Mount, OverlaySnapshotter, SnapshotError, Snapshotter,
+    Mount, OverlayOptions, OverlaySnapshotter, SnapshotError, Snapshotter,
 };
 
 /// Set in the child: the snapshotter root to mutate until killed.
@@ -40,7 +40,7 @@ fn upper(mounts: &[Mount]) -> Option<PathBuf> {
 /// Every kind of mutation, forever. Errors other than the expected ones end the child, which
 /// the parent reports.
 fn mutate_forever(root: &Path) -> Result<(), SnapshotError> {
-    let s = OverlaySnapshotter::open(root)?;
+    let s = OverlaySnapshotter::open_with(root, OverlayOptions::default())?;
     let tag = std::process::id();
     let mut parent = String::new();
     for i in 0u64.. {
@@ -111,7 +111,7 @@ fn sigkill_at_any_point_leaves_the_old_or_the_new_state() {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        let s = OverlaySnapshotter::open(tmp.path()).unwrap();
+        let s = OverlaySnapshotter::open_with(tmp.path(), OverlayOptions::default()).unwrap();
         check_invariants(&s);
         s.cleanup().unwrap();
         assert_eq!(orphans(&s), Vec::<String>::new(), "iteration {iteration}");

@@ -14,10 +14,10 @@ pub enum SnapshotError {
     #[error("snapshot {0:?} already exists")]
     AlreadyExists(String),
     /// The snapshot is in the wrong state for the operation (for example, it has children).
-    #[error("failed precondition: {0}")]
+    #[error("{0}")]
     FailedPrecondition(String),
     /// The request itself is malformed (bad filter, bad field path, uncommitted parent).
-    #[error("invalid argument: {0}")]
+    #[error("{0}")]
     InvalidArgument(String),
     /// A filesystem operation failed.
     #[error("failed to {op} {}", path.display())]

@@ -8,8 +8,9 @@
 //! # What is supported
 //! - Kinds View, Active and Committed; Prepare, View, Mounts, Commit, Remove, Stat, Update (field
 //!   paths `labels` and `labels.<key>`), Walk, Usage and Cleanup.
-//! - Mounts exactly as containerd 1.6's overlayfs snapshotter returns them (without the optional
-//!   `index=off` and `userxattr` options).
+//! - Mounts exactly as containerd 1.6's overlayfs snapshotter returns them, `index=off`
+//!   included where the kernel has the option ([`OverlayOptions`]); not yet `userxattr`
+//!   (rootless containerd).
 //! - Walk filters: the subset of containerd's filter syntax that `ctr snapshots ls` and CRI use
 //!   (see [`filter`]).
 //!
@@ -33,7 +34,7 @@ mod tests;
 use std::{collections::HashMap, time::SystemTime};
 
 pub use error::{Result, SnapshotError};
-pub use overlay::OverlaySnapshotter;
+pub use overlay::{OverlayOptions, OverlaySnapshotter};
 
 /// The kind of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -22,21 +22,46 @@ use super::{
     Info, Kind, Mount, Result, SnapshotError, Snapshotter, Usage,
 };
 
+/// Mount options containerd's overlayfs snapshotter adds on its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverlayOptions {
+    /// Start overlay mounts with `index=off`. containerd 1.6 does so whenever the kernel's
+    /// overlay module has an `index` parameter: with the index on, a lower dir shared by two
+    /// mounts fails the second mount with EBUSY.
+    pub index_off: bool,
+}
+
+impl OverlayOptions {
+    /// What containerd would choose on this kernel.
+    pub fn detect() -> Self {
+        Self {
+            index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
+        }
+    }
+}
+
 /// containerd's overlayfs snapshotter.
 pub struct OverlaySnapshotter {
     root: PathBuf,
     store: Store,
+    options: OverlayOptions,
 }
 
 impl OverlaySnapshotter {
-    /// Opens the snapshotter rooted at `root`, creating it if needed. One process at a time:
-    /// the database is locked while open.
+    /// Opens the snapshotter rooted at `root`, creating it if needed, with the mount options
+    /// containerd would use on this kernel. One process at a time: the database is locked while
+    /// open.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(root, OverlayOptions::detect())
+    }
+
+    /// Like [`open`](Self::open), with explicit mount options.
+    pub fn open_with(root: impl AsRef<Path>, options: OverlayOptions) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         let snapshots = root.join("snapshots");
         fs::create_dir_all(&snapshots).map_err(SnapshotError::io("create", &snapshots))?;
         let store = Store::open(&root.join("metadata.redb"))?;
-        Ok(Self { root, store })
+        Ok(Self { root, store, options })
     }
 
     /// The root directory.
@@ -74,6 +99,9 @@ impl OverlaySnapshotter {
             return vec![mount("bind", self.upper(id), vec![ro.into(), "rbind".into()])];
         }
         let mut options = Vec::new();
+        if self.options.index_off {
+            options.push("index=off".to_owned());
+        }
         if kind == Kind::Active {
             options.push(format!("workdir={}", self.work(id)));
             options.push(format!("upperdir={}", self.upper(id)));

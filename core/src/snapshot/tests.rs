@@ -2,10 +2,11 @@
 
 use std::{collections::HashMap, fs, path::Path, time::Instant};
 
-use super::{Info, Kind, Mount, OverlaySnapshotter, SnapshotError, Snapshotter};
+use super::{Info, Kind, Mount, OverlayOptions, OverlaySnapshotter, SnapshotError, Snapshotter};
 
+/// Without `index=off`, whatever this kernel has; one test covers it.
 fn open(root: &Path) -> OverlaySnapshotter {
-    OverlaySnapshotter::open(root).unwrap()
+    OverlaySnapshotter::open_with(root, OverlayOptions::default()).unwrap()
 }
 
 fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -149,6 +150,24 @@ fn a_chain_of_three_overlays_its_parents_nearest_first() {
         overlay(vec![format!("lowerdir={}:{}", fs_dir(root, 3), fs_dir(root, 1))])
     );
     check_invariants(&s);
+}
+
+#[test]
+fn index_off_comes_first_in_overlay_mounts_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let s = OverlaySnapshotter::open_with(root, OverlayOptions { index_off: true }).unwrap();
+    assert_eq!(s.prepare("k1", "", no_labels()).unwrap(), bind(fs_dir(root, 1), "rw"));
+    s.commit("c1", "k1", no_labels()).unwrap();
+    assert_eq!(
+        s.prepare("k2", "c1", no_labels()).unwrap(),
+        overlay(vec![
+            "index=off".into(),
+            format!("workdir={}", work_dir(root, 2)),
+            format!("upperdir={}", fs_dir(root, 2)),
+            format!("lowerdir={}", fs_dir(root, 1)),
+        ])
+    );
 }
 
 #[test]
