@@ -270,17 +270,28 @@ impl Snapshotter for OverlaySnapshotter {
         if name.is_empty() {
             return Err(SnapshotError::InvalidArgument("empty snapshot name".into()));
         }
-        let txn = self.store.write()?;
-        let mut record = txn.get(key)?.ok_or_else(|| SnapshotError::NotFound(key.to_owned()))?;
-        if record.kind != Kind::Active {
-            return Err(SnapshotError::FailedPrecondition(format!(
+        let active = |record: Option<Record>| match record {
+            None => Err(SnapshotError::NotFound(key.to_owned())),
+            Some(r) if r.kind != Kind::Active => Err(SnapshotError::FailedPrecondition(format!(
                 "snapshot {key:?} is not active"
-            )));
-        }
+            ))),
+            Some(r) => Ok(r),
+        };
+        // Measure before taking the write lock: walking a big layer must not stall every other
+        // prepare. The snapshot is the caller's to commit, so it no longer changes.
+        let measured = active(self.store.read()?.get(key)?)?;
+        let usage = disk_usage(&self.dir(measured.id).join("fs"))?;
+        let txn = self.store.write()?;
+        let mut record = active(txn.get(key)?)?;
         if txn.get(name)?.is_some() {
             return Err(SnapshotError::AlreadyExists(name.to_owned()));
         }
-        record.usage = disk_usage(&self.dir(record.id).join("fs"))?;
+        record.usage = if record.id == measured.id {
+            usage
+        } else {
+            // Removed and prepared again meanwhile: measure the new one.
+            disk_usage(&self.dir(record.id).join("fs"))?
+        };
         record.kind = Kind::Committed;
         record.labels = labels;
         record.created = now();
