@@ -11,6 +11,8 @@
 //! - [`verdict`]: the verdict cache shared by the daemon and the CLI.
 //! - [`cache`]: kernel cache images (GKM/MCV format, Triton metadata, `__grp__` relocation).
 //! - [`gpu`]: the node's GPUs (NVML, KFD sysfs, a pinned file) and cache compatibility.
+//! - [`snapshot`]: the overlay snapshotter behind the containerd proxy snapshotter (feature
+//!   `snapshotter`).
 //!
 //! Everything except [`digest`], [`cache`]'s metadata and [`gpu`] sits behind the `verify` feature, so the OCI hook links no
 //! crypto, tokio or network code.
@@ -22,6 +24,8 @@
 pub mod cache;
 pub mod digest;
 pub mod gpu;
+#[cfg(feature = "snapshotter")]
+pub mod snapshot;
 
 #[cfg(feature = "verify")]
 pub mod cosign;

@@ -1,0 +1,19 @@
+//! Generates the containerd Snapshots service from the vendored, unchanged protos in `proto/`
+//! (see proto/README.md). protoc and the Google well-known types come from
+//! protoc-bin-vendored: no protoc needs to be installed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let well_known = protoc_bin_vendored::include_path()?;
+    std::env::set_var("PROTOC", protoc);
+    let snapshots = "proto/github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto";
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(
+            &[std::path::PathBuf::from(snapshots)],
+            &[std::path::PathBuf::from("proto"), well_known],
+        )?;
+    Ok(())
+}
