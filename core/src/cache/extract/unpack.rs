@@ -102,7 +102,6 @@ impl<'a> Unpacker<'a> {
             }
             self.entry(entry)?;
         }
-        drop(entries);
         if self.meter.eof.get() {
             // The stream ended where a header should have been: no end-of-archive marker.
             return Err(ExtractError::Truncated { entry: String::new(), expected: 512, actual: 0 });
