@@ -48,7 +48,13 @@ impl Rng {
         buf.clear();
         while buf.len() < len {
             let r = self.next();
-            buf.extend((0..4).map(|i| if (r >> (i * 16)) & 1 == 0 { 0 } else { (r >> (i * 16 + 8)) as u8 }));
+            buf.extend((0..4).map(|i| {
+                if (r >> (i * 16)) & 1 == 0 {
+                    0
+                } else {
+                    (r >> (i * 16 + 8)) as u8
+                }
+            }));
         }
         buf.truncate(len);
     }
@@ -71,18 +77,28 @@ fn generate(path: &Path) -> (u64, u64) {
         bytes += data.len() as u64;
     };
     for k in 0..2000u64 {
-        let dir = format!("io.triton.cache/{:052X}", rng.next() as u128 * 0x1_0000_0001 + k as u128);
+        let dir = format!(
+            "io.triton.cache/{:052X}",
+            rng.next() as u128 * 0x1_0000_0001 + k as u128
+        );
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
         h.set_size(0);
         tar.append_data(&mut h, format!("{dir}/"), &[][..]).unwrap();
-        for (i, ext) in ["json", "ttir", "ttgir", "llir", "ptx", "source", "json.meta", "__grp__"].iter().enumerate() {
+        for (i, ext) in ["json", "ttir", "ttgir", "llir", "ptx", "source", "json.meta", "__grp__"]
+            .iter()
+            .enumerate()
+        {
             let len = 512 + (rng.next() % (if i < 4 { 7_000 } else { 3_000 })) as usize;
             rng.text(&mut buf, len);
             add(&mut tar, &format!("{dir}/kernel_{i}.{ext}"), &buf, 0o644);
         }
-        let len = if k % 8 == 0 { 1_200_000 + (rng.next() % 1_000_000) as usize } else { 25_000 + (rng.next() % 80_000) as usize };
+        let len = if k % 8 == 0 {
+            1_200_000 + (rng.next() % 1_000_000) as usize
+        } else {
+            25_000 + (rng.next() % 80_000) as usize
+        };
         rng.binary(&mut buf, len);
         add(&mut tar, &format!("{dir}/kernel.cubin"), &buf, 0o644);
         if k % 4 == 0 {
@@ -121,7 +137,10 @@ fn main() {
         let partial = dir.join("layer.tar.gz.partial");
         let (files, bytes) = generate(&partial);
         std::fs::rename(&partial, &layer).unwrap();
-        eprintln!("generated {files} files, {bytes} bytes in {:.1}s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "generated {files} files, {bytes} bytes in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
     }
     let gz_size = layer.metadata().unwrap().len();
     let (mut ours, mut tar, mut tar_sync) = (Vec::new(), Vec::new(), Vec::new());
@@ -141,7 +160,13 @@ fn main() {
             sync_and_remove(&out);
             std::fs::create_dir(&out).unwrap();
             let t = Instant::now();
-            let status = Command::new("tar").arg("-xzf").arg(&layer).arg("-C").arg(&out).status().unwrap();
+            let status = Command::new("tar")
+                .arg("-xzf")
+                .arg(&layer)
+                .arg("-C")
+                .arg(&out)
+                .status()
+                .unwrap();
             assert!(status.success());
             if with_sync {
                 assert!(Command::new("sync").arg("-f").arg(&out).status().unwrap().success());

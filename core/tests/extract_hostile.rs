@@ -155,21 +155,30 @@ fn fifo_is_rejected() {
 fn setuid_file_is_rejected() {
     let mut t = Tar::new();
     t.file("launcher.so", b"\x7fELF", 0o4755);
-    assert!(matches!(reject(&t.finish()), ExtractError::SpecialBits { mode: 0o4755, .. }));
+    assert!(matches!(
+        reject(&t.finish()),
+        ExtractError::SpecialBits { mode: 0o4755, .. }
+    ));
 }
 
 #[test]
 fn setgid_dir_is_rejected() {
     let mut t = Tar::new();
     t.raw(b"d/", b'5', 0o2755, b"", b"");
-    assert!(matches!(reject(&t.finish()), ExtractError::SpecialBits { mode: 0o2755, .. }));
+    assert!(matches!(
+        reject(&t.finish()),
+        ExtractError::SpecialBits { mode: 0o2755, .. }
+    ));
 }
 
 #[test]
 fn sticky_dir_is_rejected() {
     let mut t = Tar::new();
     t.raw(b"d/", b'5', 0o1777, b"", b"");
-    assert!(matches!(reject(&t.finish()), ExtractError::SpecialBits { mode: 0o1777, .. }));
+    assert!(matches!(
+        reject(&t.finish()),
+        ExtractError::SpecialBits { mode: 0o1777, .. }
+    ));
 }
 
 #[test]
@@ -191,7 +200,17 @@ fn truncated_archive_is_rejected() {
     let mut archive = t.finish();
     archive.truncate(512 + 4000);
     let err = reject_one(&archive, false, &ExtractLimits::default());
-    assert!(matches!(err, ExtractError::Truncated { expected: 10_000, actual: 4000, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ExtractError::Truncated {
+                expected: 10_000,
+                actual: 4000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -200,7 +219,10 @@ fn truncated_gzip_is_rejected() {
     t.file("big.cubin", &extract_support::noise(200_000, 1), 0o644);
     let mut zipped = gz(&t.finish());
     zipped.truncate(zipped.len() / 2);
-    assert!(matches!(reject_one(&zipped, true, &ExtractLimits::default()), ExtractError::Read(_)));
+    assert!(matches!(
+        reject_one(&zipped, true, &ExtractLimits::default()),
+        ExtractError::Read(_)
+    ));
 }
 
 #[test]
@@ -219,7 +241,10 @@ fn lying_pax_size_is_rejected() {
     let mut t = Tar::new();
     t.raw(b"././@PaxHeader", b'x', 0o644, b"13 size=5000\n", b"");
     t.raw(b"f", b'0', 0o644, b"0123456789", b"");
-    assert!(matches!(reject(&t.finish()), ExtractError::Truncated { expected: 5000, .. }));
+    assert!(matches!(
+        reject(&t.finish()),
+        ExtractError::Truncated { expected: 5000, .. }
+    ));
 }
 
 #[test]
@@ -253,8 +278,14 @@ fn too_many_bytes_is_rejected() {
     let mut t = Tar::new();
     t.file("a", &[1u8; 60], 0o644);
     t.file("b", &[1u8; 60], 0o644);
-    let limits = ExtractLimits { max_bytes: 100, ..ExtractLimits::default() };
-    assert!(matches!(reject_with(&t.finish(), &limits), ExtractError::TooManyBytes { limit: 100, .. }));
+    let limits = ExtractLimits {
+        max_bytes: 100,
+        ..ExtractLimits::default()
+    };
+    assert!(matches!(
+        reject_with(&t.finish(), &limits),
+        ExtractError::TooManyBytes { limit: 100, .. }
+    ));
 }
 
 #[test]
@@ -263,16 +294,28 @@ fn too_many_entries_is_rejected() {
     for i in 0..4 {
         t.file(&format!("f{i}"), b"", 0o644);
     }
-    let limits = ExtractLimits { max_entries: 3, ..ExtractLimits::default() };
-    assert!(matches!(reject_with(&t.finish(), &limits), ExtractError::TooManyEntries { limit: 3 }));
+    let limits = ExtractLimits {
+        max_entries: 3,
+        ..ExtractLimits::default()
+    };
+    assert!(matches!(
+        reject_with(&t.finish(), &limits),
+        ExtractError::TooManyEntries { limit: 3 }
+    ));
 }
 
 #[test]
 fn over_expected_bytes_is_rejected() {
     let mut t = Tar::new();
     t.file("a", &[1u8; 600], 0o644);
-    let limits = ExtractLimits { expected_bytes: Some(599), ..ExtractLimits::default() };
-    assert!(matches!(reject_with(&t.finish(), &limits), ExtractError::OverExpectedBytes { expected: 599, .. }));
+    let limits = ExtractLimits {
+        expected_bytes: Some(599),
+        ..ExtractLimits::default()
+    };
+    assert!(matches!(
+        reject_with(&t.finish(), &limits),
+        ExtractError::OverExpectedBytes { expected: 599, .. }
+    ));
 }
 
 #[test]
@@ -313,7 +356,13 @@ fn huge_pax_header_is_rejected_before_it_is_buffered() {
 fn bad_final_names_are_rejected() {
     let env = Env::new();
     for name in ["", ".", "..", "a/b", ".tmp-x", "../x"] {
-        let err = extract_layer(&Tar::new().finish()[..], false, &env.store, name, &ExtractLimits::default());
+        let err = extract_layer(
+            &Tar::new().finish()[..],
+            false,
+            &env.store,
+            name,
+            &ExtractLimits::default(),
+        );
         assert!(matches!(err, Err(ExtractError::InvalidFinalName(_))), "{name:?}");
     }
 }
@@ -323,7 +372,10 @@ fn existing_final_dir_is_left_alone() {
     let env = Env::new();
     let final_path = env.store.join("layer");
     std::fs::create_dir(&final_path).unwrap();
-    std::fs::File::create(final_path.join("mine")).unwrap().write_all(b"keep").unwrap();
+    std::fs::File::create(final_path.join("mine"))
+        .unwrap()
+        .write_all(b"keep")
+        .unwrap();
     let mut t = Tar::new();
     t.file("mine", b"theirs", 0o644);
     let err = extract_layer(&t.finish()[..], false, &env.store, "layer", &ExtractLimits::default());

@@ -26,10 +26,18 @@ fn triton_layer() -> Vec<u8> {
     t.dir("./");
     t.dir("io.triton.cache/");
     t.dir(&format!("{KEY}/"));
-    t.file(&format!("{KEY}/matmul_kernel.json"), br#"{"name":"matmul_kernel","num_warps":4}"#, 0o644);
+    t.file(
+        &format!("{KEY}/matmul_kernel.json"),
+        br#"{"name":"matmul_kernel","num_warps":4}"#,
+        0o644,
+    );
     t.file(&format!("{KEY}/matmul_kernel.cubin"), &noise(300_000, 3), 0o644);
     t.file(&format!("{KEY}/matmul_kernel.ptx"), b"// ptx", 0o644);
-    t.file(&format!("{KEY}/__grp__matmul_kernel.json"), br#"{"child_paths":{}}"#, 0o644);
+    t.file(
+        &format!("{KEY}/__grp__matmul_kernel.json"),
+        br#"{"child_paths":{}}"#,
+        0o644,
+    );
     // No explicit dir entry: the parent is created implicitly.
     t.file("io.triton.cache/LAUNCHERKEY/cuda_utils.so", &noise(20_000, 4), 0o755);
     t.symlink("io.triton.cache/latest", "LAUNCHERKEY");
@@ -43,7 +51,15 @@ fn triton_cache_layer_extracts_with_sane_modes() {
     let env = Env::new();
     let layer = gz(&triton_layer());
     let report = extract_layer(&layer[..], true, &env.store, "sha256-abc", &ExtractLimits::default()).unwrap();
-    assert_eq!(report, ExtractReport { files: 6, dirs: 4, symlinks: 2, bytes: 320_000 + 75 });
+    assert_eq!(
+        report,
+        ExtractReport {
+            files: 6,
+            dirs: 4,
+            symlinks: 2,
+            bytes: 320_000 + 75
+        }
+    );
     let root = env.store.join("sha256-abc");
     let mode = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(""), 0o755);
@@ -51,18 +67,38 @@ fn triton_cache_layer_extracts_with_sane_modes() {
     assert_eq!(mode("io.triton.cache/LAUNCHERKEY"), 0o755);
     assert_eq!(mode("io.triton.cache/LAUNCHERKEY/cuda_utils.so"), 0o755);
     assert_eq!(mode(&format!("{KEY}/matmul_kernel.json")), 0o644);
-    assert_eq!(mode("io.triton.manifest/manifest.json"), 0o644, "group/other read restored");
-    assert_eq!(std::fs::read(root.join(format!("{KEY}/matmul_kernel.cubin"))).unwrap(), noise(300_000, 3));
-    assert_eq!(std::fs::read(root.join(format!("{KEY}/launcher"))).unwrap(), noise(20_000, 4));
+    assert_eq!(
+        mode("io.triton.manifest/manifest.json"),
+        0o644,
+        "group/other read restored"
+    );
+    assert_eq!(
+        std::fs::read(root.join(format!("{KEY}/matmul_kernel.cubin"))).unwrap(),
+        noise(300_000, 3)
+    );
+    assert_eq!(
+        std::fs::read(root.join(format!("{KEY}/launcher"))).unwrap(),
+        noise(20_000, 4)
+    );
     assert_eq!(env.temp_dirs(), Vec::<String>::new());
 }
 
 #[test]
 fn plain_tar_layer_extracts_too() {
     let env = Env::new();
-    let report = extract_layer(&triton_layer()[..], false, &env.store, "plain", &ExtractLimits::default()).unwrap();
+    let report = extract_layer(
+        &triton_layer()[..],
+        false,
+        &env.store,
+        "plain",
+        &ExtractLimits::default(),
+    )
+    .unwrap();
     assert_eq!(report.files, 6);
-    let limits = ExtractLimits { expected_bytes: Some(report.bytes), ..ExtractLimits::default() };
+    let limits = ExtractLimits {
+        expected_bytes: Some(report.bytes),
+        ..ExtractLimits::default()
+    };
     extract_layer(&triton_layer()[..], false, &env.store, "exact", &limits).unwrap();
 }
 
@@ -71,7 +107,11 @@ const CHILD_ENV: &str = "KCACHE_EXTRACT_CHILD_STORE";
 fn slow_layer() -> Vec<u8> {
     let mut t = Tar::new();
     for i in 0..400 {
-        t.file(&format!("io.triton.cache/K{}/k{i}.cubin", i % 20), &noise(16_384, i), 0o644);
+        t.file(
+            &format!("io.triton.cache/K{}/k{i}.cubin", i % 20),
+            &noise(16_384, i),
+            0o644,
+        );
     }
     t.finish()
 }
@@ -80,9 +120,15 @@ fn slow_layer() -> Vec<u8> {
 #[test]
 #[ignore = "helper: runs as a child process"]
 fn child_extracts_slowly() {
-    let Some(store) = std::env::var_os(CHILD_ENV) else { return };
+    let Some(store) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
     let layer = slow_layer();
-    let reader = SlowReader { data: &layer, step: 4096, pause: Duration::from_millis(2) };
+    let reader = SlowReader {
+        data: &layer,
+        step: 4096,
+        pause: Duration::from_millis(2),
+    };
     extract_layer(reader, false, store.as_ref(), "layer", &ExtractLimits::default()).unwrap();
 }
 
@@ -90,7 +136,13 @@ fn child_extracts_slowly() {
 fn sigkill_mid_extraction_leaves_only_a_temp_dir_that_sweep_removes() {
     let env = Env::new();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_extracts_slowly", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_extracts_slowly",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &env.store)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -99,12 +151,17 @@ fn sigkill_mid_extraction_leaves_only_a_temp_dir_that_sweep_removes() {
     loop {
         let started = env.temp_dirs().iter().any(|t| {
             let cache = env.store.join(t).join("io.triton.cache");
-            std::fs::read_dir(cache).map(|mut d| d.next().is_some()).unwrap_or(false)
+            std::fs::read_dir(cache)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
         });
         if started {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "child finished before it was killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "child finished before it was killed"
+        );
         assert!(Instant::now() < deadline, "child never started writing");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -127,7 +184,11 @@ fn two_concurrent_extractions_of_one_digest_do_the_work_once() {
             barrier.wait();
             extract_once(&env.store, "sha256-abc", false, &ExtractLimits::default(), || {
                 opened.fetch_add(1, Ordering::SeqCst);
-                Ok(SlowReader { data: &layer, step: 1 << 20, pause: Duration::from_millis(20) })
+                Ok(SlowReader {
+                    data: &layer,
+                    step: 1 << 20,
+                    pause: Duration::from_millis(20),
+                })
             })
             .unwrap()
         };
@@ -136,7 +197,10 @@ fn two_concurrent_extractions_of_one_digest_do_the_work_once() {
         vec![a.join().unwrap(), b.join().unwrap()]
     });
     assert_eq!(opened.load(Ordering::SeqCst), 1);
-    let extracted = outcomes.iter().filter(|o| matches!(o, ExtractOutcome::Extracted(_))).count();
+    let extracted = outcomes
+        .iter()
+        .filter(|o| matches!(o, ExtractOutcome::Extracted(_)))
+        .count();
     assert_eq!(extracted, 1, "{outcomes:?}");
     assert!(outcomes.contains(&ExtractOutcome::AlreadyPresent));
     assert!(env.temp_dirs().is_empty());
@@ -149,7 +213,11 @@ fn sweep_leaves_a_running_extract_once_alone() {
     std::thread::scope(|s| {
         let worker = s.spawn(|| {
             extract_once(&env.store, "busy", false, &ExtractLimits::default(), || {
-                Ok(SlowReader { data: &layer, step: 1 << 16, pause: Duration::from_millis(10) })
+                Ok(SlowReader {
+                    data: &layer,
+                    step: 1 << 16,
+                    pause: Duration::from_millis(10),
+                })
             })
         });
         while env.temp_dirs().is_empty() {

@@ -132,9 +132,16 @@ impl Env {
 
     /// Nothing at the final path, no temp dir, nothing new outside the store.
     pub fn assert_clean(&self, before: &[(PathBuf, Vec<u8>)]) {
-        assert!(self.store.join("layer").symlink_metadata().is_err(), "final path exists");
+        assert!(
+            self.store.join("layer").symlink_metadata().is_err(),
+            "final path exists"
+        );
         assert_eq!(self.temp_dirs(), Vec::<String>::new(), "temp dir left behind");
-        assert_eq!(self.sentinel_snapshot(), before, "something was written outside the store");
+        assert_eq!(
+            self.sentinel_snapshot(),
+            before,
+            "something was written outside the store"
+        );
     }
 
     pub fn temp_dirs(&self) -> Vec<String> {

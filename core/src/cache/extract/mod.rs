@@ -63,7 +63,13 @@ pub struct ExtractLimits {
 
 impl Default for ExtractLimits {
     fn default() -> Self {
-        Self { max_bytes: 8 << 30, max_entries: 1_000_000, max_path_len: 4096, max_depth: 64, expected_bytes: None }
+        Self {
+            max_bytes: 8 << 30,
+            max_entries: 1_000_000,
+            max_path_len: 4096,
+            max_depth: 64,
+            expected_bytes: None,
+        }
     }
 }
 

@@ -92,7 +92,16 @@ impl<'m> PipeReader<'m> {
         header_limit: u64,
         index: &'m Cell<u64>,
     ) -> Self {
-        Self { rx, pool, cur: Vec::new(), len: 0, pos: 0, meter, header_limit, index }
+        Self {
+            rx,
+            pool,
+            cur: Vec::new(),
+            len: 0,
+            pos: 0,
+            meter,
+            header_limit,
+            index,
+        }
     }
 }
 
@@ -131,7 +140,10 @@ impl Read for PipeReader<'_> {
             let seen = self.meter.header_bytes.get() + n as u64;
             self.meter.header_bytes.set(seen);
             if seen > self.header_limit {
-                let err = ExtractError::HeadersTooLarge { index: self.index.get(), limit: self.header_limit };
+                let err = ExtractError::HeadersTooLarge {
+                    index: self.index.get(),
+                    limit: self.header_limit,
+                };
                 self.meter.error.set(Some(err));
                 return Err(io::Error::other("headers too large"));
             }

@@ -17,7 +17,11 @@ pub(crate) fn normalize_name(raw: &[u8], limits: &ExtractLimits, out: &mut Vec<u
         return Err(ExtractError::NulInName { entry: lossy(raw) });
     }
     if raw.len() > limits.max_path_len {
-        return Err(ExtractError::PathTooLong { entry: lossy(raw), len: raw.len(), limit: limits.max_path_len });
+        return Err(ExtractError::PathTooLong {
+            entry: lossy(raw),
+            len: raw.len(),
+            limit: limits.max_path_len,
+        });
     }
     if raw[0] == b'/' {
         return Err(ExtractError::AbsolutePath { entry: lossy(raw) });
@@ -31,7 +35,11 @@ pub(crate) fn normalize_name(raw: &[u8], limits: &ExtractLimits, out: &mut Vec<u
         }
         depth += 1;
         if depth > limits.max_depth {
-            return Err(ExtractError::TooDeep { entry: lossy(raw), depth, limit: limits.max_depth });
+            return Err(ExtractError::TooDeep {
+                entry: lossy(raw),
+                depth,
+                limit: limits.max_depth,
+            });
         }
         if !out.is_empty() {
             out.push(b'/');
@@ -54,14 +62,24 @@ pub(crate) fn check_link_target(entry: &[u8], target: &[u8], link_depth: usize, 
         return Err(ExtractError::NulInName { entry: lossy(entry) });
     }
     if target.len() > limits.max_path_len {
-        return Err(ExtractError::PathTooLong { entry: lossy(entry), len: target.len(), limit: limits.max_path_len });
+        return Err(ExtractError::PathTooLong {
+            entry: lossy(entry),
+            len: target.len(),
+            limit: limits.max_path_len,
+        });
     }
-    let escapes = || ExtractError::SymlinkEscapes { entry: lossy(entry), target: lossy(target) };
+    let escapes = || ExtractError::SymlinkEscapes {
+        entry: lossy(entry),
+        target: lossy(target),
+    };
     if target.is_empty() {
         return Err(escapes());
     }
     if target[0] == b'/' {
-        return Err(ExtractError::SymlinkAbsolute { entry: lossy(entry), target: lossy(target) });
+        return Err(ExtractError::SymlinkAbsolute {
+            entry: lossy(entry),
+            target: lossy(target),
+        });
     }
     let mut ups = 0usize;
     let mut named = false;
@@ -93,7 +111,10 @@ mod tests {
     fn names_normalize_dots_and_slashes_away() {
         assert_eq!(norm("./a//b/./c/").unwrap(), ("a/b/c".into(), 3));
         assert_eq!(norm("./").unwrap(), (String::new(), 0));
-        assert_eq!(norm("io.triton.cache/K/x.json").unwrap(), ("io.triton.cache/K/x.json".into(), 3));
+        assert_eq!(
+            norm("io.triton.cache/K/x.json").unwrap(),
+            ("io.triton.cache/K/x.json".into(), 3)
+        );
     }
 
     #[test]
@@ -122,6 +143,9 @@ mod tests {
         assert!(!ok("x/..", 1), "'..' after a name could climb through a symlink");
         assert!(!ok("x/../..", 3));
         assert!(!ok("", 1));
-        assert!(matches!(check_link_target(b"l", b"/tmp/x", 1, &l), Err(ExtractError::SymlinkAbsolute { .. })));
+        assert!(matches!(
+            check_link_target(b"l", b"/tmp/x", 1, &l),
+            Err(ExtractError::SymlinkAbsolute { .. })
+        ));
     }
 }

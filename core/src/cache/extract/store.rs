@@ -51,14 +51,28 @@ impl TempDir {
                     attempt += 1;
                     continue;
                 }
-                Err(source) => return Err(ExtractError::Io { op: "create directory", path, source }),
+                Err(source) => {
+                    return Err(ExtractError::Io {
+                        op: "create directory",
+                        path,
+                        source,
+                    })
+                }
             }
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             return match rustix::fs::openat(CWD, &path, flags, Mode::empty()) {
-                Ok(fd) => Ok(Self { path, fd, committed: false }),
+                Ok(fd) => Ok(Self {
+                    path,
+                    fd,
+                    committed: false,
+                }),
                 Err(e) => {
                     let _ = std::fs::remove_dir(&path);
-                    Err(ExtractError::Io { op: "open", path, source: e.into() })
+                    Err(ExtractError::Io {
+                        op: "open",
+                        path,
+                        source: e.into(),
+                    })
                 }
             };
         }
@@ -73,7 +87,11 @@ impl TempDir {
     }
 
     pub(crate) fn io(&self, op: &'static str, source: io::Error) -> ExtractError {
-        ExtractError::Io { op, path: self.path.clone(), source }
+        ExtractError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Opens the tree to readers, renames it to `final_path` (never over an existing one) and
@@ -96,7 +114,11 @@ impl TempDir {
         self.committed = true;
         let parent = final_path.parent().unwrap_or(Path::new("."));
         let sync = File::open(parent).and_then(|dir| dir.sync_all());
-        sync.map_err(|source| ExtractError::Io { op: "sync", path: parent.to_owned(), source })
+        sync.map_err(|source| ExtractError::Io {
+            op: "sync",
+            path: parent.to_owned(),
+            source,
+        })
     }
 }
 
@@ -188,14 +210,27 @@ struct NameLock {
 impl NameLock {
     fn open(dest_parent: &Path, name: &str) -> io::Result<File> {
         let path = dest_parent.join(format!("{LOCK_PREFIX}{name}"));
-        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
     }
 
     fn acquire(dest_parent: &Path, name: &str) -> Result<Self> {
         let path = || dest_parent.join(format!("{LOCK_PREFIX}{name}"));
-        let file = Self::open(dest_parent, name).map_err(|source| ExtractError::Io { op: "open", path: path(), source })?;
-        rustix::fs::flock(&file, FlockOperation::LockExclusive)
-            .map_err(|e| ExtractError::Io { op: "lock", path: path(), source: e.into() })?;
+        let file = Self::open(dest_parent, name).map_err(|source| ExtractError::Io {
+            op: "open",
+            path: path(),
+            source,
+        })?;
+        rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| ExtractError::Io {
+            op: "lock",
+            path: path(),
+            source: e.into(),
+        })?;
         Ok(Self { _file: file })
     }
 

@@ -98,13 +98,19 @@ impl<'a> Unpacker<'a> {
             };
             self.index.set(self.index.get() + 1);
             if self.index.get() > self.limits.max_entries {
-                return Err(ExtractError::TooManyEntries { limit: self.limits.max_entries });
+                return Err(ExtractError::TooManyEntries {
+                    limit: self.limits.max_entries,
+                });
             }
             self.entry(entry)?;
         }
         if self.meter.eof.get() {
             // The stream ended where a header should have been: no end-of-archive marker.
-            return Err(ExtractError::Truncated { entry: String::new(), expected: 512, actual: 0 });
+            return Err(ExtractError::Truncated {
+                entry: String::new(),
+                expected: 512,
+                actual: 0,
+            });
         }
         self.drain_trailer(archive.into_inner())?;
         Ok(self.report)
@@ -121,7 +127,10 @@ impl<'a> Unpacker<'a> {
         self.raw.extend_from_slice(&entry.path_bytes());
         let depth = normalize_name(&self.raw, self.limits, &mut self.name)?;
         if mode & 0o7000 != 0 {
-            return Err(ExtractError::SpecialBits { entry: lossy(&self.raw), mode });
+            return Err(ExtractError::SpecialBits {
+                entry: lossy(&self.raw),
+                mode,
+            });
         }
         match kind {
             EntryType::Regular => {}
@@ -134,9 +143,17 @@ impl<'a> Unpacker<'a> {
             }
             EntryType::Link => {
                 let target = entry.link_name_bytes().map(|t| lossy(&t)).unwrap_or_default();
-                return Err(ExtractError::Hardlink { entry: lossy(&self.raw), target });
+                return Err(ExtractError::Hardlink {
+                    entry: lossy(&self.raw),
+                    target,
+                });
             }
-            other => return Err(ExtractError::UnsupportedType { entry: lossy(&self.raw), kind: kind_name(other) }),
+            other => {
+                return Err(ExtractError::UnsupportedType {
+                    entry: lossy(&self.raw),
+                    kind: kind_name(other),
+                })
+            }
         }
         if depth == 0 {
             // `./` itself: the root, which we created.
@@ -144,7 +161,9 @@ impl<'a> Unpacker<'a> {
                 return Err(ExtractError::EmptyName);
             }
             if std::mem::replace(&mut self.root_seen, true) {
-                return Err(ExtractError::Duplicate { entry: lossy(&self.raw) });
+                return Err(ExtractError::Duplicate {
+                    entry: lossy(&self.raw),
+                });
             }
             return self.no_data(size, "directory");
         }
@@ -153,7 +172,9 @@ impl<'a> Unpacker<'a> {
                 *node = Node::Dir;
                 return self.no_data(size, "directory");
             }
-            return Err(ExtractError::Duplicate { entry: lossy(&self.raw) });
+            return Err(ExtractError::Duplicate {
+                entry: lossy(&self.raw),
+            });
         }
         self.ensure_parents()?;
         match kind {
@@ -181,10 +202,16 @@ impl<'a> Unpacker<'a> {
     fn write_file<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, size: u64, mode: u32) -> Result<()> {
         let total = self.report.bytes.saturating_add(size);
         if total > self.limits.max_bytes {
-            return Err(ExtractError::TooManyBytes { entry: lossy(&self.raw), limit: self.limits.max_bytes });
+            return Err(ExtractError::TooManyBytes {
+                entry: lossy(&self.raw),
+                limit: self.limits.max_bytes,
+            });
         }
         if let Some(expected) = self.limits.expected_bytes.filter(|e| total > *e) {
-            return Err(ExtractError::OverExpectedBytes { entry: lossy(&self.raw), expected });
+            return Err(ExtractError::OverExpectedBytes {
+                entry: lossy(&self.raw),
+                expected,
+            });
         }
         // Exec bit kept (any of the three), nothing else: 0755 or 0644.
         let mode = Mode::from_raw_mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 });
@@ -210,7 +237,11 @@ impl<'a> Unpacker<'a> {
         }
         self.meter.in_data.set(false);
         if copied != size {
-            return Err(ExtractError::Truncated { entry: lossy(&self.raw), expected: size, actual: copied });
+            return Err(ExtractError::Truncated {
+                entry: lossy(&self.raw),
+                expected: size,
+                actual: copied,
+            });
         }
         self.report.bytes = total;
         self.report.files += 1;
@@ -227,7 +258,10 @@ impl<'a> Unpacker<'a> {
         }
         let mut start = 0;
         loop {
-            let end = self.name[start..cut].iter().position(|b| *b == b'/').map_or(cut, |i| start + i);
+            let end = self.name[start..cut]
+                .iter()
+                .position(|b| *b == b'/')
+                .map_or(cut, |i| start + i);
             match self.nodes.get(&self.name[..end]) {
                 Some(Node::Dir | Node::ImplicitDir) => {}
                 Some(Node::File | Node::Symlink) => {
@@ -272,7 +306,11 @@ impl<'a> Unpacker<'a> {
     fn no_data(&self, size: u64, kind: &'static str) -> Result<()> {
         match size {
             0 => Ok(()),
-            _ => Err(ExtractError::UnexpectedData { entry: lossy(&self.raw), kind, size }),
+            _ => Err(ExtractError::UnexpectedData {
+                entry: lossy(&self.raw),
+                kind,
+                size,
+            }),
         }
     }
 
@@ -302,14 +340,22 @@ impl<'a> Unpacker<'a> {
         } else if self.meter.failed.get() {
             ExtractError::Read(e) // The caller replaces this with the decoder's own error.
         } else if self.meter.eof.get() {
-            ExtractError::Truncated { entry: lossy(entry), expected, actual }
+            ExtractError::Truncated {
+                entry: lossy(entry),
+                expected,
+                actual,
+            }
         } else {
             ExtractError::Malformed(e)
         }
     }
 
     fn io(&self, op: &'static str, source: io::Error) -> ExtractError {
-        ExtractError::Io { op, path: self.path(), source }
+        ExtractError::Io {
+            op,
+            path: self.path(),
+            source,
+        }
     }
 
     fn path(&self) -> PathBuf {
