@@ -119,6 +119,29 @@ fn sync_and_remove(dir: &Path) {
     }
 }
 
+/// Decompression alone: flate2 (whichever backend this build has) vs `gzip -dc`.
+fn decode_only(layer: &Path, runs: usize) {
+    let (mut ours, mut gzip) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        let file = std::io::BufReader::with_capacity(1 << 20, File::open(layer).unwrap());
+        let n = std::io::copy(&mut flate2::bufread::MultiGzDecoder::new(file), &mut std::io::sink()).unwrap();
+        ours.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(layer)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(out.success());
+        gzip.push(t.elapsed().as_secs_f64());
+        eprintln!("{n} bytes");
+    }
+    let (o, g) = (median(&mut ours), median(&mut gzip));
+    println!("decode only: flate2 {o:.3}s, gzip -dc {g:.3}s, ratio {:.2}", o / g);
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -143,6 +166,9 @@ fn main() {
         );
     }
     let gz_size = layer.metadata().unwrap().len();
+    if args.iter().any(|a| a == "--decode") {
+        return decode_only(&layer, runs);
+    }
     let (mut ours, mut tar, mut tar_sync) = (Vec::new(), Vec::new(), Vec::new());
     let mut report = None;
     for run in 0..runs {
