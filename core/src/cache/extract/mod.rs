@@ -26,7 +26,9 @@
 //! than an fsync per file, and it covers the directories too), and only then is the temp dir
 //! renamed (`RENAME_NOREPLACE`) and the parent fsynced. So a crash leaves either no final dir and
 //! a `.tmp-*` dir, or a complete, durable final dir. [`sweep_temp_dirs`] removes the leftovers at
-//! start-up.
+//! start-up. The cost of `syncfs`: it also waits for other writers' dirty data on the same
+//! filesystem, so extraction time varies with what else writes there (a dedicated store
+//! filesystem avoids that).
 
 mod error;
 mod pipe;

@@ -129,6 +129,48 @@ mod tests {
         assert!(matches!(norm(&long), Err(ExtractError::PathTooLong { len: 4097, .. })));
     }
 
+    fn component() -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::sample::select(vec!["a", "b", ".", "..", "", "/x"])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn accepted_names_are_relative_and_never_climb(comps in proptest::collection::vec(component(), 1..8)) {
+            let raw = comps.join("/");
+            let mut out = Vec::new();
+            if let Ok(depth) = normalize_name(raw.as_bytes(), &ExtractLimits::default(), &mut out) {
+                let parts: Vec<&[u8]> = out.split(|b| *b == b'/').filter(|c| !c.is_empty()).collect();
+                proptest::prop_assert!(!out.starts_with(b"/"));
+                proptest::prop_assert!(parts.iter().all(|c| *c != b".." && *c != b"."));
+                proptest::prop_assert_eq!(parts.len(), depth);
+            }
+        }
+
+        #[test]
+        fn accepted_link_targets_stay_at_or_below_the_root(
+            comps in proptest::collection::vec(component(), 1..8),
+            link_depth in 1usize..5,
+        ) {
+            let target = comps.join("/");
+            if check_link_target(b"l", target.as_bytes(), link_depth, &ExtractLimits::default()).is_ok() {
+                // Walk from the link's directory; a name may be a symlink to anywhere inside,
+                // so after the first name only the climb before it matters.
+                let mut level = link_depth as i64 - 1;
+                for c in target.split('/') {
+                    match c {
+                        "" | "." => {}
+                        ".." => level -= 1,
+                        _ => break,
+                    }
+                    proptest::prop_assert!(level >= 0, "{target} climbs out from depth {link_depth}");
+                }
+                let names_then_up = target.split('/').skip_while(|c| *c != "a" && *c != "b" && *c != "x")
+                    .any(|c| c == "..");
+                proptest::prop_assert!(!names_then_up, "{target}");
+            }
+        }
+    }
+
     #[test]
     fn link_targets_may_climb_only_as_deep_as_the_link_is() {
         let l = ExtractLimits::default();
