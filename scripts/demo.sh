@@ -6,7 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 work=$(mktemp -d /tmp/kcache-demo.XXXXXX)
-trap 'kill $reg_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+reg_pid=""
+trap '[ -z "$reg_pid" ] || kill "$reg_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

@@ -5,11 +5,14 @@
 //! - [`triton`]: scanning a Triton cache directory (targets, kernels, manifest).
 //! - [`grp`]: rewriting Triton's `__grp__*.json` absolute paths for another mount path.
 //! - `builder` (feature `cache`): a deterministic tar.gz layer + image config from a cache dir.
+//! - `extract` (feature `cache`): unpacks a cache image layer into the store, safely.
 //!
-//! Everything but `builder` is plain serde and std, so the hook can use it.
+//! Everything but `builder` and `extract` is plain serde and std, so the hook can use it.
 
 #[cfg(feature = "cache")]
 pub mod builder;
+#[cfg(feature = "cache")]
+pub mod extract;
 pub mod format;
 pub mod grp;
 pub mod meta;
