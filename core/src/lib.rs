@@ -23,6 +23,7 @@
 
 pub mod cache;
 pub mod digest;
+pub mod fsutil;
 pub mod gpu;
 #[cfg(feature = "snapshotter")]
 pub mod snapshot;

@@ -3,8 +3,7 @@
 //! reads (the hook never loads NVML).
 
 use std::{
-    fs,
-    io::{self, Write},
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -63,30 +62,9 @@ pub fn save(path: &Path, inventory: &GpuInventory) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| werr(io::Error::other("path has no file name")))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
     let mut bytes = serde_json::to_vec_pretty(inventory).map_err(|e| werr(io::Error::other(e)))?;
     bytes.push(b'\n');
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        werr(e)
-    })
+    crate::fsutil::write_atomic(path, &bytes, 0o644, true).map_err(werr)
 }
 
 #[cfg(test)]

@@ -2,12 +2,8 @@
 
 use std::{
     fs,
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
-
-use rand_core::{OsRng, RngCore};
 
 use super::{PrivateKey, Result, SigningError};
 
@@ -67,44 +63,16 @@ pub fn write_key_pair(dir: &Path, prefix: &str, password: &[u8], force: bool) ->
     Ok(paths)
 }
 
-/// Writes `data` to `path` via a temporary sibling + fsync + rename (or link when not forcing,
-/// which fails if `path` exists), then fsyncs the directory.
+/// [`crate::fsutil::write_atomic`], with "exists" reported as [`SigningError::Exists`].
 fn write_atomic(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<()> {
-    let err = |source| SigningError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}-{:016x}", std::process::id(), OsRng.next_u64()));
-    let result = (|| {
-        // create_new + mode: the file is born with its final permissions (umask may only narrow).
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        if force {
-            fs::rename(&tmp, path)
+    crate::fsutil::write_atomic(path, data, mode, force).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists {
+            SigningError::Exists(path.to_path_buf())
         } else {
-            fs::hard_link(&tmp, path).and_then(|()| fs::remove_file(&tmp))
+            SigningError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
         }
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            return Err(SigningError::Exists(path.to_path_buf()));
-        }
-        return Err(err(e));
-    }
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    })
 }
