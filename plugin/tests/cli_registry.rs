@@ -87,7 +87,11 @@ async fn generate_sign_verify_round_trip_with_exit_codes() {
         "{err}"
     );
 
-    std::fs::write(d.join("broken.yaml"), "rules:\n  - name: apps\n    images: [\"{host}/apps/*\"]\n    authorities:\n      - keyless: {issuer: https://x}\n").unwrap();
+    std::fs::write(
+        d.join("broken.yaml"),
+        format!("rules:\n  - name: apps\n    images: [\"{host}/apps/*\"]\n    authorities:\n      - keyless: {{issuer: https://x}}\n"),
+    )
+    .unwrap();
     let out = kcache(
         &[
             "verify",
@@ -105,7 +109,7 @@ async fn generate_sign_verify_round_trip_with_exit_codes() {
 
     let out = kcache(
         &["sign", "--key", "cosign.key", "--insecure-registry", &host, &image],
-        &d.join("..").join(d.file_name().unwrap()),
+        d,
     );
     assert!(out.status.success());
     let out = Command::new(env!("CARGO_BIN_EXE_kcache"))

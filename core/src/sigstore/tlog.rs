@@ -240,6 +240,25 @@ fn v2_verifier_matches(v: &Value, want: &Expected) -> Result<bool, VerifyError> 
     Err(err("log entry verifier has neither certificate nor key"))
 }
 
+/// A DSSE entry's signature list must be a list as long as the envelope's, every element
+/// recording this bundle's signature and key (`matches` decides for one element).
+fn each_signature_matches(
+    list: &Value,
+    expected_count: usize,
+    matches: impl Fn(&Value) -> Result<bool, VerifyError>,
+) -> Result<(), VerifyError> {
+    let sigs = list.as_array().ok_or_else(|| err("signatures is not a list"))?;
+    if sigs.len() != expected_count {
+        return Err(err("log entry signature count does not match the bundle"));
+    }
+    for s in sigs {
+        if !matches(s)? {
+            return Err(err("log entry signature does not match the bundle"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that the entry body records this bundle's signature, key and content (so a valid
 /// entry for something else cannot vouch for this signature).
 pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError> {
@@ -301,34 +320,18 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             if payload_digest.as_deref() != Some(logged.as_slice()) {
                 return mismatch("payload hash");
             }
-            let sigs = field(spec, &["signatures"])?
-                .as_array()
-                .ok_or_else(|| err("signatures is not a list"))?;
-            if sigs.len() != env.signatures.len() {
-                return mismatch("signature count");
-            }
-            for s in sigs {
-                if b64_field(s, &["signature"])? != sig || !pem_matches(&b64_field(s, &["verifier"])?, want) {
-                    return mismatch("signature");
-                }
-            }
+            each_signature_matches(field(spec, &["signatures"])?, env.signatures.len(), |s| {
+                Ok(b64_field(s, &["signature"])? == sig && pem_matches(&b64_field(s, &["verifier"])?, want))
+            })?;
         }
         ("dsse", "0.0.2", Content::Dsse(env)) => {
             let spec = field(&body, &["spec", "dsseV002"])?;
             if payload_digest.as_deref() != Some(b64_field(spec, &["payloadHash", "digest"])?.as_slice()) {
                 return mismatch("payload hash");
             }
-            let sigs = field(spec, &["signatures"])?
-                .as_array()
-                .ok_or_else(|| err("signatures is not a list"))?;
-            if sigs.len() != env.signatures.len() {
-                return mismatch("signature count");
-            }
-            for s in sigs {
-                if b64_field(s, &["content"])? != sig || !v2_verifier_matches(field(s, &["verifier"])?, want)? {
-                    return mismatch("signature");
-                }
-            }
+            each_signature_matches(field(spec, &["signatures"])?, env.signatures.len(), |s| {
+                Ok(b64_field(s, &["content"])? == sig && v2_verifier_matches(field(s, &["verifier"])?, want)?)
+            })?;
         }
         ("intoto", "0.0.2", Content::Dsse(env)) => {
             let content = field(&body, &["spec", "content"])?;
@@ -337,20 +340,16 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             if payload_digest.as_deref() != Some(logged.as_slice()) {
                 return mismatch("payload hash");
             }
-            let sigs = field(content, &["envelope", "signatures"])?
-                .as_array()
-                .ok_or_else(|| err("signatures is not a list"))?;
-            if sigs.len() != env.signatures.len() {
-                return mismatch("signature count");
-            }
-            for s in sigs {
-                // intoto 0.0.2 stores the signature base64-encoded twice.
-                let once = b64_field(s, &["sig"])?;
-                let sig_logged = B64.decode(&once).map_err(|_| err("intoto signature is not base64"))?;
-                if sig_logged != sig || !pem_matches(&b64_field(s, &["publicKey"])?, want) {
-                    return mismatch("signature");
-                }
-            }
+            each_signature_matches(
+                field(content, &["envelope", "signatures"])?,
+                env.signatures.len(),
+                |s| {
+                    // intoto 0.0.2 stores the signature base64-encoded twice.
+                    let once = b64_field(s, &["sig"])?;
+                    let sig_logged = B64.decode(&once).map_err(|_| err("intoto signature is not base64"))?;
+                    Ok(sig_logged == sig && pem_matches(&b64_field(s, &["publicKey"])?, want))
+                },
+            )?;
         }
         (k, v, _) => {
             return Err(err(format!(
