@@ -3,6 +3,7 @@
 //! - [`meta`]: the types every side shares (daemon, CLI, the OCI hook).
 //! - [`format`](mod@format): the image's labels and layer layout ([`format::CacheImageMeta`]).
 //! - [`triton`]: scanning a Triton cache directory (targets, kernels, manifest).
+//! - [`store`]: the node store layout kcached writes and the hook reads.
 //! - [`grp`]: rewriting Triton's `__grp__*.json` absolute paths for another mount path.
 //! - `builder` (feature `cache`): a deterministic tar.gz layer + image config from a cache dir.
 //! - `extract` (feature `cache`): unpacks a cache image layer into the store, safely.
@@ -16,4 +17,5 @@ pub mod extract;
 pub mod format;
 pub mod grp;
 pub mod meta;
+pub mod store;
 pub mod triton;

@@ -1,0 +1,385 @@
+//! The node's cache store: the one layout kcached writes and the OCI hook reads.
+//!
+//! ```text
+//! /var/lib/kcache/caches/                 StoreLayout::root
+//!   state.json                            NodeCaches: every approved cache and its status (kcached)
+//!   <sha256-hex>/                         one verified cache image, by manifest digest
+//!     record.json                         CacheRecord: image, metadata, verification record
+//!     tree/                               the extracted layer (io.triton.cache/..., read-only)
+//!     grp/<target-key>/                   __grp__ rewrite for one mount path (an overlay lower)
+//!     refs/<container-id>                 one file per running container using it (the hook)
+//!     .lock                               flock: shared by the hook while it adds a ref,
+//!                                         exclusive by GC while it checks refs and removes
+//! /run/kcache/gpus.json                   GpuInventory, written by kcached at start
+//! /run/kcache/containers/<id>/            per-container overlay upper/ and work/ (the hook)
+//! ```
+//!
+//! An entry is visible only once `record.json` exists: kcached extracts into `tree/` through a
+//! temp dir and one rename, then writes the record atomically. `state.json` is rewritten
+//! atomically after every change. GC removes an entry that no approved cache points at and whose
+//! `refs/` is empty, holding `.lock` exclusively; the hook takes `.lock` shared, re-checks that
+//! `record.json` exists, then creates its ref file. So an entry is never removed under a
+//! container that uses it.
+//!
+//! Plain std + serde: the hook uses this module with no other part of kcache-core.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cache::meta::{CacheSummary, CacheTarget},
+    digest::Digest,
+    gpu::compat::CacheRequirements,
+};
+
+/// Default store root.
+pub const DEFAULT_ROOT: &str = "/var/lib/kcache/caches";
+/// Default run directory (gpus.json, per-container dirs, sockets).
+pub const DEFAULT_RUN_DIR: &str = "/run/kcache";
+/// The status file under the store root.
+pub const STATE_FILE: &str = "state.json";
+/// The per-entry record.
+pub const RECORD_FILE: &str = "record.json";
+/// The extracted layer under an entry.
+pub const TREE_DIR: &str = "tree";
+/// Container references under an entry.
+pub const REFS_DIR: &str = "refs";
+/// `__grp__` rewrite layers under an entry.
+pub const GRP_DIR: &str = "grp";
+/// The entry lock file.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Paths of the cache store and the run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreLayout {
+    root: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Default for StoreLayout {
+    fn default() -> Self {
+        Self::new(DEFAULT_ROOT, DEFAULT_RUN_DIR)
+    }
+}
+
+impl StoreLayout {
+    /// A layout with the store at `root` and the run directory at `run_dir`.
+    pub fn new(root: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            run_dir: run_dir.into(),
+        }
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// `<root>/state.json`.
+    pub fn state_path(&self) -> PathBuf {
+        self.root.join(STATE_FILE)
+    }
+
+    /// `<run>/gpus.json`.
+    pub fn gpus_path(&self) -> PathBuf {
+        self.run_dir.join("gpus.json")
+    }
+
+    /// `<root>/<hex>`: the entry of one cache image. Its name is the plain hex so it is one
+    /// path component with no `:`.
+    pub fn entry_dir(&self, digest: &Digest) -> PathBuf {
+        self.root.join(digest.hex())
+    }
+
+    /// `<root>/<hex>/record.json`.
+    pub fn record_path(&self, digest: &Digest) -> PathBuf {
+        self.entry_dir(digest).join(RECORD_FILE)
+    }
+
+    /// `<root>/<hex>/tree`.
+    pub fn tree_dir(&self, digest: &Digest) -> PathBuf {
+        self.entry_dir(digest).join(TREE_DIR)
+    }
+
+    /// `<root>/<hex>/refs`.
+    pub fn refs_dir(&self, digest: &Digest) -> PathBuf {
+        self.entry_dir(digest).join(REFS_DIR)
+    }
+
+    /// `<root>/<hex>/.lock`.
+    pub fn lock_path(&self, digest: &Digest) -> PathBuf {
+        self.entry_dir(digest).join(LOCK_FILE)
+    }
+
+    /// `<root>/<hex>/grp/<key>`: the `__grp__` rewrite of this entry for `target` (the absolute
+    /// cache path inside the container).
+    pub fn grp_dir(&self, digest: &Digest, target: &str) -> PathBuf {
+        self.entry_dir(digest).join(GRP_DIR).join(target_key(target))
+    }
+
+    /// `<run>/containers/<id>`: a container's overlay upper and work dirs. `None` when `id` is
+    /// not one plain path component.
+    pub fn container_dir(&self, id: &str) -> Option<PathBuf> {
+        is_plain_name(id).then(|| self.run_dir.join("containers").join(id))
+    }
+
+    /// Reads `state.json`; a missing file is an empty state.
+    pub fn read_state(&self) -> Result<NodeCaches, StoreError> {
+        read_json_or_default(&self.state_path())
+    }
+
+    /// Reads an entry's `record.json`; `Ok(None)` when the entry is not (or no longer) there.
+    pub fn read_record(&self, digest: &Digest) -> Result<Option<CacheRecord>, StoreError> {
+        let path = self.record_path(digest);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Json { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+}
+
+/// A stable, short name for a target path: 16 hex digits of FNV-1a 64 (no crypto needed: the
+/// key only separates rewrites of one entry, all of which kcached made itself).
+pub fn target_key(target: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in target.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// One path component that is safe to join: not empty, not `.`/`..`, no `/`, no NUL, at most
+/// 255 bytes, and no leading `.` (reserved for temp and lock files).
+pub fn is_plain_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && !s.starts_with('.') && !s.bytes().any(|b| b == b'/' || b == 0)
+}
+
+fn read_json_or_default<T: Default + for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Reading the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file is not what kcached writes.
+    #[error("{path} is not valid: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// `state.json`: every approved cache (from caches.d) and where it stands on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCaches {
+    /// Increases with every write.
+    pub generation: u64,
+    /// When kcached last wrote the file (seconds since the epoch).
+    pub updated_at: u64,
+    /// The approved caches, sorted by namespace then name.
+    pub caches: Vec<CacheStatus>,
+}
+
+impl NodeCaches {
+    /// The approved cache `name` for a pod in `namespace`: a namespaced entry first, else a
+    /// cluster-wide one (no namespace).
+    pub fn lookup(&self, namespace: Option<&str>, name: &str) -> Option<&CacheStatus> {
+        let namespaced = namespace.and_then(|ns| {
+            self.caches
+                .iter()
+                .find(|c| c.name == name && c.namespace.as_deref() == Some(ns))
+        });
+        namespaced.or_else(|| self.caches.iter().find(|c| c.name == name && c.namespace.is_none()))
+    }
+}
+
+/// One approved cache's status on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheStatus {
+    /// The approved name (what `kcache.dev/cache` names).
+    pub name: String,
+    /// The namespace it is approved for; `None`: every namespace (a cluster-wide cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The image as approved (tag or digest reference).
+    pub image: String,
+    /// Where it stands.
+    pub state: CacheState,
+    /// The manifest digest of the current copy, once one is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it is not ready (failed or denied), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// GPU ids the current copy runs on.
+    #[serde(default)]
+    pub compatible_gpus: Vec<String>,
+    /// GPU ids it does not run on, each with the reason.
+    #[serde(default)]
+    pub incompatible_gpus: Vec<GpuMismatch>,
+    /// When this entry last changed (seconds since the epoch).
+    #[serde(default)]
+    pub updated_at: u64,
+}
+
+/// The state of an approved cache on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheState {
+    /// Not pulled yet (or being pulled).
+    Pending,
+    /// Verified, extracted; `digest` is usable.
+    Ready,
+    /// The policy denied it.
+    Denied,
+    /// Pull, extraction or metadata failed.
+    Failed,
+}
+
+/// A GPU the cache does not run on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuMismatch {
+    /// The GPU id (UUID for NVIDIA, `kfd-<node>` for AMD).
+    pub gpu: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// `<entry>/record.json`: what kcached knows about one extracted cache image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// The manifest digest (`sha256:<hex>`).
+    pub digest: String,
+    /// The reference it was pulled as (`repo@digest`).
+    pub image: String,
+    /// `triton` or `vllm`.
+    pub kind: String,
+    /// The targets from the summary label.
+    pub targets: Vec<CacheTarget>,
+    /// Driver and Triton version, where the image records them.
+    #[serde(default)]
+    pub requirements: CacheRequirements,
+    /// The absolute cache path the image was built at (for the `__grp__` rewrite), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_cache_root: Option<String>,
+    /// The dir under `tree/` that holds the kernels (`io.triton.cache` or `io.vllm.cache`).
+    pub cache_subdir: String,
+    /// Files and bytes extracted.
+    pub files: u64,
+    /// Bytes of file data.
+    pub bytes: u64,
+    /// When it was extracted (seconds since the epoch).
+    pub extracted_at: u64,
+    /// Why the node trusts it.
+    pub verification: VerificationRecord,
+}
+
+impl CacheRecord {
+    /// The targets as a summary.
+    pub fn summary(&self) -> CacheSummary {
+        CacheSummary {
+            targets: self.targets.clone(),
+        }
+    }
+}
+
+/// The verdict a cache entry was admitted with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationRecord {
+    /// The policy rule that decided.
+    pub rule: String,
+    /// `verified` or `allowed` (an allow-list rule, no signature).
+    pub decision: String,
+    /// The signer: key fingerprint or certificate identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The Rekor log index, when there was a transparency-log entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tlog_index: Option<u64>,
+    /// When it was verified (seconds since the epoch).
+    pub verified_at: u64,
+    /// The policy generation it was verified under.
+    pub policy_generation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_prefers_the_pod_namespace() {
+        let status = |ns: Option<&str>, image: &str| CacheStatus {
+            name: "llama".into(),
+            namespace: ns.map(Into::into),
+            image: image.into(),
+            state: CacheState::Ready,
+            digest: None,
+            reason: None,
+            compatible_gpus: vec![],
+            incompatible_gpus: vec![],
+            updated_at: 0,
+        };
+        let state = NodeCaches {
+            generation: 1,
+            updated_at: 0,
+            caches: vec![status(None, "cluster"), status(Some("ml"), "ml-only")],
+        };
+        assert_eq!(state.lookup(Some("ml"), "llama").map(|c| c.image.as_str()), Some("ml-only"));
+        assert_eq!(state.lookup(Some("other"), "llama").map(|c| c.image.as_str()), Some("cluster"));
+        assert_eq!(state.lookup(None, "llama").map(|c| c.image.as_str()), Some("cluster"));
+        assert!(state.lookup(Some("ml"), "mistral").is_none());
+    }
+
+    #[test]
+    fn names_and_keys() {
+        assert!(is_plain_name("0123abc"));
+        for bad in ["", ".", "..", ".lock", "a/b", "x\0y"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
+        }
+        let l = StoreLayout::new("/s", "/r");
+        assert_eq!(l.container_dir("c1"), Some(PathBuf::from("/r/containers/c1")));
+        assert_eq!(l.container_dir("../x"), None);
+        assert_eq!(target_key("/root/.triton/cache").len(), 16);
+        assert_ne!(target_key("/a"), target_key("/b"));
+    }
+
+    #[test]
+    fn missing_state_is_empty() {
+        let l = StoreLayout::new("/nonexistent/kcache-store", "/nonexistent/run");
+        assert_eq!(l.read_state().unwrap(), NodeCaches::default());
+    }
+}
