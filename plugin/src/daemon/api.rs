@@ -266,21 +266,10 @@ async fn serve_unix(
     listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(%e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        spawn_conn(Arc::clone(&state), TokioIo::new(stream), false);
-    }
+    accept_loop(state, false, shutdown, || async {
+        listener.accept().await.map(|(s, _)| s)
+    })
+    .await
 }
 
 /// Serves `/metrics` only, on a loopback TCP address.
@@ -289,20 +278,37 @@ pub async fn serve_metrics(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    accept_loop(state, true, shutdown, || async {
+        listener.accept().await.map(|(s, _)| s)
+    })
+    .await
+}
+
+async fn accept_loop<I, Fut>(
+    state: Arc<ApiState>,
+    metrics_only: bool,
+    shutdown: impl Future<Output = ()> + Send,
+    mut accept: impl FnMut() -> Fut,
+) -> std::io::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Fut: Future<Output = std::io::Result<I>>,
+{
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+            accepted = accept() => match accepted {
+                Ok(stream) => stream,
                 Err(e) => {
-                    tracing::warn!(%e, "metrics accept failed");
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        spawn_conn(Arc::clone(&state), TokioIo::new(stream), true);
+        spawn_conn(Arc::clone(&state), TokioIo::new(stream), metrics_only);
     }
 }
 
