@@ -11,7 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .build_client(true)
         .compile_protos(
-            &[std::path::PathBuf::from("proto/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto")],
+            &[std::path::PathBuf::from(
+                "proto/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto",
+            )],
             &[std::path::PathBuf::from("proto"), well_known],
         )?;
     Ok(())

@@ -136,7 +136,8 @@ pub fn image_spec(image: &str) -> pb::ImageSpec {
     }
 }
 
-/// A host-network pod (no CNI needed) with its logs under `log_dir`.
+/// A host-network pod (no CNI needed; and like the kubelet, no hostname: the UTS namespace is
+/// the host's) with its logs under `log_dir`.
 pub fn host_network_pod(name: &str, log_dir: &Path) -> pb::PodSandboxConfig {
     pb::PodSandboxConfig {
         metadata: Some(pb::PodSandboxMetadata {
@@ -145,7 +146,6 @@ pub fn host_network_pod(name: &str, log_dir: &Path) -> pb::PodSandboxConfig {
             namespace: "kcache-e2e".to_owned(),
             attempt: 0,
         }),
-        hostname: name.to_owned(),
         log_directory: log_dir.to_string_lossy().into_owned(),
         linux: Some(pb::LinuxPodSandboxConfig {
             security_context: Some(pb::LinuxSandboxSecurityContext {

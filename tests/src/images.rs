@@ -46,11 +46,17 @@ fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header
     h
 }
 
-/// A layer with `/bin/busybox`, its applet links, `/tmp` and `/etc/kcache-e2e` = `marker`.
+/// A layer with `/bin/busybox`, its applet links, `/tmp` and `/etc/kcache-e2e` = `marker` + newline.
 pub fn busybox_layer(marker: &str) -> Vec<u8> {
     let busybox = std::fs::read(BUSYBOX).expect("busybox-static is not installed (apt-get install -y busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
-    for (dir, mode) in [("bin/", 0o755), ("tmp/", 0o1777), ("etc/", 0o755), ("proc/", 0o755), ("dev/", 0o755)] {
+    for (dir, mode) in [
+        ("bin/", 0o755),
+        ("tmp/", 0o1777),
+        ("etc/", 0o755),
+        ("proc/", 0o755),
+        ("dev/", 0o755),
+    ] {
         let mut h = header(dir, tar::EntryType::Directory, mode, 0);
         h.set_cksum();
         b.append(&h, std::io::empty()).expect("tar dir");
@@ -64,6 +70,8 @@ pub fn busybox_layer(marker: &str) -> Vec<u8> {
         h.set_cksum();
         b.append(&h, std::io::empty()).expect("tar link");
     }
+    // One line: the CRI logger holds a partial line back until the container exits.
+    let marker = format!("{marker}\n");
     let mut h = header("etc/kcache-e2e", tar::EntryType::Regular, 0o644, marker.len() as u64);
     h.set_cksum();
     b.append(&h, marker.as_bytes()).expect("tar marker");
@@ -166,5 +174,11 @@ pub async fn push_index(reg: &TestRegistry, repo_tag: &str, image: &Pushed) -> D
         }],
     })
     .to_string();
-    push_manifest(reg, repo_tag, "application/vnd.oci.image.index.v1+json", index.as_bytes()).await
+    push_manifest(
+        reg,
+        repo_tag,
+        "application/vnd.oci.image.index.v1+json",
+        index.as_bytes(),
+    )
+    .await
 }

@@ -15,6 +15,8 @@ pub struct KcachedConfig {
     pub policy: Option<PathBuf>,
     /// Registries (`127.0.0.1:PORT`) spoken to over plain HTTP.
     pub insecure: Vec<String>,
+    /// The contents of its config.toml (`--config`); empty: the defaults.
+    pub config_toml: String,
     /// Extra arguments.
     pub args: Vec<String>,
 }
@@ -32,6 +34,7 @@ impl Kcached {
     /// Starts `bin` (the kcached binary) with its files under `dir` and waits for its sockets.
     pub fn start(bin: &Path, dir: &Path, config: KcachedConfig) -> Self {
         fs::create_dir_all(dir).expect("kcached dir");
+        fs::write(dir.join("config.toml"), &config.config_toml).expect("kcached config.toml");
         let mut k = Self {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
