@@ -509,4 +509,38 @@ async fn kcached_killed_during_an_unpack_recovers_and_the_pull_can_be_retried() 
     )
     .await;
     w.cri.remove_pod(&pod).await.unwrap();
+
+    // Once every image is gone, containerd's garbage collector removes every snapshot from
+    // kcached, the crash's leftovers (the interrupted extraction, its half-written directory)
+    // included: the two stores agree to the last entry.
+    let mut images = w.cri.images.clone();
+    let listed = images
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    for image in listed {
+        images
+            .remove_image(pb::RemoveImageRequest {
+                image: Some(cri::image_spec(&image.id)),
+            })
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        let left = w.kcache_snapshots().await;
+        let dirs = count(&snapshots_dir);
+        if left.is_empty() && dirs == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "after removing every image kcached still holds {} snapshots ({:?}) and {dirs} directories",
+            left.len(),
+            left.iter().map(|i| &i.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
