@@ -223,6 +223,11 @@ impl Containerd {
         &self.address
     }
 
+    /// containerd's root directory (its snapshotters' roots are under it).
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
     /// containerd's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
