@@ -48,12 +48,83 @@ const POD_ANNOTATIONS: &str = "kcache.dev/*";
 /// The name of the verifier in `bin_dir`: containerd runs the entries in name order and only
 /// the first `max_verifiers`, so it sorts first.
 const VERIFIER_LINK: &str = "00-kcache";
+/// Where the packages install kcache-hook (as packaging/crio/hooks.d/kcache.json says).
+const DEFAULT_HOOK: &str = "/usr/libexec/kcache/kcache-hook";
 
 #[derive(Subcommand)]
 pub enum InstallCommand {
     /// Configure containerd: the kcache proxy snapshotter for CRI, the kcache-hook through the
     /// CRI base runtime spec, and (2.x) the image verifier binary.
     Containerd(ContainerdArgs),
+    /// Register kcache-hook with CRI-O (and podman): an OCI hooks.d file, run only for
+    /// containers with the `kcache.dev/cache` annotation.
+    Crio(CrioArgs),
+}
+
+#[derive(Args)]
+pub struct CrioArgs {
+    /// Print the hooks.d file (the default).
+    #[arg(long, conflicts_with = "write")]
+    print: bool,
+    /// Write it into --hooks-dir.
+    #[arg(long)]
+    write: bool,
+    /// The hooks directory: CRI-O's default `hooks_dir` (podman reads it too). The admin
+    /// override directory is /etc/containers/oci/hooks.d.
+    #[arg(long, default_value = "/usr/share/containers/oci/hooks.d")]
+    hooks_dir: PathBuf,
+    /// The kcache-hook binary.
+    #[arg(long, default_value = DEFAULT_HOOK)]
+    hook_path: PathBuf,
+    /// The cache store kcached writes (kcache-hook --store).
+    #[arg(long, default_value = "/var/lib/kcache/caches")]
+    store: PathBuf,
+    /// kcached's run directory (kcache-hook --run-dir).
+    #[arg(long, default_value = "/run/kcache")]
+    run_dir: PathBuf,
+}
+
+/// The OCI hooks.d (oci-hooks(5), version 1.0.0) file for kcache-hook.
+pub fn crio_hook_json(hook: &Path, store: &Path, run_dir: &Path) -> String {
+    let v = serde_json::json!({
+        "version": "1.0.0",
+        "hook": {
+            "path": hook,
+            "args": ["kcache-hook", "--store", store, "--run-dir", run_dir],
+            "timeout": 10
+        },
+        "when": {"annotations": {"^kcache\\.dev/cache$": ".*"}},
+        "stages": ["prestart", "poststop"]
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+}
+
+fn crio(a: CrioArgs) -> Result<Outcome> {
+    for p in [&a.hook_path, &a.store, &a.run_dir] {
+        if !p.is_absolute() {
+            bail!("{} must be an absolute path", p.display());
+        }
+    }
+    let json = crio_hook_json(&a.hook_path, &a.store, &a.run_dir);
+    let path = a.hooks_dir.join("kcache.json");
+    if !a.write {
+        println!("# {}", path.display());
+        print!("{json}");
+        return Ok(Outcome::Ok);
+    }
+    if std::fs::read_to_string(&path).ok().as_deref() == Some(json.as_str()) {
+        println!("unchanged: {}", path.display());
+        println!("nothing to change: CRI-O is already configured for kcache");
+        return Ok(Outcome::Ok);
+    }
+    std::fs::create_dir_all(&a.hooks_dir).with_context(|| format!("cannot create {}", a.hooks_dir.display()))?;
+    write_atomic(&path, json.as_bytes(), 0o644, true).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote:     {}", path.display());
+    if !a.hook_path.is_file() {
+        println!("warning: {} does not exist yet (install kcache-hook there)", a.hook_path.display());
+    }
+    println!("restart crio to apply (systemctl restart crio)");
+    Ok(Outcome::Ok)
 }
 
 #[derive(Args)]
@@ -84,7 +155,7 @@ pub struct ContainerdArgs {
     #[arg(long)]
     base_spec_from: Option<PathBuf>,
     /// The kcache-hook binary the spec runs (prestart and poststop).
-    #[arg(long, default_value = "/usr/bin/kcache-hook")]
+    #[arg(long, default_value = DEFAULT_HOOK)]
     hook_path: PathBuf,
     /// The CRI runtime handler that gets the hook.
     #[arg(long, default_value = "runc")]
@@ -114,6 +185,7 @@ pub struct ContainerdArgs {
 pub fn run(c: InstallCommand) -> Result<Outcome> {
     match c {
         InstallCommand::Containerd(a) => containerd(a),
+        InstallCommand::Crio(a) => crio(a),
     }
 }
 
@@ -903,6 +975,29 @@ root = "/var/lib/containerd"
         assert_eq!(again, out);
         assert!(base_spec(b"{}", Path::new("/h")).is_err());
         assert!(base_spec(b"nope", Path::new("/h")).is_err());
+    }
+
+    #[test]
+    fn crio_hooks_file_matches_the_shipped_one() {
+        let json = crio_hook_json(
+            Path::new(DEFAULT_HOOK),
+            Path::new("/var/lib/kcache/caches"),
+            Path::new("/run/kcache"),
+        );
+        let ours: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(ours["when"]["annotations"]["^kcache\\.dev/cache$"], ".*");
+        assert_eq!(ours["stages"], serde_json::json!(["prestart", "poststop"]));
+        let re = ours["when"]["annotations"].as_object().unwrap().keys().next().unwrap().clone();
+        assert_eq!(re, "^kcache\\.dev/cache$");
+        // The hook's own packaging file, where the tree has it: the same hook, the same trigger.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/crio/hooks.d/kcache.json");
+        match std::fs::read(&shipped) {
+            Ok(bytes) => {
+                let theirs: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(ours, theirs, "kcache install crio must write what packaging ships");
+            }
+            Err(_) => eprintln!("{} not in this tree: compared with the built-in shape only", shipped.display()),
+        }
     }
 
     #[test]
