@@ -240,11 +240,7 @@ async fn kcached_down_the_verifier_decides_in_process() {
     let r = w.run(&args, &descriptor(MANIFEST, &w.web.0, w.web.1), &[]);
     assert_eq!(r.code, Some(1), "{}", r.stdout);
     assert_names(&r, &["unsupported -stdin-media-type"]);
-    let r = w.run(
-        &containerd_args(&web, w.web.0.as_str()),
-        &" ".repeat(2 << 20),
-        &[],
-    );
+    let r = w.run(&containerd_args(&web, w.web.0.as_str()), &" ".repeat(2 << 20), &[]);
     assert_eq!(r.code, Some(1), "{}", r.stdout);
     assert_names(&r, &["larger than"]);
     // -name pinning another digest than -digest.

@@ -156,7 +156,11 @@ state = "{state}"
     );
     let baks = backups(dir);
     assert_eq!(baks.len(), 1, "{said}");
-    assert_eq!(fs::read_to_string(&baks[0]).unwrap(), original, "the backup is the original");
+    assert_eq!(
+        fs::read_to_string(&baks[0]).unwrap(),
+        original,
+        "the backup is the original"
+    );
     let edited = fs::read_to_string(&config).unwrap();
     assert!(edited.contains("# node config: keep this comment") && edited.contains("# this machine needs it"));
 
@@ -252,7 +256,11 @@ state = "{state}"
     let cri = &dump["plugins"]["io.containerd.grpc.v1.cri"];
     assert_eq!(cri["containerd"]["snapshotter"].as_str(), Some("kcache"));
     assert_eq!(cri["containerd"]["disable_snapshot_annotations"].as_bool(), Some(false));
-    assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true), "the node's setting kept");
+    assert_eq!(
+        cri["restrict_oom_score_adj"].as_bool(),
+        Some(true),
+        "the node's setting kept"
+    );
     assert_eq!(
         cri["cni"]["conf_dir"].as_str(),
         Some(dir.join("cni").to_str().unwrap()),
@@ -269,8 +277,5 @@ state = "{state}"
             .any(|a| a.as_str() == Some("kcache.dev/*")),
         "{runc:?}"
     );
-    assert_eq!(
-        dump["proxy_plugins"]["kcache"]["address"].as_str(),
-        socket.to_str()
-    );
+    assert_eq!(dump["proxy_plugins"]["kcache"]["address"].as_str(), socket.to_str());
 }

@@ -17,7 +17,10 @@ fn repo() -> PathBuf {
 }
 
 fn tool(name: &str) -> Option<PathBuf> {
-    let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file());
+    let found = ["/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
     if found.is_none() {
         let problem = format!("{name} not found (apt-get install -y systemd)");
         if std::env::var("CI").as_deref() == Ok("true") {

@@ -380,7 +380,10 @@ fn main() {
     progress.set("reading the descriptor from stdin");
     let mut raw = Vec::new();
     if let Err(e) = std::io::stdin().lock().take(MAX_STDIN + 1).read_to_end(&mut raw) {
-        conclude(1, &format!("kcache: denied: image {name} digest {digest}: cannot read stdin: {e}"));
+        conclude(
+            1,
+            &format!("kcache: denied: image {name} digest {digest}: cannot read stdin: {e}"),
+        );
     }
     if raw.len() as u64 > MAX_STDIN {
         conclude(
@@ -515,6 +518,8 @@ mod tests {
         assert_eq!(d.digest, "sha256:cd");
         assert!(parse_stdin("text/plain", b"{}").unwrap_err().contains("unsupported"));
         assert!(parse_stdin(DESCRIPTOR_MEDIA_TYPE, b"not json").is_err());
-        assert!(parse_stdin(INPUT_MEDIA_TYPE, b"{}").unwrap_err().contains("no descriptor"));
+        assert!(parse_stdin(INPUT_MEDIA_TYPE, b"{}")
+            .unwrap_err()
+            .contains("no descriptor"));
     }
 }

@@ -55,7 +55,7 @@ const DEFAULT_HOOK: &str = "/usr/libexec/kcache/kcache-hook";
 pub enum InstallCommand {
     /// Configure containerd: the kcache proxy snapshotter for CRI, the kcache-hook through the
     /// CRI base runtime spec, and (2.x) the image verifier binary.
-    Containerd(ContainerdArgs),
+    Containerd(Box<ContainerdArgs>),
     /// Register kcache-hook with CRI-O (and podman): an OCI hooks.d file, run only for
     /// containers with the `kcache.dev/cache` annotation.
     Crio(CrioArgs),
@@ -121,7 +121,10 @@ fn crio(a: CrioArgs) -> Result<Outcome> {
     write_atomic(&path, json.as_bytes(), 0o644, true).with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote:     {}", path.display());
     if !a.hook_path.is_file() {
-        println!("warning: {} does not exist yet (install kcache-hook there)", a.hook_path.display());
+        println!(
+            "warning: {} does not exist yet (install kcache-hook there)",
+            a.hook_path.display()
+        );
     }
     println!("restart crio to apply (systemctl restart crio)");
     Ok(Outcome::Ok)
@@ -184,7 +187,7 @@ pub struct ContainerdArgs {
 
 pub fn run(c: InstallCommand) -> Result<Outcome> {
     match c {
-        InstallCommand::Containerd(a) => containerd(a),
+        InstallCommand::Containerd(a) => containerd(*a),
         InstallCommand::Crio(a) => crio(a),
     }
 }
@@ -355,7 +358,10 @@ pub fn apply(doc: &mut DocumentMut, t: &Target) -> Result<()> {
         }
         set(r, "base_runtime_spec", t.base_spec.as_str());
         // A per-runtime snapshotter would bypass the gate.
-        if r.get("snapshotter").and_then(Item::as_str).is_some_and(|s| !s.is_empty()) {
+        if r.get("snapshotter")
+            .and_then(Item::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
             set(r, "snapshotter", "kcache");
         }
         let has = r
@@ -411,7 +417,9 @@ fn config_version(doc: &DocumentMut, path: &Path) -> Result<Option<i64>> {
 fn glob(pattern: &[u8], name: &[u8]) -> bool {
     match (pattern.first(), name.first()) {
         (None, None) => true,
-        (Some(b'*'), _) => glob(&pattern[1..], name) || (!name.is_empty() && name[0] != b'/' && glob(pattern, &name[1..])),
+        (Some(b'*'), _) => {
+            glob(&pattern[1..], name) || (!name.is_empty() && name[0] != b'/' && glob(pattern, &name[1..]))
+        }
         (Some(b'?'), Some(c)) if *c != b'/' => glob(&pattern[1..], &name[1..]),
         (Some(p), Some(c)) if p == c => glob(&pattern[1..], &name[1..]),
         _ => false,
@@ -422,14 +430,12 @@ fn glob(pattern: &[u8], name: &[u8]) -> bool {
 /// config.toml's directory, as in containerd).
 fn imports_cover(doc: &DocumentMut, config: &Path, drop_in: &Path) -> bool {
     let base = config.parent().unwrap_or(Path::new("/"));
-    doc.get("imports")
-        .and_then(Item::as_array)
-        .is_some_and(|a| {
-            a.iter().filter_map(Value::as_str).any(|i| {
-                let p = base.join(i);
-                glob(p.to_string_lossy().as_bytes(), drop_in.to_string_lossy().as_bytes())
-            })
+    doc.get("imports").and_then(Item::as_array).is_some_and(|a| {
+        a.iter().filter_map(Value::as_str).any(|i| {
+            let p = base.join(i);
+            glob(p.to_string_lossy().as_bytes(), drop_in.to_string_lossy().as_bytes())
         })
+    })
 }
 
 fn add_import(doc: &mut DocumentMut, drop_in: &Path) -> Result<()> {
@@ -452,7 +458,9 @@ fn add_import(doc: &mut DocumentMut, drop_in: &Path) -> Result<()> {
 pub fn base_spec(default_spec: &[u8], hook: &Path) -> Result<String> {
     let mut spec: serde_json::Value =
         serde_json::from_slice(default_spec).context("containerd's default spec is not JSON")?;
-    let obj = spec.as_object_mut().context("containerd's default spec is not a JSON object")?;
+    let obj = spec
+        .as_object_mut()
+        .context("containerd's default spec is not a JSON object")?;
     if !obj.contains_key("ociVersion") {
         bail!("containerd's default spec has no ociVersion: not an OCI runtime spec");
     }
@@ -471,7 +479,10 @@ pub fn base_spec(default_spec: &[u8], hook: &Path) -> Result<String> {
             .or_insert_with(|| serde_json::json!([]))
             .as_array_mut()
             .with_context(|| format!("hooks.{phase} in the spec is not an array"))?;
-        if !list.iter().any(|h| h.get("path").and_then(|p| p.as_str()) == Some(path.as_str())) {
+        if !list
+            .iter()
+            .any(|h| h.get("path").and_then(|p| p.as_str()) == Some(path.as_str()))
+        {
             list.push(serde_json::json!({"path": path, "args": [argv0, phase]}));
         }
     }
@@ -482,12 +493,15 @@ fn flavor(a: &ContainerdArgs) -> Result<Flavor> {
     if a.containerd_version != "auto" {
         return Flavor::parse(&a.containerd_version);
     }
-    let out = Command::new(&a.containerd_bin).arg("--version").output().with_context(|| {
-        format!(
-            "cannot run `{} --version` to detect containerd's version: pass --containerd-version",
-            a.containerd_bin.display()
-        )
-    })?;
+    let out = Command::new(&a.containerd_bin)
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run `{} --version` to detect containerd's version: pass --containerd-version",
+                a.containerd_bin.display()
+            )
+        })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let v = version_from_output(&text)
         .with_context(|| format!("no version in `containerd --version` output {:?}", text.trim()))?;
@@ -828,7 +842,10 @@ mod tests {
     fn renders_1x() {
         let v = render(Flavor::V1);
         assert_eq!(v["version"].as_integer(), Some(2));
-        assert_eq!(at(&v, &["proxy_plugins", "kcache", "type"]).unwrap().as_str(), Some("snapshot"));
+        assert_eq!(
+            at(&v, &["proxy_plugins", "kcache", "type"]).unwrap().as_str(),
+            Some("snapshot")
+        );
         assert_eq!(
             at(&v, &["proxy_plugins", "kcache", "address"]).unwrap().as_str(),
             Some("/run/kcache/snapshotter.sock")
@@ -843,7 +860,10 @@ mod tests {
             r["base_runtime_spec"].as_str(),
             Some("/etc/kcache/containerd-base-spec.json")
         );
-        assert_eq!(r["pod_annotations"].as_array().unwrap()[0].as_str(), Some("kcache.dev/*"));
+        assert_eq!(
+            r["pod_annotations"].as_array().unwrap()[0].as_str(),
+            Some("kcache.dev/*")
+        );
         assert!(at(&v, &["plugins", BINDIR]).is_none(), "no image verifier in 1.x");
         assert!(at(&v, &["plugins", CRI_IMAGES]).is_none());
     }
@@ -854,9 +874,17 @@ mod tests {
             let v = render(f);
             assert_eq!(v["version"].as_integer(), Some(3));
             assert_eq!(
-                at(&v, &["proxy_plugins", "kcache", "exports", "enable_remote_snapshot_annotations"])
-                    .unwrap()
-                    .as_str(),
+                at(
+                    &v,
+                    &[
+                        "proxy_plugins",
+                        "kcache",
+                        "exports",
+                        "enable_remote_snapshot_annotations"
+                    ]
+                )
+                .unwrap()
+                .as_str(),
                 Some("true")
             );
             let i = at(&v, &["plugins", CRI_IMAGES]).unwrap();
@@ -925,7 +953,9 @@ root = "/var/lib/containerd"
 
     #[test]
     fn imports_and_versions() {
-        let d: DocumentMut = "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n".parse().unwrap();
+        let d: DocumentMut = "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n"
+            .parse()
+            .unwrap();
         let cfg = Path::new("/etc/containerd/config.toml");
         assert!(imports_cover(&d, cfg, Path::new("/etc/containerd/conf.d/kcache.toml")));
         assert!(!imports_cover(&d, cfg, Path::new("/etc/containerd/other/kcache.toml")));
@@ -948,7 +978,9 @@ root = "/var/lib/containerd"
         apply(&mut d, &t).unwrap();
         let v: toml::Value = toml::from_str(&d.to_string()).unwrap();
         assert_eq!(
-            at(&v, &["plugins", CRI_V2, "containerd", "snapshotter"]).unwrap().as_str(),
+            at(&v, &["plugins", CRI_V2, "containerd", "snapshotter"])
+                .unwrap()
+                .as_str(),
             Some("kcache")
         );
         assert!(at(&v, &["plugins", BINDIR]).is_some());
@@ -968,8 +1000,14 @@ root = "/var/lib/containerd"
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["hooks"]["prestart"].as_array().unwrap().len(), 2);
         assert_eq!(v["hooks"]["prestart"][1]["path"], "/usr/bin/kcache-hook");
-        assert_eq!(v["hooks"]["prestart"][1]["args"], serde_json::json!(["kcache-hook", "prestart"]));
-        assert_eq!(v["hooks"]["poststop"][0]["args"], serde_json::json!(["kcache-hook", "poststop"]));
+        assert_eq!(
+            v["hooks"]["prestart"][1]["args"],
+            serde_json::json!(["kcache-hook", "prestart"])
+        );
+        assert_eq!(
+            v["hooks"]["poststop"][0]["args"],
+            serde_json::json!(["kcache-hook", "poststop"])
+        );
         assert_eq!(v["process"]["cwd"], "/");
         let again = base_spec(out.as_bytes(), Path::new("/usr/bin/kcache-hook")).unwrap();
         assert_eq!(again, out);
@@ -987,7 +1025,13 @@ root = "/var/lib/containerd"
         let ours: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(ours["when"]["annotations"]["^kcache\\.dev/cache$"], ".*");
         assert_eq!(ours["stages"], serde_json::json!(["prestart", "poststop"]));
-        let re = ours["when"]["annotations"].as_object().unwrap().keys().next().unwrap().clone();
+        let re = ours["when"]["annotations"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
         assert_eq!(re, "^kcache\\.dev/cache$");
         // The hook's own packaging file, where the tree has it: the same hook, the same trigger.
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/crio/hooks.d/kcache.json");
@@ -996,7 +1040,10 @@ root = "/var/lib/containerd"
                 let theirs: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
                 assert_eq!(ours, theirs, "kcache install crio must write what packaging ships");
             }
-            Err(_) => eprintln!("{} not in this tree: compared with the built-in shape only", shipped.display()),
+            Err(_) => eprintln!(
+                "{} not in this tree: compared with the built-in shape only",
+                shipped.display()
+            ),
         }
     }
 
