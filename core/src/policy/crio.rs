@@ -162,10 +162,14 @@ struct Entry {
     reqs: Vec<Value>,
 }
 
-/// Trust material written once per trusted root.
-struct RootFiles {
-    fulcio: Result<(String, Vec<String>), String>,
-    rekor: Result<(String, Vec<String>), String>,
+/// A trust-material file's path plus notes on what was left out of it, or why there is none.
+type Material = Result<(String, Vec<String>), String>;
+
+/// Which file of a trusted root.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Part {
+    Fulcio,
+    Rekor,
 }
 
 struct Renderer<'a> {
@@ -173,7 +177,10 @@ struct Renderer<'a> {
     keys_dir: &'a Path,
     files: Vec<(String, Vec<u8>)>,
     report: Vec<Issue>,
-    roots: HashMap<Option<PathBuf>, RootFiles>,
+    /// Trust material per (trusted root path (`None`: public-good), part), written once.
+    roots: HashMap<(Option<PathBuf>, Part), Material>,
+    /// File-name prefixes per trusted root.
+    prefixes: HashMap<Option<PathBuf>, String>,
     public_good: Option<TrustedRoot>,
 }
 
@@ -215,23 +222,31 @@ impl<'a> Renderer<'a> {
         }
     }
 
-    /// The Fulcio CA bundle and Rekor key for a trusted root (`None`: public-good), written once.
-    /// Each side is its file path plus notes on what was left out, or why there is none.
-    fn root_files(&mut self, path: Option<&Path>, root: &TrustedRoot) -> &RootFiles {
-        let key = path.map(Path::to_path_buf);
-        if !self.roots.contains_key(&key) {
-            let prefix = match path {
-                None => "public-good".to_string(),
-                Some(_) => format!("root{}", self.roots.keys().filter(|k| k.is_some()).count()),
-            };
-            let fulcio = self.fulcio_file(&prefix, root);
-            let rekor = self.rekor_file(&prefix, root);
-            self.roots.insert(key.clone(), RootFiles { fulcio, rekor });
+    /// The Fulcio CA bundle or Rekor key file of a trusted root (`None`: public-good), written
+    /// once, when first needed.
+    fn material(&mut self, path: Option<&Path>, root: &TrustedRoot, part: Part) -> Material {
+        let path = path.map(Path::to_path_buf);
+        if let Some(m) = self.roots.get(&(path.clone(), part)) {
+            return m.clone();
         }
-        &self.roots[&key]
+        let n = self.prefixes.len();
+        let prefix = self
+            .prefixes
+            .entry(path.clone())
+            .or_insert_with(|| match &path {
+                None => "public-good".to_string(),
+                Some(_) => format!("root{n}"),
+            })
+            .clone();
+        let m = match part {
+            Part::Fulcio => self.fulcio_file(&prefix, root),
+            Part::Rekor => self.rekor_file(&prefix, root),
+        };
+        self.roots.insert((path, part), m.clone());
+        m
     }
 
-    fn fulcio_file(&mut self, prefix: &str, root: &TrustedRoot) -> Result<(String, Vec<String>), String> {
+    fn fulcio_file(&mut self, prefix: &str, root: &TrustedRoot) -> Material {
         let mut notes = Vec::new();
         let mut pem = String::new();
         for ca in &root.certificate_authorities {
@@ -257,7 +272,7 @@ impl<'a> Renderer<'a> {
         Ok((self.path(&name), notes))
     }
 
-    fn rekor_file(&mut self, prefix: &str, root: &TrustedRoot) -> Result<(String, Vec<String>), String> {
+    fn rekor_file(&mut self, prefix: &str, root: &TrustedRoot) -> Material {
         let mut notes = Vec::new();
         let mut chosen: Option<&PublicKey> = None;
         for log in &root.tlogs {
@@ -322,8 +337,9 @@ impl<'a> Renderer<'a> {
                 }
                 if tlog != TlogRequirement::Off {
                     let public_good = self.public_good.get_or_insert_with(TrustedRoot::public_good).clone();
-                    let files = self.root_files(None, &public_good);
-                    let (rekor, rekor_notes) = files.rekor.clone().map_err(|e| format!("public-good root: {e}"))?;
+                    let (rekor, rekor_notes) = self
+                        .material(None, &public_good, Part::Rekor)
+                        .map_err(|e| format!("public-good root: {e}"))?;
                     req["rekorPublicKeyPath"] = rekor.into();
                     notes.extend(rekor_notes.into_iter().map(|n| (Effect::Stricter, n)));
                 }
@@ -355,9 +371,8 @@ impl<'a> Renderer<'a> {
                             .to_string(),
                     ));
                 }
-                let files = self.root_files(trusted_root_path.as_deref(), trusted_root);
-                let (ca, ca_notes) = files.fulcio.clone()?;
-                let (rekor, rekor_notes) = files.rekor.clone()?;
+                let (ca, ca_notes) = self.material(trusted_root_path.as_deref(), trusted_root, Part::Fulcio)?;
+                let (rekor, rekor_notes) = self.material(trusted_root_path.as_deref(), trusted_root, Part::Rekor)?;
                 notes.extend(ca_notes.into_iter().chain(rekor_notes).map(|n| (Effect::Stricter, n)));
                 if !trusted_root.ctlogs.is_empty() {
                     notes.push((
@@ -446,6 +461,7 @@ pub fn render_crio(policy: &Policy, keys_dir: &Path) -> CrioRender {
         files: Vec::new(),
         report: Vec::new(),
         roots: HashMap::new(),
+        prefixes: HashMap::new(),
         public_good: None,
     };
     if policy.mode == Mode::Off {

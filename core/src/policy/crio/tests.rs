@@ -198,6 +198,7 @@ fn key_transparency_log_required_optional_and_off() {
     let req = &required.policy_json["transports"]["docker"]["h.example/apps"][0];
     assert_eq!(req["rekorPublicKeyPath"], rekor);
     assert!(required.files.iter().any(|(n, b)| n == "public-good-rekor.pub" && b.starts_with(b"-----BEGIN PUBLIC KEY")));
+    assert!(!required.files.iter().any(|(n, _)| n.contains("fulcio")), "a key rule needs no Fulcio CA");
     // The public-good root also trusts the Ed25519 Rekor v2 log, which containers/image cannot use.
     assert_eq!(issues(&required, "log2025-1.rekor.sigstore.dev"), [(Some("k"), Effect::Stricter)]);
     assert!(issues(&required, "transparencyLog optional").is_empty());
@@ -379,4 +380,23 @@ fn issue_lines_name_rule_source_effect_and_reason() {
         message: "why".into(),
     };
     assert_eq!(i.to_string(), "rule \"apps\" (/etc/kcache/policy.d/10-apps.yaml): WIDER: why");
+}
+
+#[test]
+fn a_custom_trusted_root_is_written_once_for_all_rules_naming_it() {
+    let root = format!("{FIXTURES}/trusted-roots/sigstore-python-4.5.1/public-good/trusted_root.json");
+    let rule = |name: &str, ns: &str| {
+        format!(
+            "  - name: {name}\n    images: [\"h.example/{ns}/**\"]\n    authorities:\n      - keyless: {{issuer: \"https://i.example\", subject: \"a@example.com\", trustedRoot: \"{root}\"}}\n    signatureFormats: [cosign-v2]\n"
+        )
+    };
+    let r = render(&format!("rules:\n{}{}", rule("one", "a"), rule("two", "b")));
+    let mut names: Vec<&str> = r.files.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["root0-fulcio.pem", "root0-rekor.pub"]);
+    for ns in ["a", "b"] {
+        let req = &r.policy_json["transports"]["docker"][format!("h.example/{ns}")][0];
+        assert_eq!(req["fulcio"]["caPath"], format!("{KEYS}/root0-fulcio.pem"));
+        assert_eq!(req["rekorPublicKeyPath"], format!("{KEYS}/root0-rekor.pub"));
+    }
 }
