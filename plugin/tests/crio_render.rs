@@ -95,7 +95,16 @@ async fn skopeo_applies_the_rendered_policy_scopes_and_finds_our_signature() {
     )
     .unwrap();
     let out = kcache(
-        &["policy", "render", "crio", "--policy", "policy.yaml", "--out", "rendered", "--strict"],
+        &[
+            "policy",
+            "render",
+            "crio",
+            "--policy",
+            "policy.yaml",
+            "--out",
+            "rendered",
+            "--strict",
+        ],
         d,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -158,7 +167,16 @@ fn strict_refuses_to_write_what_containers_image_cannot_express_and_broken_polic
     )
     .unwrap();
     let out = kcache(
-        &["policy", "render", "crio", "--policy", "policy.yaml", "--out", "r", "--strict"],
+        &[
+            "policy",
+            "render",
+            "crio",
+            "--policy",
+            "policy.yaml",
+            "--out",
+            "r",
+            "--strict",
+        ],
         d,
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -167,10 +185,16 @@ fn strict_refuses_to_write_what_containers_image_cannot_express_and_broken_polic
         err.contains("rule \"ci\" (policy.yaml): WIDER:") && err.contains("ALLOWED UNVERIFIED"),
         "{err}"
     );
-    assert!(!d.join("r/policy.json").exists(), "--strict writes nothing when it fails");
+    assert!(
+        !d.join("r/policy.json").exists(),
+        "--strict writes nothing when it fails"
+    );
 
     // Without --strict the fail-closed rendering is written, and the report still printed.
-    let out = kcache(&["policy", "render", "crio", "--policy", "policy.yaml", "--out", "r"], d);
+    let out = kcache(
+        &["policy", "render", "crio", "--policy", "policy.yaml", "--out", "r"],
+        d,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ALLOWED UNVERIFIED"));
     assert!(d.join("r/policy.json").is_file() && d.join("r/registries.d/kcache.yaml").is_file());
@@ -178,19 +202,33 @@ fn strict_refuses_to_write_what_containers_image_cannot_express_and_broken_polic
     // stdout mode: policy.json, a separator, the registries.d YAML.
     let out = kcache(&["policy", "render", "crio", "--policy", "policy.yaml"], d);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let (json, yaml) = stdout.split_once("# --- registries.d/kcache.yaml ---\n").expect("separator");
+    let (json, yaml) = stdout
+        .split_once("# --- registries.d/kcache.yaml ---\n")
+        .expect("separator");
     let policy: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(policy["default"][0]["type"], "insecureAcceptAnything");
     assert!(yaml.contains("docker:"), "{yaml}");
 
     // JSON output carries the report.
     let out = kcache(
-        &["policy", "render", "crio", "--policy", "policy.yaml", "--output", "json"],
+        &[
+            "policy",
+            "render",
+            "crio",
+            "--policy",
+            "policy.yaml",
+            "--output",
+            "json",
+        ],
         d,
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["representable"], false);
-    assert!(doc["report"].as_array().unwrap().iter().any(|i| i["rule"] == "ci" && i["effect"] == "wider"));
+    assert!(doc["report"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["rule"] == "ci" && i["effect"] == "wider"));
 
     std::fs::write(d.join("broken.yaml"), "rules:\n  - name: x\n").unwrap();
     let out = kcache(&["policy", "render", "crio", "--policy", "broken.yaml"], d);

@@ -120,7 +120,13 @@ fn scope_of(pattern: &super::ImagePattern) -> Scope {
     let (segs, tag, digest) = pattern.parts();
     let literal = |s: &Option<&str>| matches!(s, Some(g) if !g.contains('*'));
     let last = segs.len() - 1;
-    let prefix = |n: usize| segs[..n].iter().map(|s| s.unwrap_or_default()).collect::<Vec<_>>().join("/");
+    let prefix = |n: usize| {
+        segs[..n]
+            .iter()
+            .map(|s| s.unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
     let any_paths = segs.iter().filter(|s| s.is_none()).count();
     if any_paths > 0 {
         if any_paths == 1 && segs[last].is_none() && segs[..last].iter().all(literal) {
@@ -195,7 +201,13 @@ fn reject() -> Value {
 /// A file-name-safe form of a rule name (already `[A-Za-z0-9._-]`, but never trust that here).
 fn safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -203,7 +215,9 @@ impl<'a> Renderer<'a> {
     fn issue(&mut self, rule: Option<&Rule>, effect: Effect, message: impl Into<String>) {
         let issue = Issue {
             rule: rule.map(|r| r.name.clone()),
-            source: rule.map(|r| r.source.clone()).or_else(|| self.policy.sources.first().cloned()),
+            source: rule
+                .map(|r| r.source.clone())
+                .or_else(|| self.policy.sources.first().cloned()),
             effect,
             message: message.into(),
         };
@@ -661,7 +675,11 @@ fn probe(r: &mut Renderer<'_>, entries: &BTreeMap<String, Entry>) {
             let repo = repo_of(scope);
             probes.push((repo.to_string(), Some(scope[repo.len() + 1..].to_string()), None));
         } else {
-            let base = if scope.is_empty() { "kcache-probe.invalid" } else { scope.as_str() };
+            let base = if scope.is_empty() {
+                "kcache-probe.invalid"
+            } else {
+                scope.as_str()
+            };
             if base.contains('/') {
                 probes.push((base.to_string(), Some("latest".into()), None));
                 probes.push((base.to_string(), None, Some(probe_digest.clone())));
@@ -688,26 +706,45 @@ fn probe(r: &mut Renderer<'_>, entries: &BTreeMap<String, Entry>) {
             };
             let kc_text = match &kc_rule {
                 Some(k) => format!("rule {k:?}"),
-                None => format!("the default ({})", if r.policy.default == DefaultAction::Allow { "allow" } else { "deny" }),
+                None => format!(
+                    "the default ({})",
+                    if r.policy.default == DefaultAction::Allow {
+                        "allow"
+                    } else {
+                        "deny"
+                    }
+                ),
             };
             let (ci_rule, ci_text, ci_accepts) = match ci {
                 Some((s, e)) => {
                     let names: Vec<&str> = e.rules.iter().map(|&i| r.policy.rules[i].name.as_str()).collect();
-                    let scope = if s.is_empty() { "the docker transport default" } else { s };
+                    let scope = if s.is_empty() {
+                        "the docker transport default"
+                    } else {
+                        s
+                    };
                     (
                         e.rules.first().map(|&i| &r.policy.rules[i]),
                         format!("scope `{scope}` (rules {names:?})"),
                         e.reqs == [accept()],
                     )
                 }
-                None => (None, "the default".to_string(), r.policy.default == DefaultAction::Allow),
+                None => (
+                    None,
+                    "the default".to_string(),
+                    r.policy.default == DefaultAction::Allow,
+                ),
             };
             let kc_allows = match kc {
                 super::Match::Rule { rule, .. } => rule.allow,
                 super::Match::Default(d) => d == DefaultAction::Allow,
             };
-            let effect = if ci_accepts && !kc_allows { Effect::Wider } else { Effect::Differs };
-            let rule = ci_rule.or_else(|| match kc {
+            let effect = if ci_accepts && !kc_allows {
+                Effect::Wider
+            } else {
+                Effect::Differs
+            };
+            let rule = ci_rule.or(match kc {
                 super::Match::Rule { rule, .. } => Some(rule),
                 super::Match::Default(_) => None,
             });

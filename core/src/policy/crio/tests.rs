@@ -70,7 +70,11 @@ fn widened_scopes(#[case] pattern: &str, #[case] want: &str) {
 #[case("ghcr.io/x/y:v1.*")]
 #[case("quay.io/gkm/*:v1")]
 fn unrepresentable_scopes(#[case] pattern: &str) {
-    assert!(matches!(scope(pattern), Scope::No(_)), "{pattern}: {:?}", scope(pattern));
+    assert!(
+        matches!(scope(pattern), Scope::No(_)),
+        "{pattern}: {:?}",
+        scope(pattern)
+    );
 }
 
 #[test]
@@ -124,7 +128,10 @@ fn key_rule_allow_rule_and_default_deny_render_exactly() {
     assert_eq!(yaml, want, "{}", r.registries_d);
     assert_eq!(r.files.len(), 1);
     let key = crate::keys::PublicKey::from_pem(&std::fs::read(key_path()).unwrap()).unwrap();
-    assert_eq!(r.files[0], ("apps-authority0.pub".to_string(), key.to_pem().into_bytes()));
+    assert_eq!(
+        r.files[0],
+        ("apps-authority0.pub".to_string(), key.to_pem().into_bytes())
+    );
 }
 
 #[test]
@@ -147,7 +154,9 @@ rules:
 
 #[test]
 fn unrenderable_pattern_under_default_deny_is_stricter() {
-    let r = render(&key_and_allow("  - {name: pause, images: [\"h.example/pause:v3.*\"], allow: true}\n"));
+    let r = render(&key_and_allow(
+        "  - {name: pause, images: [\"h.example/pause:v3.*\"], allow: true}\n",
+    ));
     assert_eq!(issues(&r, "tag glob `v3.*`"), [(Some("pause"), Effect::Stricter)]);
     assert!(r.policy_json["transports"]["docker"].get("h.example/pause").is_none());
 }
@@ -158,10 +167,16 @@ fn warn_renders_as_enforce_and_off_accepts_everything() {
     let enforce = render(&key_and_allow(""));
     assert_eq!(warn.policy_json, enforce.policy_json);
     assert_eq!(issues(&warn, "mode warn"), [(None, Effect::Stricter)]);
-    assert_eq!(warn.report[0].source.as_deref(), Some(Path::new("/etc/kcache/policy.yaml")));
+    assert_eq!(
+        warn.report[0].source.as_deref(),
+        Some(Path::new("/etc/kcache/policy.yaml"))
+    );
 
     let off = render(&format!("mode: off\n{}", key_and_allow("")));
-    assert_eq!(off.policy_json, json!({"default": [{"type": "insecureAcceptAnything"}]}));
+    assert_eq!(
+        off.policy_json,
+        json!({"default": [{"type": "insecureAcceptAnything"}]})
+    );
     assert_eq!(issues(&off, "mode off"), [(None, Effect::Wider)]);
 }
 
@@ -182,7 +197,10 @@ rules:
     let reqs = &r.policy_json["transports"]["docker"]["h.example/apps"];
     assert_eq!(reqs.as_array().unwrap().len(), 1);
     assert_eq!(reqs[0]["keyPath"], format!("{KEYS}/two-authority0.pub"));
-    assert_eq!(issues(&r, "authorities[1] not rendered"), [(Some("two"), Effect::Stricter)]);
+    assert_eq!(
+        issues(&r, "authorities[1] not rendered"),
+        [(Some("two"), Effect::Stricter)]
+    );
 }
 
 #[test]
@@ -197,19 +215,36 @@ fn key_transparency_log_required_optional_and_off() {
     let required = render(&rule("    transparencyLog: required\n"));
     let req = &required.policy_json["transports"]["docker"]["h.example/apps"][0];
     assert_eq!(req["rekorPublicKeyPath"], rekor);
-    assert!(required.files.iter().any(|(n, b)| n == "public-good-rekor.pub" && b.starts_with(b"-----BEGIN PUBLIC KEY")));
-    assert!(!required.files.iter().any(|(n, _)| n.contains("fulcio")), "a key rule needs no Fulcio CA");
+    assert!(required
+        .files
+        .iter()
+        .any(|(n, b)| n == "public-good-rekor.pub" && b.starts_with(b"-----BEGIN PUBLIC KEY")));
+    assert!(
+        !required.files.iter().any(|(n, _)| n.contains("fulcio")),
+        "a key rule needs no Fulcio CA"
+    );
     // The public-good root also trusts the Ed25519 Rekor v2 log, which containers/image cannot use.
-    assert_eq!(issues(&required, "log2025-1.rekor.sigstore.dev"), [(Some("k"), Effect::Stricter)]);
+    assert_eq!(
+        issues(&required, "log2025-1.rekor.sigstore.dev"),
+        [(Some("k"), Effect::Stricter)]
+    );
     assert!(issues(&required, "transparencyLog optional").is_empty());
 
     // The key default is optional: rendered as required, reported.
     let optional = render(&rule(""));
-    assert_eq!(optional.policy_json["transports"]["docker"]["h.example/apps"][0]["rekorPublicKeyPath"], rekor);
-    assert_eq!(issues(&optional, "transparencyLog optional"), [(Some("k"), Effect::Stricter)]);
+    assert_eq!(
+        optional.policy_json["transports"]["docker"]["h.example/apps"][0]["rekorPublicKeyPath"],
+        rekor
+    );
+    assert_eq!(
+        issues(&optional, "transparencyLog optional"),
+        [(Some("k"), Effect::Stricter)]
+    );
 
     let off = render(&rule("    transparencyLog: off\n"));
-    assert!(off.policy_json["transports"]["docker"]["h.example/apps"][0].get("rekorPublicKeyPath").is_none());
+    assert!(off.policy_json["transports"]["docker"]["h.example/apps"][0]
+        .get("rekorPublicKeyPath")
+        .is_none());
     assert!(off.report.is_empty(), "{:#?}", off.report);
 }
 
@@ -242,9 +277,13 @@ rules:
     let certs = crate::keys::pem_blocks(std::str::from_utf8(pem).unwrap()).unwrap();
     // The open-ended public-good CA (intermediate + root); the 2021–2022 CA has an end date.
     let root = TrustedRoot::public_good();
-    let open: Vec<_> = root.certificate_authorities.iter().filter(|c| c.valid_for.end.is_none()).collect();
+    let open: Vec<_> = root
+        .certificate_authorities
+        .iter()
+        .filter(|c| c.valid_for.end.is_none())
+        .collect();
     assert_eq!(certs.len(), open.iter().map(|c| c.chain.len()).sum::<usize>());
-    assert!(certs.len() >= 1 && certs.iter().all(|(l, _)| l == "CERTIFICATE"));
+    assert!(!certs.is_empty() && certs.iter().all(|(l, _)| l == "CERTIFICATE"));
     assert_eq!(certs[0].1, open[0].chain[0]);
     assert_eq!(issues(&r, "valid until"), [(Some("mail"), Effect::Stricter)]);
     assert_eq!(issues(&r, "SCT"), [(Some("mail"), Effect::Wider)]);
@@ -252,13 +291,22 @@ rules:
 
 #[rstest]
 #[case(r#"{issuer: "https://token.actions.githubusercontent.com", subject: "https://github.com/o/r/.github/workflows/b.yml@refs/heads/main"}"#, "not an e-mail address")]
-#[case(r#"{issuer: "https://accounts.google.com", subjectRegExp: '^.*@example\.com$'}"#, "no regular expressions")]
-#[case(r#"{issuerRegExp: '^https://accounts\.google\.com$', subject: "a@example.com"}"#, "no regular expressions")]
+#[case(
+    r#"{issuer: "https://accounts.google.com", subjectRegExp: '^.*@example\.com$'}"#,
+    "no regular expressions"
+)]
+#[case(
+    r#"{issuerRegExp: '^https://accounts\.google\.com$', subject: "a@example.com"}"#,
+    "no regular expressions"
+)]
 fn unrepresentable_keyless_renders_reject(#[case] keyless: &str, #[case] why: &str) {
     let r = render(&format!(
         "rules:\n  - name: kl\n    images: [\"h.example/apps/**\"]\n    authorities: [{{keyless: {keyless}}}]\n    signatureFormats: [cosign-v2]\n"
     ));
-    assert_eq!(r.policy_json["transports"]["docker"]["h.example/apps"], json!([{"type": "reject"}]));
+    assert_eq!(
+        r.policy_json["transports"]["docker"]["h.example/apps"],
+        json!([{"type": "reject"}])
+    );
     assert_eq!(issues(&r, why), [(Some("kl"), Effect::Stricter)]);
     assert_eq!(issues(&r, "no authority"), [(Some("kl"), Effect::Stricter)]);
     // Nothing asks for attachments where nothing is verified.
@@ -275,7 +323,10 @@ fn an_unrepresentable_authority_beside_a_key_is_reported_and_the_key_rendered() 
         r.policy_json["transports"]["docker"]["h.example/apps"][0]["keyPath"],
         format!("{KEYS}/mix-authority1.pub")
     );
-    assert_eq!(issues(&r, "authorities[0] not representable"), [(Some("mix"), Effect::Stricter)]);
+    assert_eq!(
+        issues(&r, "authorities[0] not representable"),
+        [(Some("mix"), Effect::Stricter)]
+    );
 }
 
 #[test]
@@ -287,10 +338,16 @@ fn signature_formats() {
         )
     };
     let v3 = render(&rule("[cosign-v3]"));
-    assert_eq!(v3.policy_json["transports"]["docker"]["h.example/apps"], json!([{"type": "reject"}]));
+    assert_eq!(
+        v3.policy_json["transports"]["docker"]["h.example/apps"],
+        json!([{"type": "reject"}])
+    );
     assert_eq!(issues(&v3, "[cosign-v3] only"), [(Some("f"), Effect::Stricter)]);
     let both = render(&rule("[cosign-v2, cosign-v3]"));
-    assert_eq!(both.policy_json["transports"]["docker"]["h.example/apps"][0]["type"], "sigstoreSigned");
+    assert_eq!(
+        both.policy_json["transports"]["docker"]["h.example/apps"][0]["type"],
+        "sigstoreSigned"
+    );
     assert_eq!(issues(&both, "cosign-v3 signatures"), [(Some("f"), Effect::Stricter)]);
 }
 
@@ -303,13 +360,28 @@ fn single_star_signed_is_widened_and_reported_allow_is_not_rendered() {
     let docker = &r.policy_json["transports"]["docker"];
     assert_eq!(docker["h.example/apps"][0]["type"], "sigstoreSigned");
     assert!(docker.get("h.example/open").is_none() && docker.get("registry.k8s.io/pause").is_none());
-    assert_eq!(issues(&r, "rendered as scope `h.example/apps`"), [(Some("s"), Effect::Differs)]);
-    assert_eq!(issues(&r, "`h.example/open/*` not rendered"), [(Some("a"), Effect::Stricter)]);
-    assert_eq!(issues(&r, "`registry.k8s.io/pause:*` not rendered"), [(Some("a"), Effect::Stricter)]);
-    // The probes name the concrete images: the namespace itself and a nested repository.
-    assert_eq!(issues(&r, "image h.example/apps:latest is decided by the default"), [(Some("s"), Effect::Differs)]);
     assert_eq!(
-        issues(&r, "image h.example/apps/kcache-probe/nested:latest is decided by the default"),
+        issues(&r, "rendered as scope `h.example/apps`"),
+        [(Some("s"), Effect::Differs)]
+    );
+    assert_eq!(
+        issues(&r, "`h.example/open/*` not rendered"),
+        [(Some("a"), Effect::Stricter)]
+    );
+    assert_eq!(
+        issues(&r, "`registry.k8s.io/pause:*` not rendered"),
+        [(Some("a"), Effect::Stricter)]
+    );
+    // The probes name the concrete images: the namespace itself and a nested repository.
+    assert_eq!(
+        issues(&r, "image h.example/apps:latest is decided by the default"),
+        [(Some("s"), Effect::Differs)]
+    );
+    assert_eq!(
+        issues(
+            &r,
+            "image h.example/apps/kcache-probe/nested:latest is decided by the default"
+        ),
         [(Some("s"), Effect::Differs)]
     );
     assert!(issues(&r, "image h.example/apps/kcache-probe:latest").is_empty());
@@ -318,9 +390,15 @@ fn single_star_signed_is_widened_and_reported_allow_is_not_rendered() {
 #[test]
 fn exact_allow_repository_is_rendered_and_its_nested_repositories_reported_wider() {
     let r = render("rules:\n  - {name: pause, images: [\"registry.k8s.io/pause\"], allow: true}\n");
-    assert_eq!(r.policy_json["transports"]["docker"]["registry.k8s.io/pause"], json!([accept()]));
     assert_eq!(
-        issues(&r, "image registry.k8s.io/pause/kcache-probe:latest is decided by the default (deny)"),
+        r.policy_json["transports"]["docker"]["registry.k8s.io/pause"],
+        json!([accept()])
+    );
+    assert_eq!(
+        issues(
+            &r,
+            "image registry.k8s.io/pause/kcache-probe:latest is decided by the default (deny)"
+        ),
         [(Some("pause"), Effect::Wider)]
     );
     assert!(issues(&r, "image registry.k8s.io/pause:latest").is_empty());
@@ -335,7 +413,10 @@ fn precedence_conflict_between_single_star_and_deeper_double_star_is_reported() 
         key_path()
     ));
     assert_eq!(
-        issues(&r, "image h.example/ns/x:latest is decided by rule \"star\" in kcache, by scope `h.example/ns/x`"),
+        issues(
+            &r,
+            "image h.example/ns/x:latest is decided by rule \"star\" in kcache, by scope `h.example/ns/x`"
+        ),
         [(Some("deep"), Effect::Wider)]
     );
 }
@@ -347,15 +428,30 @@ fn two_rules_on_one_scope_keep_the_stricter_requirements() {
         key_path()
     ));
     // `h.example/ns/*` is an allow widening, so it is not rendered; nothing collides.
-    assert_eq!(r.policy_json["transports"]["docker"]["h.example/ns"][0]["type"], "sigstoreSigned");
+    assert_eq!(
+        r.policy_json["transports"]["docker"]["h.example/ns"][0]["type"],
+        "sigstoreSigned"
+    );
 
     let r = render(&format!(
         "rules:\n  - {{name: open, images: [\"h.example/ns/**\"], allow: true}}\n  - name: signed\n    images: [\"h.example/ns/*\"]\n    authorities: [{{key: {{path: \"{}\"}}}}]\n    transparencyLog: off\n    signatureFormats: [cosign-v2]\n",
         key_path()
     ));
-    assert_eq!(r.policy_json["transports"]["docker"]["h.example/ns"].as_array().unwrap().len(), 1);
-    assert_eq!(r.policy_json["transports"]["docker"]["h.example/ns"][0]["type"], "sigstoreSigned");
-    assert_eq!(issues(&r, "their allow is dropped"), [(Some("signed"), Effect::Stricter)]);
+    assert_eq!(
+        r.policy_json["transports"]["docker"]["h.example/ns"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        r.policy_json["transports"]["docker"]["h.example/ns"][0]["type"],
+        "sigstoreSigned"
+    );
+    assert_eq!(
+        issues(&r, "their allow is dropped"),
+        [(Some("signed"), Effect::Stricter)]
+    );
     assert!(r.registries_d.contains("h.example/ns"));
 }
 
@@ -367,7 +463,10 @@ fn catch_all_double_star_is_the_docker_transport_default() {
     ));
     assert_eq!(r.policy_json["transports"]["docker"][""][0]["type"], "sigstoreSigned");
     let yaml: serde_yaml::Value = serde_yaml::from_str(&r.registries_d).unwrap();
-    assert_eq!(yaml["default-docker"]["use-sigstore-attachments"], serde_yaml::Value::Bool(true));
+    assert_eq!(
+        yaml["default-docker"]["use-sigstore-attachments"],
+        serde_yaml::Value::Bool(true)
+    );
     assert!(r.report.is_empty(), "{:#?}", r.report);
 }
 
@@ -379,7 +478,10 @@ fn issue_lines_name_rule_source_effect_and_reason() {
         effect: Effect::Wider,
         message: "why".into(),
     };
-    assert_eq!(i.to_string(), "rule \"apps\" (/etc/kcache/policy.d/10-apps.yaml): WIDER: why");
+    assert_eq!(
+        i.to_string(),
+        "rule \"apps\" (/etc/kcache/policy.d/10-apps.yaml): WIDER: why"
+    );
 }
 
 #[test]
