@@ -340,16 +340,19 @@ impl<'a> Renderer<'a> {
                     "signedIdentity": {"type": "matchRepository"},
                 });
                 if tlog == TlogRequirement::Optional {
+                    // Ignoring a present entry accepts no other image: whoever holds the key can
+                    // sign without a log entry, which kcache accepts under `optional` too.
                     notes.push((
-                        Effect::Stricter,
+                        Effect::Differs,
                         format!(
                             "key {}: transparencyLog optional has no equivalent (containers/image requires a \
-                             Rekor SET or ignores the log); rendered as required",
+                             Rekor SET or ignores the log); rendered as off: a log entry that is present is not \
+                             checked, the key signature still is",
                             path.display()
                         ),
                     ));
                 }
-                if tlog != TlogRequirement::Off {
+                if tlog == TlogRequirement::Required {
                     let public_good = self.public_good.get_or_insert_with(TrustedRoot::public_good).clone();
                     let (rekor, rekor_notes) = self
                         .material(None, &public_good, Part::Rekor)

@@ -230,16 +230,16 @@ fn key_transparency_log_required_optional_and_off() {
     );
     assert!(issues(&required, "transparencyLog optional").is_empty());
 
-    // The key default is optional: rendered as required, reported.
+    // The key default is optional: rendered as off (the key signature is what matters), reported.
     let optional = render(&rule(""));
-    assert_eq!(
-        optional.policy_json["transports"]["docker"]["h.example/apps"][0]["rekorPublicKeyPath"],
-        rekor
-    );
+    assert!(optional.policy_json["transports"]["docker"]["h.example/apps"][0]
+        .get("rekorPublicKeyPath")
+        .is_none());
     assert_eq!(
         issues(&optional, "transparencyLog optional"),
-        [(Some("k"), Effect::Stricter)]
+        [(Some("k"), Effect::Differs)]
     );
+    assert!(optional.files.iter().all(|(n, _)| !n.contains("rekor")));
 
     let off = render(&rule("    transparencyLog: off\n"));
     assert!(off.policy_json["transports"]["docker"]["h.example/apps"][0]

@@ -87,6 +87,13 @@ fn crio(a: CrioArgs) -> Result<Outcome> {
             eprintln!("{issue}");
         }
     }
+    let text = r.policy_json.to_string();
+    if a.output == Output::Text && (text.contains("\"fulcio\"") || text.contains("\"rekorPublicKeyPath\"")) {
+        eprintln!(
+            "note: policy.json uses `fulcio`/`rekorPublicKeyPath`, which containers/image releases without \
+             Fulcio/Rekor support (e.g. Debian's skopeo 1.9.3) refuse, failing every pull"
+        );
+    }
     let mut written = Vec::new();
     if !refused {
         if let Some(dir) = &out {
