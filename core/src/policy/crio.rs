@@ -5,9 +5,10 @@
 //! containers/image cannot say everything kcache can. Every rule, or part of a rule, it cannot
 //! express is rendered **at least as strictly** (a `reject`, a narrower authority set, a
 //! required transparency log) and reported as an [`Issue`]; the only renderings that may accept
-//! more than kcache are listed as [`Effect::Wider`] (mode `off`, `default: allow` over rules that
-//! could not be rendered, nested repositories under an exact repository scope, checks that
-//! containers/image has no setting for).
+//! more than kcache are reported as [`Effect::Wider`]: mode `off`, `default: allow` over rules that
+//! could not be rendered, an allow-listed repository scope that also covers nested repositories
+//! and other precedence differences the probes find, and checks containers/image has no setting
+//! for (the SCT).
 //!
 //! The differences that drive the mapping:
 //!
@@ -439,7 +440,12 @@ impl<'a> Renderer<'a> {
                 Ok(r) if chosen.is_none() => chosen = Some((j, r)),
                 Ok(_) => skipped.push(format!(
                     "authorities[{j}] not rendered: kcache accepts any one authority, containers/image requires \
-                     all requirements of a scope, so only one authority is rendered; its signatures are rejected"
+                     all requirements of a scope, so only one authority is rendered; its signatures are rejected{}",
+                    if matches!(a, Authority::Key { .. }) {
+                        " (newer containers/image has `keyPaths` for several keys, which older releases refuse)"
+                    } else {
+                        ""
+                    }
                 )),
                 Err(why) => skipped.push(format!("authorities[{j}] not representable: {why}")),
             }
