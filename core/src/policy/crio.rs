@@ -677,9 +677,14 @@ fn cimage_lookup<'e>(
 fn probe(r: &mut Renderer<'_>, entries: &BTreeMap<String, Entry>) {
     let probe_digest = Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("valid digest");
     for scope in entries.keys() {
+        // (name, tag, digest): with both, a pull by tag that resolves to the digest, which
+        // kcache matches against digest pins and containers/image only by its tag.
         let mut probes: Vec<(String, Option<String>, Option<Digest>)> = Vec::new();
         if let Some((repo, d)) = scope.split_once('@') {
-            probes.extend(Digest::parse(d).ok().map(|d| (repo.to_string(), None, Some(d))));
+            if let Ok(d) = Digest::parse(d) {
+                probes.push((repo.to_string(), None, Some(d.clone())));
+                probes.push((repo.to_string(), Some("latest".into()), Some(d)));
+            }
         } else if repo_of(scope) != scope {
             let repo = repo_of(scope);
             probes.push((repo.to_string(), Some(scope[repo.len() + 1..].to_string()), None));
@@ -698,7 +703,8 @@ fn probe(r: &mut Renderer<'_>, entries: &BTreeMap<String, Entry>) {
         }
         for (name, tag, digest) in probes {
             let kc = r.policy.match_image(&name, tag.as_deref(), digest.as_ref());
-            let ci = cimage_lookup(entries, &name, tag.as_deref(), digest.as_ref());
+            let ci_digest = if tag.is_some() { None } else { digest.as_ref() };
+            let ci = cimage_lookup(entries, &name, tag.as_deref(), ci_digest);
             let kc_rule = kc.rule_name().map(str::to_string);
             let agree = match (&kc_rule, ci) {
                 (None, None) => true,
@@ -709,6 +715,7 @@ fn probe(r: &mut Renderer<'_>, entries: &BTreeMap<String, Entry>) {
                 continue;
             }
             let image = match (&tag, &digest) {
+                (Some(t), Some(d)) => format!("{name}:{t} (resolving to {d})"),
                 (_, Some(d)) => format!("{name}@{d}"),
                 (Some(t), None) => format!("{name}:{t}"),
                 (None, None) => name.clone(),

@@ -502,3 +502,30 @@ fn a_custom_trusted_root_is_written_once_for_all_rules_naming_it() {
         assert_eq!(req["rekorPublicKeyPath"], format!("{KEYS}/root0-rekor.pub"));
     }
 }
+
+#[test]
+fn a_digest_pin_applies_to_tag_pulls_in_kcache_but_not_in_containers_image() {
+    let d = format!("sha256:{}", "a".repeat(64));
+    let r = render(&format!(
+        "rules:\n  - {{name: open, images: [\"h.example/ns/**\"], allow: true}}\n  - name: pinned\n    images: [\"h.example/ns/app@{d}\"]\n    authorities: [{{key: {{path: \"{}\"}}}}]\n    transparencyLog: off\n    signatureFormats: [cosign-v2]\n",
+        key_path()
+    ));
+    assert_eq!(
+        r.policy_json["transports"]["docker"][format!("h.example/ns/app@{d}")][0]["type"],
+        "sigstoreSigned"
+    );
+    // Pulled by digest both agree; pulled by a tag that resolves to it, containers/image sees only
+    // the tag and allows it unsigned.
+    assert!(
+        issues(&r, &format!("image h.example/ns/app@{d} is")).is_empty(),
+        "{:#?}",
+        r.report
+    );
+    assert_eq!(
+        issues(
+            &r,
+            &format!("image h.example/ns/app:latest (resolving to {d}) is decided by rule \"pinned\"")
+        ),
+        [(Some("open"), Effect::Wider)]
+    );
+}
