@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod cache_cmd;
 mod install_cmd;
+mod policy_cmd;
 mod registry_args;
 mod sign_cmd;
 mod sigstore_cmd;
@@ -43,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: install_cmd::InstallCommand,
     },
+    /// Policy tools: render it for CRI-O's verifier (containers/image).
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
     /// Sigstore tools (the sigstore-conformance client protocol).
     Sigstore {
         #[command(subcommand)]
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
         Command::Gpu(a) => cache_cmd::gpu(a),
         Command::Cache { command } => cache_cmd::run(command),
         Command::Install { command } => install_cmd::run(command),
+        Command::Policy { command } => policy_cmd::run(command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
