@@ -1,0 +1,329 @@
+//! The mount itself: into the container's mount namespace, find the target inside the rootfs
+//! without ever leaving it, and put the overlay there.
+//!
+//! When runc runs prestart (and createRuntime) hooks, its init process has made the container's
+//! mount namespace (`/` rslave), bind-mounted the rootfs onto itself and done the spec's mounts,
+//! but has not pivoted yet (libcontainer `prepareRootfs`: `syncParentHooks` comes before
+//! `pivot_root`). So in that namespace the rootfs is still at its host path, and the host's
+//! `/var/lib/kcache` and `/run/kcache` are there too (copies of the host's mounts). The hook:
+//!
+//! 1. opens `/proc/<pid>/ns/mnt` and refuses the host's own namespace;
+//! 2. `setns` (a single-threaded process: setns into a mount namespace fails otherwise);
+//! 3. opens the rootfs path with `RESOLVE_NO_SYMLINKS` (runc itself refuses a rootfs path with a
+//!    symlink in it) and checks it is a mount root (runc's bind mount), so a rootfs swapped for a
+//!    symlink or a plain directory is refused;
+//! 4. walks the target one component at a time with `openat2(rootfs, prefix,
+//!    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: a symlink in the image resolves inside the
+//!    rootfs, `..` cannot climb out, and missing components are made with `mkdirat` on the
+//!    resolved parent (which never follows a link);
+//! 5. builds the overlay with fsopen/fsconfig/fsmount and attaches it with `move_mount` onto the
+//!    resolved fd: no path is looked up again between the check and the mount.
+//!
+//! The hook never chdirs into the rootfs and never executes anything.
+
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use rustix::{
+    fs::{openat2, statx, AtFlags, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags, CWD},
+    io::Errno,
+    mount::{
+        fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags, FsOpenFlags, MountAttrFlags,
+        MoveMountFlags,
+    },
+    thread::{move_into_link_name_space, LinkNameSpaceType},
+};
+
+use crate::target::Target;
+
+/// A mount step failed; the message names the step and the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {detail}")]
+pub struct MountError {
+    /// What was being done.
+    pub step: String,
+    /// Why it failed.
+    pub detail: String,
+}
+
+fn fail(step: impl Into<String>) -> impl FnOnce(Errno) -> MountError {
+    let step = step.into();
+    move |e| MountError {
+        step,
+        detail: std::io::Error::from(e).to_string(),
+    }
+}
+
+/// Filesystems a cache never goes onto (and that a symlink in the image could point at).
+const KERNEL_FS: [(u64, &str); 7] = [
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x1cd1, "devpts"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x7363_6673, "securityfs"),
+    (0x6462_6720, "debugfs"),
+];
+
+/// Moves this process into the mount namespace of `pid`. Refuses the namespace the hook is
+/// already in (a container without a mount namespace of its own: mounting there would change
+/// the host).
+pub fn enter_namespace(pid: i32) -> Result<(), MountError> {
+    let path = format!("/proc/{pid}/ns/mnt");
+    let ns = rustix::fs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(fail(format!("open {path}")))?;
+    let theirs = rustix::fs::fstat(&ns).map_err(fail(format!("stat {path}")))?;
+    let ours = rustix::fs::stat("/proc/self/ns/mnt").map_err(fail("stat /proc/self/ns/mnt"))?;
+    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino) {
+        return Err(MountError {
+            step: format!("enter {path}"),
+            detail: "the container shares the hook's mount namespace".into(),
+        });
+    }
+    move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Mount))
+        .map_err(fail(format!("setns {path} (the hook must be single-threaded)")))
+}
+
+/// Opens the rootfs (in the container's namespace): no symlink anywhere on the path, and it
+/// must be a mount root.
+pub fn open_rootfs(rootfs: &Path) -> Result<OwnedFd, MountError> {
+    let step = format!("open rootfs {}", rootfs.display());
+    let fd = openat2(
+        CWD,
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(fail(&step))?;
+    let st = statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS).map_err(fail(&step))?;
+    if !st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+        return Err(MountError {
+            step,
+            detail: "the kernel cannot tell whether it is a mount root (statx needs Linux 5.8)".into(),
+        });
+    }
+    if !st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT) {
+        return Err(MountError {
+            step,
+            detail: "not a mount point in the container's namespace (the rootfs was swapped?)".into(),
+        });
+    }
+    Ok(fd)
+}
+
+/// Resolves `target` under `root`, creating missing directories (owned by `owner`, the
+/// container user on the host), and returns an `O_PATH` fd of the target directory.
+pub fn resolve_target(root: &OwnedFd, target: &Target, owner: (u32, u32)) -> Result<OwnedFd, MountError> {
+    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut parent = openat2(root, ".", flags, Mode::empty(), how).map_err(fail("open rootfs"))?;
+    let mut prefix = String::new();
+    for name in target.components() {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(name);
+        let step = || format!("resolve {} in the rootfs at /{prefix}", target.path);
+        let fd = match openat2(root, prefix.as_str(), flags, Mode::empty(), how) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(fail(format!("create /{prefix} in the rootfs"))(e)),
+                }
+                let fd = openat2(root, prefix.as_str(), flags, Mode::empty(), how).map_err(fail(step()))?;
+                rustix::fs::chownat(
+                    &fd,
+                    "",
+                    Some(rustix::fs::Uid::from_raw(owner.0)),
+                    Some(rustix::fs::Gid::from_raw(owner.1)),
+                    AtFlags::EMPTY_PATH,
+                )
+                .map_err(fail(format!("chown /{prefix} in the rootfs")))?;
+                fd
+            }
+            Err(e) => return Err(fail(step())(e)),
+        };
+        parent = fd;
+    }
+    let fs = rustix::fs::fstatfs(&parent).map_err(fail(format!("statfs {}", target.path)))?;
+    if let Some((_, name)) = KERNEL_FS.iter().find(|(magic, _)| *magic == fs.f_type as u64) {
+        return Err(MountError {
+            step: format!("resolve {}", target.path),
+            detail: format!("it is on {name}, where a cache never goes"),
+        });
+    }
+    Ok(parent)
+}
+
+/// The overlay's directories (host paths, also valid in the container's namespace).
+#[derive(Debug, Clone)]
+pub struct Layers {
+    /// Read-only lowers, top first (the `__grp__` rewrite, then the cache).
+    pub lowers: Vec<PathBuf>,
+    /// The per-container upper dir.
+    pub upper: PathBuf,
+    /// Its work dir.
+    pub work: PathBuf,
+}
+
+impl Layers {
+    fn check(&self) -> Result<(), MountError> {
+        for p in self.lowers.iter().chain([&self.upper, &self.work]) {
+            let s = p.to_str().unwrap_or(",");
+            if !p.is_absolute() || s.contains([':', ',', '\\', '\n']) {
+                return Err(MountError {
+                    step: "overlay options".into(),
+                    detail: format!("{} cannot be an overlay layer path (':', ',' or '\\')", p.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mounts the overlay on `target` (an fd from [`resolve_target`]): nosuid, nodev.
+pub fn mount_overlay(target: &OwnedFd, layers: &Layers) -> Result<(), MountError> {
+    layers.check()?;
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(fail("fsopen overlay"))?;
+    let lower = layers
+        .lowers
+        .iter()
+        .map(|p| p.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(":");
+    let set = |key: &str, value: &str| {
+        fsconfig_set_string(&fs, key, value)
+            .map_err(|e| with_log(&fs, fail(format!("overlay option {key}={value}"))(e)))
+    };
+    set("source", "kcache")?;
+    set("lowerdir", &lower)?;
+    set("upperdir", &layers.upper.to_string_lossy())?;
+    set("workdir", &layers.work.to_string_lossy())?;
+    fsconfig_create(&fs).map_err(|e| with_log(&fs, fail("create the overlay")(e)))?;
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(fail("fsmount overlay"))?;
+    move_mount(
+        &mnt,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(fail("attach the overlay at the target"))
+}
+
+/// Appends the kernel's messages for an fs context (what overlayfs says about bad options).
+fn with_log(fs: &OwnedFd, mut e: MountError) -> MountError {
+    let mut buf = [0u8; 1024];
+    for _ in 0..8 {
+        match rustix::io::read(fs, &mut buf) {
+            Ok(n) if n > 0 => {
+                e.detail.push_str("; kernel: ");
+                e.detail.push_str(String::from_utf8_lossy(&buf[..n]).trim());
+            }
+            _ => break,
+        }
+    }
+    e
+}
+
+/// Overlay mounts in this namespace whose upper dir is `upper` (after a container whose rootfs
+/// propagation let our mount reach the host): their mount points, from `/proc/self/mountinfo`.
+pub fn mounts_with_upper(mountinfo: &str, upper: &Path) -> Vec<PathBuf> {
+    let want = format!("upperdir={}", upper.display());
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let mut post = post.split(' ');
+            let (fstype, _source, opts) = (post.next()?, post.next()?, post.next()?);
+            if fstype != "overlay" || !opts.split(',').any(|o| o == want) {
+                return None;
+            }
+            Some(PathBuf::from(unescape(pre.split(' ').nth(4)?)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Detaches every mount from [`mounts_with_upper`] (poststop).
+pub fn unmount_leftovers(upper: &Path) -> Vec<String> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return vec![];
+    };
+    let mut done = Vec::new();
+    for mp in mounts_with_upper(&info, upper) {
+        let r = rustix::mount::unmount(
+            &mp,
+            rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
+        );
+        done.push(match r {
+            Ok(()) => format!("unmounted {}", mp.display()),
+            Err(e) => format!("cannot unmount {}: {}", mp.display(), std::io::Error::from(e)),
+        });
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftover_mounts_are_found_by_upper_dir() {
+        let info = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+301 22 0:50 / /var/lib/x/rootfs/root/.triton/cache rw,nosuid,nodev master:1 - overlay kcache rw,lowerdir=/s/a/grp/k:/s/a/tree/io.triton.cache,upperdir=/run/kcache/containers/c1/upper,workdir=/run/kcache/containers/c1/work
+302 22 0:51 / /with\\040space rw - overlay kcache rw,lowerdir=/l,upperdir=/run/kcache/containers/c1/upper,workdir=/w
+303 22 0:52 / /other rw - overlay kcache rw,lowerdir=/l,upperdir=/run/kcache/containers/c10/upper,workdir=/w
+";
+        let got = mounts_with_upper(info, Path::new("/run/kcache/containers/c1/upper"));
+        assert_eq!(
+            got,
+            [
+                PathBuf::from("/var/lib/x/rootfs/root/.triton/cache"),
+                PathBuf::from("/with space")
+            ]
+        );
+    }
+
+    #[test]
+    fn layer_paths_that_would_break_overlay_options_are_refused() {
+        let l = Layers {
+            lowers: vec!["/a:b".into()],
+            upper: "/u".into(),
+            work: "/w".into(),
+        };
+        assert!(l.check().unwrap_err().detail.contains("/a:b"));
+        let l = Layers {
+            lowers: vec!["/a".into()],
+            upper: "u".into(),
+            work: "/w".into(),
+        };
+        assert!(l.check().is_err());
+    }
+}
