@@ -148,10 +148,19 @@ impl Log {
             .ok();
     }
 
-    /// Writes one line.
+    /// Writes one line to stderr and the log file.
     pub fn line(&mut self, msg: &str) {
         let line = format!("kcache-hook {} {}: {msg}\n", self.stage, self.id);
         let _ = io::stderr().write_all(line.as_bytes());
+        self.to_file(&line);
+    }
+
+    /// A failure: to the log file only; the caller prints it once, as the hook's last word.
+    fn failure(&mut self, msg: &str) {
+        self.to_file(&format!("kcache-hook {} {}: {msg}\n", self.stage, self.id));
+    }
+
+    fn to_file(&mut self, line: &str) {
         if let Some(f) = &mut self.file {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             let _ = f.write_all(format!("{}.{:03} {line}", now.as_secs(), now.subsec_millis()).as_bytes());
@@ -228,7 +237,7 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
         Ok(r) => r,
         Err(e) => {
             let msg = format!("kcache-hook: {} cannot be mounted: {e}", req.describe());
-            log.line(&msg);
+            log.failure(&msg);
             return Err(msg);
         }
     };
@@ -251,7 +260,7 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
                 "kcache-hook: {} is required (kcache.dev/cache-required) but cannot be mounted: {reason}",
                 req.describe()
             );
-            log.line(&msg);
+            log.failure(&msg);
             Err(msg)
         }
         Err(reason) => {
@@ -435,7 +444,7 @@ fn poststop(opts: &Options, id: &str, log: &mut Log) -> Result<(), String> {
         Ok(())
     } else {
         let msg = format!("kcache-hook: cleanup incomplete: {}", errors.join("; "));
-        log.line(&msg);
+        log.failure(&msg);
         Err(msg)
     }
 }

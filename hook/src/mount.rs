@@ -22,6 +22,7 @@
 //! The hook never chdirs into the rootfs and never executes anything.
 
 use std::{
+    collections::VecDeque,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
@@ -114,41 +115,119 @@ pub fn open_rootfs(rootfs: &Path) -> Result<OwnedFd, MountError> {
     Ok(fd)
 }
 
-/// Resolves `target` under `root`, creating missing directories (owned by `owner`, the
-/// container user on the host), and returns an `O_PATH` fd of the target directory.
+/// Most symlinks followed while resolving a target (Linux's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Resolves `target` under `root` as if `root` were `/`, creating missing directories (owned by
+/// `owner`, the container user on the host), and returns an `O_PATH` fd of the target directory.
+///
+/// One component at a time, each opened with `O_NOFOLLOW` relative to the directory resolved so
+/// far: a symlink is read and its target walked in turn (an absolute one from `root`), `..` pops
+/// back to the parent the walk came from and never above `root`. This is what
+/// `openat2(RESOLVE_IN_ROOT)` does, plus creating what is missing (which `openat2` cannot), so a
+/// dangling link in the image is created inside the rootfs, never outside.
 pub fn resolve_target(root: &OwnedFd, target: &Target, owner: (u32, u32)) -> Result<OwnedFd, MountError> {
-    let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let mut parent = openat2(root, ".", flags, Mode::empty(), how).map_err(fail("open rootfs"))?;
-    let mut prefix = String::new();
-    for name in target.components() {
-        if !prefix.is_empty() {
-            prefix.push('/');
+    let step = || format!("resolve {} in the rootfs", target.path);
+    let open = |dir: &OwnedFd, name: &str| {
+        rustix::fs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let root_again = openat2(
+        root,
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH,
+    )
+    .map_err(fail(step()))?;
+    let mut stack: Vec<OwnedFd> = vec![root_again];
+    let mut todo: VecDeque<String> = target.components().map(String::from).collect();
+    let mut links = 0;
+    let mut created = 0;
+    while let Some(name) = todo.pop_front() {
+        match name.as_str() {
+            "" | "." => continue,
+            ".." => {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            _ => {}
         }
-        prefix.push_str(name);
-        let step = || format!("resolve {} in the rootfs at /{prefix}", target.path);
-        let fd = match openat2(root, prefix.as_str(), flags, Mode::empty(), how) {
+        let cur = stack.last().ok_or_else(|| MountError {
+            step: step(),
+            detail: "empty walk".into(),
+        })?;
+        let fd = match open(cur, &name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
-                match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(fail(format!("create /{prefix} in the rootfs"))(e)),
+                created += 1;
+                if created > 4096 {
+                    return Err(MountError {
+                        step: step(),
+                        detail: "too many directories to create".into(),
+                    });
                 }
-                let fd = openat2(root, prefix.as_str(), flags, Mode::empty(), how).map_err(fail(step()))?;
-                rustix::fs::chownat(
-                    &fd,
-                    "",
-                    Some(rustix::fs::Uid::from_raw(owner.0)),
-                    Some(rustix::fs::Gid::from_raw(owner.1)),
-                    AtFlags::EMPTY_PATH,
-                )
-                .map_err(fail(format!("chown /{prefix} in the rootfs")))?;
+                match rustix::fs::mkdirat(cur, name.as_str(), Mode::from_raw_mode(0o755)) {
+                    // EEXIST: something appeared meanwhile; look at it again.
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(fail(format!("create {name:?} for {}", target.path))(e)),
+                }
+                let fd = open(cur, &name).map_err(fail(step()))?;
+                if rustix::fs::fstat(&fd).map_err(fail(step()))?.st_mode & 0o170000 == 0o040000 {
+                    rustix::fs::chownat(
+                        &fd,
+                        "",
+                        Some(rustix::fs::Uid::from_raw(owner.0)),
+                        Some(rustix::fs::Gid::from_raw(owner.1)),
+                        AtFlags::EMPTY_PATH,
+                    )
+                    .map_err(fail(format!("chown {name:?} for {}", target.path)))?;
+                }
                 fd
             }
             Err(e) => return Err(fail(step())(e)),
         };
-        parent = fd;
+        let mode = rustix::fs::fstat(&fd).map_err(fail(step()))?.st_mode & 0o170000;
+        match mode {
+            0o040000 => stack.push(fd),
+            0o120000 => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(fail(step())(Errno::LOOP));
+                }
+                let link = rustix::fs::readlinkat(&fd, "", Vec::new()).map_err(fail(step()))?;
+                let link = link.to_string_lossy().into_owned();
+                if link.starts_with('/') {
+                    stack.truncate(1);
+                }
+                for c in link.split('/').rev() {
+                    todo.push_front(c.to_string());
+                }
+            }
+            _ => {
+                return Err(MountError {
+                    step: step(),
+                    detail: format!("{name:?} is not a directory"),
+                })
+            }
+        }
     }
+    if stack.len() < 2 {
+        return Err(MountError {
+            step: step(),
+            detail: "it resolves to the container's root".into(),
+        });
+    }
+    let parent = stack.pop().ok_or_else(|| MountError {
+        step: step(),
+        detail: "empty walk".into(),
+    })?;
     let fs = rustix::fs::fstatfs(&parent).map_err(fail(format!("statfs {}", target.path)))?;
     if let Some((_, name)) = KERNEL_FS.iter().find(|(magic, _)| *magic == fs.f_type as u64) {
         return Err(MountError {

@@ -150,3 +150,122 @@ pub fn select(
         compatible_gpus: compat.compatible,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use kcache_core::cache::store::CacheState;
+
+    use super::*;
+    use crate::testing::FakeStore;
+
+    fn req(name: &str, ns: Option<&str>) -> Request {
+        Request {
+            name: name.into(),
+            namespace: ns.map(Into::into),
+            required_raw: None,
+            path: None,
+            unknown: vec![],
+        }
+    }
+
+    fn run(store: &FakeStore, r: &Request) -> Result<Selected, Reason> {
+        let layout = &store.layout;
+        select(layout, r, &store.state(), || {
+            kcache_core::gpu::file::load(&layout.gpus_path()).map_err(|e| e.to_string())
+        })
+    }
+
+    #[test]
+    fn decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FakeStore::new(dir.path());
+        let cluster = s.add_cache("llama", None, &[90], 1);
+        let ml = s.add_cache("llama", Some("ml"), &[80, 90], 2);
+        let old = s.add_cache("sm80", None, &[80], 3);
+
+        assert_eq!(run(&s, &req("llama", Some("ml"))).unwrap().digest, ml);
+        assert_eq!(run(&s, &req("llama", Some("web"))).unwrap().digest, cluster);
+        assert_eq!(run(&s, &req("llama", None)).unwrap().digest, cluster);
+        let ok = run(&s, &req("llama", None)).unwrap();
+        assert_eq!(ok.compatible_gpus, ["GPU-0"]);
+        assert!(ok.cache_dir.ends_with("tree/io.triton.cache"));
+
+        assert_eq!(run(&s, &req("mistral", Some("ml"))).unwrap_err(), Reason::NotApproved);
+        let e = run(&s, &req("sm80", None)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "incompatible with every GPU on the node: GPU-0: cache has sm_80; GPU is sm_90"
+        );
+        s.set_gpus(&[]);
+        assert_eq!(run(&s, &req("sm80", None)).unwrap_err(), Reason::NoGpu);
+        std::fs::remove_file(s.layout.gpus_path()).unwrap();
+        assert!(matches!(
+            run(&s, &req("llama", None)).unwrap_err(),
+            Reason::NoInventory(_)
+        ));
+        s.set_gpus(&[80, 90]);
+        assert_eq!(run(&s, &req("sm80", None)).unwrap().compatible_gpus, ["GPU-0"]);
+
+        for (state, word) in [
+            (CacheState::Pending, "pending"),
+            (CacheState::Denied, "denied"),
+            (CacheState::Failed, "failed"),
+        ] {
+            s.approve("llama", Some("ml"), Some(&ml), state);
+            let e = run(&s, &req("llama", Some("ml"))).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("not ready on this node: {word} (fixture says so)")
+            );
+        }
+        s.approve("llama", Some("ml"), None, CacheState::Ready);
+        assert!(matches!(run(&s, &req("llama", Some("ml"))), Err(Reason::BadDigest(_))));
+        s.update_state(|st| {
+            st.caches
+                .iter_mut()
+                .find(|c| c.namespace.as_deref() == Some("ml"))
+                .unwrap()
+                .digest = Some("sha256:../../etc".into());
+        });
+        assert!(matches!(run(&s, &req("llama", Some("ml"))), Err(Reason::BadDigest(_))));
+
+        // The state points at an entry that is not (or no longer) extracted.
+        let gone = kcache_core::digest::Digest::parse(&format!("sha256:{:064x}", 99)).unwrap();
+        s.approve("llama", Some("ml"), Some(&gone), CacheState::Ready);
+        assert_eq!(
+            run(&s, &req("llama", Some("ml"))).unwrap_err(),
+            Reason::NotExtracted(gone)
+        );
+
+        // Records that do not vouch for themselves.
+        s.approve("llama", Some("ml"), Some(&ml), CacheState::Ready);
+        s.update_record(&ml, |r| r.digest = old.to_string());
+        assert!(run(&s, &req("llama", Some("ml")))
+            .unwrap_err()
+            .to_string()
+            .contains("its record is for"));
+        s.update_record(&ml, |r| {
+            r.digest = ml.to_string();
+            r.verification.decision = "deny".into();
+        });
+        assert!(run(&s, &req("llama", Some("ml")))
+            .unwrap_err()
+            .to_string()
+            .contains("decision \"deny\""));
+        s.update_record(&ml, |r| {
+            r.verification.decision = "allowed".into();
+            r.cache_subdir = "../../..".into();
+        });
+        assert!(run(&s, &req("llama", Some("ml")))
+            .unwrap_err()
+            .to_string()
+            .contains("not a plain name"));
+        s.update_record(&ml, |r| r.cache_subdir = "io.vllm.cache".into());
+        assert!(run(&s, &req("llama", Some("ml")))
+            .unwrap_err()
+            .to_string()
+            .contains("io.vllm.cache"));
+        s.update_record(&ml, |r| r.cache_subdir = "io.triton.cache".into());
+        assert_eq!(run(&s, &req("llama", Some("ml"))).unwrap().digest, ml);
+    }
+}
