@@ -2,7 +2,7 @@
 //! the containers that ask for one (`kcache.dev/cache: <name>`).
 //!
 //! ```text
-//! kcache-hook [--store DIR] [--run-dir DIR] [--log-file FILE] prestart|poststop
+//! kcache-hook [--store DIR] [--run-dir DIR] [--log-file FILE] [prestart|poststop]
 //! ```
 //!
 //! The runtime passes the OCI state on stdin; the hook reads the bundle's `config.json`.
@@ -64,6 +64,9 @@ pub enum Stage {
     Prestart,
     /// After the container is deleted.
     Poststop,
+    /// No stage argument: from the state's `status` (`stopped`: poststop, else prestart). A
+    /// hooks.d file has one argv for all its stages, so the CRI-O/podman registration uses this.
+    Auto,
 }
 
 /// Command line options.
@@ -78,7 +81,7 @@ pub struct Options {
 }
 
 /// The usage line.
-pub const USAGE: &str = "usage: kcache-hook [--store DIR] [--run-dir DIR] [--log-file FILE] prestart|poststop";
+pub const USAGE: &str = "usage: kcache-hook [--store DIR] [--run-dir DIR] [--log-file FILE] [prestart|poststop]";
 
 impl Options {
     /// Parses `args` (without the program name).
@@ -107,7 +110,7 @@ impl Options {
         Ok(Self {
             layout: StoreLayout::new(root, run),
             log_file,
-            stage: stage.ok_or_else(|| USAGE.to_string())?,
+            stage: stage.unwrap_or(Stage::Auto),
         })
     }
 }
@@ -123,7 +126,7 @@ impl Log {
     fn new(stage: Stage, id: &str) -> Self {
         Self {
             stage: match stage {
-                Stage::Prestart => "prestart",
+                Stage::Prestart | Stage::Auto => "prestart",
                 Stage::Poststop => "poststop",
             },
             id: id.to_string(),
@@ -201,13 +204,18 @@ pub fn run(opts: &Options, stdin: impl io::Read) -> Result<(), String> {
     {
         return Ok(());
     }
-    match opts.stage {
-        Stage::Prestart => {
+    let stage = match opts.stage {
+        Stage::Auto if state.status == "stopped" => Stage::Poststop,
+        Stage::Auto => Stage::Prestart,
+        s => s,
+    };
+    match stage {
+        Stage::Prestart | Stage::Auto => {
             let spec = oci::read_spec(&state.bundle).map_err(|e| format!("kcache-hook: {e}"))?;
             let Some(req) = Request::from_annotations(&spec.annotations) else {
                 return Ok(());
             };
-            let mut log = Log::new(opts.stage, &state.id);
+            let mut log = Log::new(stage, &state.id);
             log.open_file(opts);
             prestart(opts, &state, &spec, &req, &mut log)
         }
@@ -220,7 +228,7 @@ pub fn run(opts: &Options, stdin: impl io::Read) -> Result<(), String> {
                     }
                 }
             }
-            let mut log = Log::new(opts.stage, &state.id);
+            let mut log = Log::new(stage, &state.id);
             log.open_file(opts);
             poststop(opts, &state.id, &mut log)
         }

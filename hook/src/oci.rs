@@ -19,6 +19,9 @@ const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub struct State {
     /// The container id.
     pub id: String,
+    /// `creating`, `created`, `running` or `stopped`.
+    #[serde(default)]
+    pub status: String,
     /// The container's init process (0 or absent once it is gone, e.g. in poststop).
     #[serde(default)]
     pub pid: Option<i32>,
