@@ -476,3 +476,77 @@ pub fn clear_env() {
         std::env::remove_var(k);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = Options::parse(args(&["--store", "/s", "--run-dir", "/r", "poststop"])).unwrap();
+        assert_eq!(
+            (o.layout.root(), o.layout.run_dir(), o.stage),
+            (Path::new("/s"), Path::new("/r"), Stage::Poststop)
+        );
+        let o = Options::parse(args(&[])).unwrap();
+        assert_eq!(o.stage, Stage::Auto);
+        assert_eq!(o.layout, StoreLayout::default());
+        assert_eq!(Options::parse(args(&["createRuntime"])).unwrap().stage, Stage::Prestart);
+        for bad in [
+            &["--store"][..],
+            &["--store", "relative"],
+            &["prestart", "poststop"],
+            &["--bogus"],
+        ] {
+            assert!(Options::parse(args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The whole prestart in-process, up to the namespace step: a container whose pid is not a
+    /// process fails there, and everything made before is rolled back.
+    #[test]
+    fn a_failure_after_the_ref_rolls_everything_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::FakeStore::new(dir.path());
+        let digest = store.add_cache("llama", None, &[90], 1);
+        let bundle = dir.path().join("bundle");
+        fs::create_dir_all(&bundle).unwrap();
+        fs::write(
+            bundle.join("config.json"),
+            r#"{"root":{"path":"rootfs"},"process":{"env":["HOME=/root"]},"linux":{"namespaces":[{"type":"mount"}]},
+                "annotations":{"kcache.dev/cache":"llama","kcache.dev/cache-required":"true"}}"#,
+        )
+        .unwrap();
+        let opts = Options {
+            layout: store.layout.clone(),
+            log_file: None,
+            stage: Stage::Auto,
+        };
+        let state = format!(
+            r#"{{"id":"c1","status":"creating","pid":2147483647,"bundle":"{}"}}"#,
+            bundle.display()
+        );
+        let err = run(&opts, state.as_bytes()).unwrap_err();
+        assert!(
+            err.contains("is required") && err.contains("/proc/2147483647/ns/mnt"),
+            "{err}"
+        );
+        assert!(!store.containers_dir().join("c1").exists());
+        assert!(refs::list(&store.layout, &digest).unwrap().is_empty());
+        // The __grp__ layer stays: it belongs to the entry and is reused.
+        assert!(store.layout.grp_dir(&digest, "/root/.triton/cache").is_dir());
+        let log = fs::read_to_string(store.layout.run_dir().join("hook.log")).unwrap();
+        assert!(
+            log.contains("kcache-hook prestart c1: kcache-hook: cache \"llama\""),
+            "{log}"
+        );
+
+        // poststop of a container that never got the cache is a no-op.
+        let stopped = format!(r#"{{"id":"c1","status":"stopped","bundle":"{}"}}"#, bundle.display());
+        run(&opts, stopped.as_bytes()).unwrap();
+    }
+}

@@ -400,3 +400,39 @@ fn hook_without_opt_in_reads_nothing_but_its_input() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an OCI state"));
 }
+
+#[test]
+fn a_non_root_user_gets_its_home_cache_and_can_add_kernels() {
+    let Some(e) = env() else { return };
+    let digest = e.store.add_cache("llama", None, &[90], 1);
+    let b = e.bundle("b-user");
+    fs::create_dir_all(b.rootfs.join("home/u")).unwrap();
+    std::os::unix::fs::chown(b.rootfs.join("home/u"), Some(1000), Some(1000)).unwrap();
+    b.write_spec_as(
+        1000,
+        &format!(
+            "id -u; cat /home/u/.triton/cache/{KEY}/add_kernel.json; \
+             mkdir /home/u/.triton/cache/NEWKEY && echo k > /home/u/.triton/cache/NEWKEY/k.json && echo ADDED; \
+             mkdir /home/u/.triton/dump && echo DUMP_OK"
+        ),
+        &["HOME=/home/u"],
+        &[("kcache.dev/cache", "llama")],
+        kcache_hooks(&e.store, None),
+    );
+    let out = e.runc.run(&b, "c-user");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("1000\n"), "{stdout}");
+    assert!(stdout.contains("add_kernel.json of cache 1"), "{stdout}");
+    assert!(
+        stdout.contains("ADDED") && stdout.contains("DUMP_OK"),
+        "{stdout}\n{stderr}"
+    );
+    // The dirs the hook made in the rootfs belong to the container user.
+    use std::os::unix::fs::MetadataExt;
+    for d in ["home/u/.triton", "home/u/.triton/cache"] {
+        assert_eq!(fs::metadata(b.rootfs.join(d)).unwrap().uid(), 1000, "{d}");
+    }
+    assert!(!e.store.layout.tree_dir(&digest).join("io.triton.cache/NEWKEY").exists());
+    assert!(hook_log(&e.store).contains("at /home/u/.triton/cache (from $HOME)"));
+}

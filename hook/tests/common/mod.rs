@@ -112,6 +112,11 @@ impl Bundle {
 
     /// Writes config.json. `hooks`: the spec's `hooks` object (or null).
     pub fn write_spec(&self, script: &str, env: &[&str], annotations: &[(&str, &str)], hooks: Value) {
+        self.write_spec_as(0, script, env, annotations, hooks)
+    }
+
+    /// [`Bundle::write_spec`] with the process running as `uid` (gid = uid).
+    pub fn write_spec_as(&self, uid: u32, script: &str, env: &[&str], annotations: &[(&str, &str)], hooks: Value) {
         let ann: serde_json::Map<String, Value> = annotations
             .iter()
             .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
@@ -122,7 +127,7 @@ impl Bundle {
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": false,
-                "user": {"uid": 0, "gid": 0},
+                "user": {"uid": uid, "gid": uid},
                 "args": ["/bin/busybox", "sh", "-c", script],
                 "env": env,
                 "cwd": "/",
