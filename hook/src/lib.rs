@@ -45,7 +45,6 @@ use std::{
 
 use kcache_core::{
     cache::{grp, store::StoreLayout},
-    fsutil::write_atomic,
     gpu,
 };
 use serde::{Deserialize, Serialize};
@@ -320,7 +319,14 @@ fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Resul
                 .as_secs(),
         };
         let body = serde_json::to_vec(&mounted).map_err(|e| e.to_string())?;
-        write_atomic(&cdir.join(MOUNTED_FILE), &body, 0o600, true).map_err(|e| format!("{}: {e}", cdir.display()))?;
+        // Plain write, no fsync: /run does not outlive a reboot, and neither does the container.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(cdir.join(MOUNTED_FILE))
+            .and_then(|mut f| f.write_all(&body))
+            .map_err(|e| format!("{}: {e}", cdir.display()))?;
         let guard = refs::add(layout, &sel.digest, &state.id, &body).map_err(|e| e.to_string())?;
         let grp = grp_layer(layout, &sel, &target)?;
         drop(guard);

@@ -7,7 +7,8 @@
 //! it needs no lock (a ref only ever goes away).
 
 use std::{
-    fs, io,
+    fs,
+    io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::PathBuf,
 };
@@ -15,7 +16,6 @@ use std::{
 use kcache_core::{
     cache::store::{is_plain_name, StoreLayout},
     digest::Digest,
-    fsutil::write_atomic,
 };
 use rustix::fs::{flock, FlockOperation};
 
@@ -92,8 +92,18 @@ pub fn add(layout: &StoreLayout, digest: &Digest, id: &str, body: &[u8]) -> Resu
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_err(refs)(e)),
     }
+    // No fsync: a ref only matters while its container runs, and no container survives a crash
+    // of the node (a ref left by one is stale; GC may drop refs older than the boot).
     let path = refs.join(id);
-    write_atomic(&path, body, 0o644, true).map_err(io_err(path))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .and_then(|mut f| f.write_all(body))
+        .map_err(io_err(path))?;
     Ok(guard)
 }
 
