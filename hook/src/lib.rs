@@ -154,15 +154,15 @@ impl Log {
     pub fn line(&mut self, msg: &str) {
         let line = format!("kcache-hook {} {}: {msg}\n", self.stage, self.id);
         let _ = io::stderr().write_all(line.as_bytes());
-        self.to_file(&line);
+        self.append(&line);
     }
 
     /// A failure: to the log file only; the caller prints it once, as the hook's last word.
     fn failure(&mut self, msg: &str) {
-        self.to_file(&format!("kcache-hook {} {}: {msg}\n", self.stage, self.id));
+        self.append(&format!("kcache-hook {} {}: {msg}\n", self.stage, self.id));
     }
 
-    fn to_file(&mut self, line: &str) {
+    fn append(&mut self, line: &str) {
         if let Some(f) = &mut self.file {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             let _ = f.write_all(format!("{}.{:03} {line}", now.as_secs(), now.subsec_millis()).as_bytes());

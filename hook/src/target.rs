@@ -190,10 +190,19 @@ mod tests {
         vars.iter().map(|s| s.to_string()).collect()
     }
 
+    /// name, annotation, kind, env, uid, expected path or error prefix.
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        Vec<String>,
+        u32,
+        Result<&'static str, &'static str>,
+    );
+
     #[test]
     fn choice_order() {
-        // (name, annotation, kind, env, uid, expected path or error prefix)
-        let cases: Vec<(&str, Option<&str>, &str, Vec<String>, u32, Result<&str, &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "annotation_wins",
                 Some("/models/cache"),

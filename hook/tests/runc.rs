@@ -57,7 +57,8 @@ fn probe_script(target: &str) -> String {
          for p in $(grep -o '\"/[^\"]*\"' $K/{GRP_FILE} | tr -d '\"'); do \
            if [ -e \"$p\" ]; then echo CHILD_OK $p; else echo CHILD_MISSING $p; fi; done; \
          echo new-kernel > $K/written_by_container && echo WROTE; \
-         echo appended >> $K/add_kernel.ttir && echo APPENDED; "
+         echo appended >> $K/add_kernel.ttir && echo APPENDED; \
+         grep ' - overlay kcache ' /proc/self/mountinfo | sed 's/^/MOUNT /'; "
     )
 }
 
@@ -118,6 +119,19 @@ fn opted_in_container_gets_the_cache_with_rewritten_groups_and_a_private_upper()
         "{stdout}"
     );
     assert!(stdout.contains("WROTE") && stdout.contains("APPENDED"), "{stdout}");
+    let mounts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("MOUNT ")).collect();
+    assert_eq!(mounts.len(), 1, "{stdout}");
+    let m = mounts[0];
+    assert!(
+        m.contains(&format!(" {target} ")) && m.contains("nosuid") && m.contains("nodev"),
+        "{m}"
+    );
+    assert!(m.contains(&format!("upperdir={}", upper.display())), "{m}");
+    let grp = e.store.layout.grp_dir(&digest, target);
+    assert!(
+        m.contains(&format!("lowerdir={}:{}", grp.display(), tree.display())),
+        "{m}"
+    );
 
     // The cache is as it was; poststop left nothing behind.
     assert_eq!(tree_with_contents(&tree), before, "the read-only cache changed");
