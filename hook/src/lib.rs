@@ -114,6 +114,9 @@ impl Options {
     }
 }
 
+/// Size at which the log file is rotated.
+const MAX_LOG_BYTES: u64 = 8 << 20;
+
 /// Where log lines go: stderr, and the log file once the container opted in.
 pub struct Log {
     stage: &'static str,
@@ -140,6 +143,12 @@ impl Log {
             .unwrap_or_else(|| opts.layout.run_dir().join("hook.log"));
         if let Some(dir) = path.parent() {
             let _ = fs::DirBuilder::new().recursive(true).mode(0o755).create(dir);
+        }
+        // One generation of history: past 8 MiB the log moves to `<file>.1`.
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
+            let mut old = path.clone().into_os_string();
+            old.push(".1");
+            let _ = fs::rename(&path, old);
         }
         self.file = fs::OpenOptions::new()
             .append(true)
@@ -186,6 +195,20 @@ pub struct Mounted {
     pub target: String,
     /// When (seconds since the epoch).
     pub at: u64,
+    /// The container's init pid at prestart (a second prestart call for the same container is
+    /// recognised by it).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// `/proc/sys/kernel/random/boot_id`: refs (which hold this document) from an earlier boot
+    /// are stale, whatever their container id.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+}
+
+fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// The file name of [`Mounted`] under the container dir.
@@ -249,7 +272,15 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
         }
     };
     match try_mount(opts, state, spec, req) {
-        Ok((sel, target)) => {
+        Ok((_, target, true)) => {
+            log.line(&format!(
+                "{} is already mounted at {} (a second prestart call for this container)",
+                req.describe(),
+                target.path
+            ));
+            Ok(())
+        }
+        Ok((sel, target, false)) => {
             log.line(&format!(
                 "mounted {} = {} ({}, {}) at {} (from {}) in {:.1} ms",
                 req.describe(),
@@ -277,8 +308,9 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
     }
 }
 
-/// Everything prestart does; on error, nothing it made is left behind.
-fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Result<(Selected, Target), String> {
+/// Everything prestart does; on error, nothing it made is left behind. `true`: an earlier call
+/// for this very container (same pid, same boot) already mounted it.
+fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Result<(Selected, Target, bool), String> {
     let layout = &opts.layout;
     req.check().map_err(|e| e.to_string())?;
     let node = layout
@@ -305,6 +337,13 @@ fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Resul
         .container_dir(&state.id)
         .ok_or_else(|| format!("container id {:?} cannot name a directory", state.id))?;
 
+    let boot = boot_id();
+    if let Some(prev) = read_mounted(&cdir) {
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if prev.pid == Some(pid) && prev.boot_id == boot && alive && prev.digest == sel.digest.to_string() {
+            return Ok((sel, target, true));
+        }
+    }
     let made = prepare_container_dir(&cdir, owner).map_err(|e| format!("{}: {e}", cdir.display()))?;
     let result = (|| {
         let mounted = Mounted {
@@ -317,6 +356,8 @@ fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Resul
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs(),
+            pid: Some(pid),
+            boot_id: boot,
         };
         let body = serde_json::to_vec(&mounted).map_err(|e| e.to_string())?;
         // Plain write, no fsync: /run does not outlive a reboot, and neither does the container.
@@ -347,7 +388,12 @@ fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Resul
         let _ = fs::remove_dir_all(&cdir);
         return Err(e);
     }
-    Ok((sel, target))
+    Ok((sel, target, false))
+}
+
+fn read_mounted(cdir: &Path) -> Option<Mounted> {
+    let bytes = fs::read(cdir.join(MOUNTED_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// `<cdir>/{upper,work}`: a stale dir of an earlier container with the same id is replaced.
@@ -426,9 +472,7 @@ fn poststop(opts: &Options, id: &str, log: &mut Log) -> Result<(), String> {
     let Some(cdir) = layout.container_dir(id) else {
         return Err(format!("kcache-hook: container id {id:?} cannot name a directory"));
     };
-    let mounted: Option<Mounted> = fs::read(cdir.join(MOUNTED_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mounted = read_mounted(&cdir);
     let mut errors = Vec::new();
     for msg in mount::unmount_leftovers(&cdir.join("upper")) {
         if msg.starts_with("cannot") {

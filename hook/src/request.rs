@@ -8,7 +8,9 @@
 //!
 //! The pod's namespace comes from the runtime, not the pod: containerd's CRI plugin sets
 //! `io.kubernetes.cri.sandbox-namespace` (and passes only `kcache.dev/*` pod annotations through,
-//! with `pod_annotations`), CRI-O sets `io.kubernetes.pod.namespace`.
+//! with `pod_annotations`), CRI-O sets `io.kubernetes.pod.namespace`. A runtime that passes pod
+//! annotations through could let a pod add the other key; so when both are there and differ, the
+//! request is refused rather than trusting either.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +38,8 @@ pub struct Request {
     pub path: Option<String>,
     /// Other `kcache.dev/` annotations, ignored (logged).
     pub unknown: Vec<String>,
+    /// Both namespace keys, with different values: (CRI, pod).
+    pub namespace_conflict: Option<(String, String)>,
 }
 
 /// Why a request is not usable.
@@ -47,17 +51,22 @@ pub enum RequestError {
     /// `cache-required` is neither `true` nor `false`.
     #[error("{REQUIRED} must be \"true\" or \"false\", not {0:?}")]
     BadRequired(String),
+    /// The two namespace annotations disagree.
+    #[error("{CRI_NAMESPACE} {0:?} and {POD_NAMESPACE} {1:?} disagree; refusing to guess the pod's namespace")]
+    NamespaceConflict(String, String),
 }
 
 impl Request {
     /// The request in `annotations`; `None` when the container did not opt in.
     pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
         let name = annotations.get(CACHE)?.clone();
-        let namespace = annotations
-            .get(CRI_NAMESPACE)
-            .or_else(|| annotations.get(POD_NAMESPACE))
-            .filter(|ns| !ns.is_empty())
-            .cloned();
+        let get = |k| annotations.get(k).filter(|ns: &&String| !ns.is_empty());
+        let (cri, pod) = (get(CRI_NAMESPACE), get(POD_NAMESPACE));
+        let namespace_conflict = match (cri, pod) {
+            (Some(a), Some(b)) if a != b => Some((a.clone(), b.clone())),
+            _ => None,
+        };
+        let namespace = cri.or(pod).cloned();
         let unknown = annotations
             .keys()
             .filter(|k| k.starts_with("kcache.dev/") && ![CACHE, REQUIRED, PATH].contains(&k.as_str()))
@@ -69,6 +78,7 @@ impl Request {
             required_raw: annotations.get(REQUIRED).cloned(),
             path: annotations.get(PATH).cloned(),
             unknown,
+            namespace_conflict,
         })
     }
 
@@ -84,6 +94,9 @@ impl Request {
 
     /// Checks the name.
     pub fn check(&self) -> Result<(), RequestError> {
+        if let Some((cri, pod)) = &self.namespace_conflict {
+            return Err(RequestError::NamespaceConflict(cri.clone(), pod.clone()));
+        }
         if is_cache_name(&self.name) {
             Ok(())
         } else {
@@ -129,7 +142,7 @@ mod tests {
     fn annotations_parse_with_the_runtime_namespace_first() {
         let r = Request::from_annotations(&ann(&[
             (CACHE, "llama-3.1"),
-            (POD_NAMESPACE, "spoofed"),
+            (POD_NAMESPACE, "ml"),
             (CRI_NAMESPACE, "ml"),
             (REQUIRED, "true"),
             (PATH, "/cache"),
@@ -143,6 +156,13 @@ mod tests {
         assert!(r.check().is_ok());
         assert_eq!(r.describe(), "cache \"llama-3.1\" (namespace ml)");
 
+        // A pod that adds the other runtime's key with another namespace gets nothing.
+        for (cri, pod) in [("ml", "team"), ("team", "ml")] {
+            let r =
+                Request::from_annotations(&ann(&[(CACHE, "x"), (CRI_NAMESPACE, cri), (POD_NAMESPACE, pod)])).unwrap();
+            let e = r.check().unwrap_err();
+            assert!(matches!(e, RequestError::NamespaceConflict(..)), "{e}");
+        }
         let crio = Request::from_annotations(&ann(&[(CACHE, "x"), (POD_NAMESPACE, "team")])).unwrap();
         assert_eq!(crio.namespace.as_deref(), Some("team"));
         assert_eq!(crio.required(), Ok(false));

@@ -165,6 +165,7 @@ mod tests {
             required_raw: None,
             path: None,
             unknown: vec![],
+            namespace_conflict: None,
         }
     }
 

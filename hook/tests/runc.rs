@@ -450,3 +450,30 @@ fn a_non_root_user_gets_its_home_cache_and_can_add_kernels() {
     assert!(!e.store.layout.tree_dir(&digest).join("io.triton.cache/NEWKEY").exists());
     assert!(hook_log(&e.store).contains("at /home/u/.triton/cache (from $HOME)"));
 }
+
+#[test]
+fn a_second_prestart_call_for_the_same_container_keeps_the_first_mount() {
+    let Some(e) = env() else { return };
+    let digest = e.store.add_cache("llama", None, &[90], 1);
+    let b = e.bundle("b-twice");
+    b.write_spec(
+        &format!("cat /root/.triton/cache/{KEY}/add_kernel.json; grep -c ' - overlay kcache ' /proc/self/mountinfo"),
+        &["HOME=/root"],
+        &[("kcache.dev/cache", "llama")],
+        Value::Null,
+    );
+    // The hook in both prestart and createRuntime (the same point in runc).
+    let mut spec: Value = serde_json::from_slice(&fs::read(b.dir.join("config.json")).unwrap()).unwrap();
+    let mut hooks = kcache_hooks(&e.store, None);
+    hooks["createRuntime"] = hooks["prestart"].clone();
+    spec["hooks"] = hooks;
+    fs::write(b.dir.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let out = e.runc.run(&b, "c-twice");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "add_kernel.json of cache 1\n1\n", "{stderr}");
+    let log = hook_log(&e.store);
+    assert!(log.contains("is already mounted at /root/.triton/cache"), "{log}");
+    assert!(!e.store.containers_dir().join("c-twice").exists());
+    assert!(refs::list(&e.store.layout, &digest).unwrap().is_empty());
+}
