@@ -477,3 +477,42 @@ fn a_second_prestart_call_for_the_same_container_keeps_the_first_mount() {
     assert!(!e.store.containers_dir().join("c-twice").exists());
     assert!(refs::list(&e.store.layout, &digest).unwrap().is_empty());
 }
+
+#[test]
+fn concurrent_first_starts_share_one_grp_layer() {
+    let Some(e) = env() else { return };
+    let digest = e.store.add_cache("llama", None, &[90], 1);
+    let n = 4;
+    let bundles: Vec<Bundle> = (0..n).map(|i| e.bundle(&format!("par{i}"))).collect();
+    for b in &bundles {
+        b.write_spec(
+            &format!("grep -c /root/.triton/cache/ /root/.triton/cache/{KEY}/{GRP_FILE}; {WAIT}"),
+            &["HOME=/root"],
+            &[("kcache.dev/cache", "llama")],
+            kcache_hooks(&e.store, None),
+        );
+    }
+    let mut children: Vec<_> = bundles
+        .iter()
+        .enumerate()
+        .map(|(i, b)| e.runc.spawn(b, &format!("c-par{i}")))
+        .collect();
+    for (b, c) in bundles.iter().zip(children.iter_mut()) {
+        wait_ready(b, c);
+    }
+    assert_eq!(refs::list(&e.store.layout, &digest).unwrap().len(), n);
+    let grp_root = e.store.layout.entry_dir(&digest).join(GRP_DIR);
+    assert_eq!(
+        tree(&grp_root).iter().filter(|p| !p.contains('/')).count(),
+        1,
+        "one layer for one target, no temp dirs left: {:?}",
+        tree(&grp_root)
+    );
+    for (b, c) in bundles.iter().zip(children) {
+        let out = release(b, c);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success() && stdout.starts_with("1\n"), "{stdout}\n{stderr}");
+    }
+    assert!(refs::list(&e.store.layout, &digest).unwrap().is_empty());
+    assert!(fs::read_dir(e.store.containers_dir()).unwrap().next().is_none());
+}
