@@ -516,3 +516,45 @@ fn concurrent_first_starts_share_one_grp_layer() {
     assert!(refs::list(&e.store.layout, &digest).unwrap().is_empty());
     assert!(fs::read_dir(e.store.containers_dir()).unwrap().next().is_none());
 }
+
+#[test]
+fn a_user_namespaced_container_owns_its_upper_dir_through_the_mapping() {
+    let Some(e) = env() else { return };
+    e.store.add_cache("llama", None, &[90], 1);
+    let b = e.bundle("b-userns");
+    use std::os::unix::fs::PermissionsExt;
+    // The mapped root is not the owner of the rootfs: let it write /tmp/ready.
+    fs::set_permissions(b.rootfs.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    b.write_spec(
+        &format!(
+            "cat /root/.triton/cache/{KEY}/add_kernel.json; \
+             mkdir /root/.triton/cache/NEWKEY && echo k > /root/.triton/cache/NEWKEY/k.json && echo ADDED; {WAIT}"
+        ),
+        &["HOME=/root"],
+        &[("kcache.dev/cache", "llama")],
+        kcache_hooks(&e.store, None),
+    );
+    let mut spec: Value = serde_json::from_slice(&fs::read(b.dir.join("config.json")).unwrap()).unwrap();
+    let map = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    spec["linux"]["uidMappings"] = map.clone();
+    spec["linux"]["gidMappings"] = map;
+    fs::write(b.dir.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let mut child = e.runc.spawn(&b, "c-userns");
+    wait_ready(&b, &mut child);
+    use std::os::unix::fs::MetadataExt;
+    let upper = e.store.containers_dir().join("c-userns/upper");
+    assert_eq!(fs::metadata(&upper).unwrap().uid(), 200000);
+    assert_eq!(fs::metadata(upper.join("NEWKEY/k.json")).unwrap().uid(), 200000);
+    assert_eq!(fs::metadata(b.rootfs.join("root/.triton")).unwrap().uid(), 200000);
+    let out = release(&b, child);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", hook_log(&e.store));
+    assert!(
+        stdout.contains("add_kernel.json of cache 1") && stdout.contains("ADDED"),
+        "{stdout}"
+    );
+}
