@@ -250,6 +250,12 @@ pub fn run(opts: &Options, stdin: impl io::Read) -> Result<(), String> {
                     }
                 }
             }
+            // Nothing made for this container (a sandbox, or prestart started it without the
+            // cache): nothing to do, and nothing to log.
+            let made = opts.layout.container_dir(&state.id);
+            if made.as_ref().is_some_and(|d| fs::symlink_metadata(d).is_err()) {
+                return Ok(());
+            }
             let mut log = Log::new(stage, &state.id);
             log.open_file(opts);
             poststop(opts, &state.id, &mut log)

@@ -24,6 +24,10 @@ pub const PATH: &str = "kcache.dev/cache-path";
 pub const CRI_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 /// CRI-O (and the kubelet's pod labels): the pod's namespace.
 pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+/// containerd's CRI plugin: `sandbox` for the pod's pause container.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// CRI-O: `sandbox` for the pod's infra container.
+pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
 
 /// A container's opt-in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +61,16 @@ pub enum RequestError {
 }
 
 impl Request {
-    /// The request in `annotations`; `None` when the container did not opt in.
+    /// The request in `annotations`; `None` when the container did not opt in. A pod's sandbox
+    /// (pause) container never opts in: containerd and CRI-O give it the pod's annotations too.
     pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
         let name = annotations.get(CACHE)?.clone();
+        if [CRI_CONTAINER_TYPE, CRIO_CONTAINER_TYPE]
+            .iter()
+            .any(|k| annotations.get(*k).is_some_and(|v| v == "sandbox"))
+        {
+            return None;
+        }
         let get = |k| annotations.get(k).filter(|ns: &&String| !ns.is_empty());
         let (cri, pod) = (get(CRI_NAMESPACE), get(POD_NAMESPACE));
         let namespace_conflict = match (cri, pod) {
@@ -136,6 +147,10 @@ mod tests {
             Request::from_annotations(&ann(&[(PATH, "/x"), (REQUIRED, "true"), (POD_NAMESPACE, "ml")])),
             None
         );
+        for key in [CRI_CONTAINER_TYPE, CRIO_CONTAINER_TYPE] {
+            assert_eq!(Request::from_annotations(&ann(&[(CACHE, "x"), (key, "sandbox")])), None);
+            assert!(Request::from_annotations(&ann(&[(CACHE, "x"), (key, "container")])).is_some());
+        }
     }
 
     #[test]
