@@ -388,7 +388,71 @@ pub fn unmount_leftovers(upper: &Path) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::symlink;
+
     use super::*;
+    use crate::target::{check, Source};
+
+    /// Resolves `path` under a fresh tree built by `setup`; returns the resolved dir relative to
+    /// the root, or the error.
+    fn walk(setup: impl Fn(&Path, &Path), path: &str) -> (Result<String, String>, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("rootfs");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        setup(&root, &outside);
+        let rootfd = rustix::fs::open(&root, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let owner = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+        let res = resolve_target(&rootfd, &check(path, Source::Annotation).unwrap(), owner).map(|fd| {
+            let p = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))).unwrap();
+            p.strip_prefix(&root)
+                .map(|r| format!("/{}", r.display()))
+                .unwrap_or_else(|_| format!("OUTSIDE {}", p.display()))
+        });
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "{path}: something was made outside the rootfs"
+        );
+        (res.map_err(|e| e.to_string()), tmp)
+    }
+
+    #[test]
+    fn the_walk_stays_in_the_rootfs_and_creates_what_is_missing() {
+        let out = |r: &Path, o: &Path| {
+            let _ = (r, o);
+        };
+        assert_eq!(walk(out, "/a/b/c").0.unwrap(), "/a/b/c");
+        // An absolute link to a host path resolves inside the rootfs.
+        let abs = |r: &Path, o: &Path| symlink(o, r.join("l")).unwrap();
+        let (res, tmp) = walk(abs, "/l/cache");
+        let outside = tmp.path().join("outside");
+        assert_eq!(res.unwrap(), format!("{}/cache", outside.display()));
+        // Relative links climbing with `..` stop at the rootfs.
+        let rel = |r: &Path, _: &Path| {
+            std::fs::create_dir_all(r.join("home")).unwrap();
+            symlink("../../../../../../outside", r.join("home/u")).unwrap();
+        };
+        assert_eq!(walk(rel, "/home/u/.triton/cache").0.unwrap(), "/outside/.triton/cache");
+        // A chain of links, one dangling.
+        let chain = |r: &Path, _: &Path| {
+            symlink("b", r.join("a")).unwrap();
+            symlink("/c/d", r.join("b")).unwrap();
+        };
+        assert_eq!(walk(chain, "/a/e").0.unwrap(), "/c/d/e");
+        // Links that end at the root, loops, files, /proc.
+        let to_root = |r: &Path, _: &Path| symlink("/", r.join("x")).unwrap();
+        assert!(walk(to_root, "/x").0.unwrap_err().contains("container's root"));
+        let looped = |r: &Path, _: &Path| {
+            symlink("b", r.join("a")).unwrap();
+            symlink("a", r.join("b")).unwrap();
+        };
+        assert!(walk(looped, "/a/c").0.is_err());
+        let file = |r: &Path, _: &Path| std::fs::write(r.join("f"), "").unwrap();
+        assert!(walk(file, "/f/c").0.unwrap_err().contains("not a directory"));
+        let magic = |r: &Path, _: &Path| symlink("/proc/self/root", r.join("m")).unwrap();
+        assert_eq!(walk(magic, "/m/c").0.unwrap(), "/proc/self/root/c");
+    }
 
     #[test]
     fn leftover_mounts_are_found_by_upper_dir() {
