@@ -17,10 +17,10 @@
 //! - **poststop**: detach any leftover overlay using the container's upper dir, drop the ref and
 //!   remove `/run/kcache/containers/<id>`.
 //!
-//! Sync and single-threaded; the environment is cleared at start; the hook never chdirs into the
-//! rootfs and never executes anything. Messages go to stderr (runc shows them when the hook
-//! fails) and are appended to `<run-dir>/hook.log` (runc drops the output of a hook that
-//! succeeds).
+//! Sync and single-threaded; the environment is cleared and the umask set to 022 at start; the
+//! hook never chdirs into the rootfs and never executes anything. Messages go to stderr (runc
+//! shows them when the hook fails) and are appended to `<run-dir>/hook.log` (runc drops the
+//! output of a hook that succeeds).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::panic)]
@@ -525,12 +525,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Clears the process environment: nothing the hook does depends on it, and nothing it starts
-/// (it starts nothing) could inherit it.
-pub fn clear_env() {
+/// Clears the process environment (nothing the hook does depends on it, and nothing it starts
+/// (it starts nothing) could inherit it) and sets the umask to 022, whatever the runtime's: the
+/// `__grp__` files and the directories the hook makes must be readable by the container's user.
+pub fn sanitize_process() {
     for (k, _) in std::env::vars_os() {
         std::env::remove_var(k);
     }
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
 }
 
 #[cfg(test)]

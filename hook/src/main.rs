@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    kcache_hook::clear_env();
+    kcache_hook::sanitize_process();
     let opts = match kcache_hook::Options::parse(args) {
         Ok(o) => o,
         Err(e) => {

@@ -426,6 +426,7 @@ fn a_non_root_user_gets_its_home_cache_and_can_add_kernels() {
         1000,
         &format!(
             "id -u; cat /home/u/.triton/cache/{KEY}/add_kernel.json; \
+             grep -c /home/u/.triton/cache/ /home/u/.triton/cache/{KEY}/{GRP_FILE}; \
              mkdir /home/u/.triton/cache/NEWKEY && echo k > /home/u/.triton/cache/NEWKEY/k.json && echo ADDED; \
              mkdir /home/u/.triton/dump && echo DUMP_OK"
         ),
@@ -433,10 +434,25 @@ fn a_non_root_user_gets_its_home_cache_and_can_add_kernels() {
         &[("kcache.dev/cache", "llama")],
         kcache_hooks(&e.store, None),
     );
-    let out = e.runc.run(&b, "c-user");
+    // runc under a strict umask: what the hook makes must still be readable by the user.
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077; exec {} --root {} run --bundle {} c-user",
+            e.runc.bin.display(),
+            e.runc.root.display(),
+            b.dir.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.starts_with("1000\n"), "{stdout}");
+    assert!(
+        stdout.contains("\n1\n"),
+        "the rewritten __grp__ file is readable: {stdout}"
+    );
     assert!(stdout.contains("add_kernel.json of cache 1"), "{stdout}");
     assert!(
         stdout.contains("ADDED") && stdout.contains("DUMP_OK"),
