@@ -102,6 +102,7 @@ async fn world(test: &str) -> Option<World> {
                 sandbox_image: pause,
                 snapshotter: "kcache".into(),
                 plain_http: vec![host.clone()],
+                ..CriConfig::default()
             }),
         },
     );
