@@ -199,7 +199,10 @@ async fn kcached_down_the_verifier_decides_in_process() {
     assert_eq!(r.code, Some(0), "{} {}", r.stdout, r.stderr);
     assert_names(&r, &["allowed", &web, w.web.0.as_str(), "rule apps", "in process"]);
     assert!(r.elapsed < Duration::from_secs(8), "{:?}", r.elapsed);
-    eprintln!("verifier in process (kcached down): {:?} (process start included)", r.elapsed);
+    eprintln!(
+        "verifier in process (kcached down): {:?} (process start included)",
+        r.elapsed
+    );
 
     // Unsigned: denied; the reason names the image, the digest and the rule.
     let r = w.run(
