@@ -199,6 +199,10 @@ async fn kcached_down_the_verifier_decides_in_process() {
     assert_eq!(r.code, Some(0), "{} {}", r.stdout, r.stderr);
     assert_names(&r, &["allowed", &web, w.web.0.as_str(), "rule apps", "in process"]);
     assert!(r.elapsed < Duration::from_secs(8), "{:?}", r.elapsed);
+    eprintln!(
+        "verifier in process (kcached down): {:?} (process start included)",
+        r.elapsed
+    );
 
     // Unsigned: denied; the reason names the image, the digest and the rule.
     let r = w.run(
@@ -447,6 +451,10 @@ async fn kcached_up_answers_and_caches_the_verdict() {
     );
     assert_eq!(second.code, Some(0), "{}", second.stdout);
     assert_names(&second, &["[kcached, cached verdict]"]);
+    eprintln!(
+        "verifier via kcached: first {:?}, cached {:?} (process start included)",
+        first.elapsed, second.elapsed
+    );
 
     let r = w.run(
         &containerd_args(&other, w.other.0.as_str()),
