@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cache_cmd;
+mod cache_store_cmd;
 mod registry_args;
 mod sign_cmd;
 mod sigstore_cmd;
