@@ -68,6 +68,8 @@ use crate::{
 const MAX_CONFIG_BYTES: usize = 1 << 20;
 /// Tar overhead allowed on top of [`ExtractLimits::max_bytes`] for the layer blob's size.
 const LAYER_OVERHEAD: u64 = 1 << 30;
+/// Room for the manifest dir on top of the size label (which counts the cache dir only).
+const MANIFEST_ROOM: u64 = 4 << 20;
 /// Name of the temp dirs GC renames entries to before removing them.
 const GC_PREFIX: &str = ".tmp-gc-";
 
@@ -472,7 +474,11 @@ impl CacheManager {
         let meta = CacheImageMeta::from_config_json(&config).map_err(|e| format_err(chain(&e)))?;
         let mut limits = self.limits.clone();
         if let Some(declared) = meta.cache_size_bytes {
-            limits.expected_bytes = Some(limits.expected_bytes.map_or(declared, |e| e.min(declared)));
+            // The label counts the cache dir only; the layer also holds the manifest dir
+            // (`manifest.json`, about a line per kernel).
+            let manifest_room = MANIFEST_ROOM.saturating_add(meta.entry_count.unwrap_or(0).saturating_mul(4096));
+            let bound = declared.saturating_add(manifest_room);
+            limits.expected_bytes = Some(limits.expected_bytes.map_or(bound, |e| e.min(bound)));
         }
         // 5. Download + extract under the entry's shared lock, in a blocking thread.
         let job = Job {
