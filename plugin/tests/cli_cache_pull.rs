@@ -69,7 +69,11 @@ fn kernel(root: &Path, key: &str, name: &str, meta: String, exts: &[&str], binar
         children.insert(file.clone(), dir.join(&file).to_str().unwrap().into());
     }
     let grp = serde_json::json!({ "child_paths": children });
-    std::fs::write(dir.join(format!("__grp__{name}.json")), serde_json::to_vec(&grp).unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("__grp__{name}.json")),
+        serde_json::to_vec(&grp).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Incompressible bytes (xorshift), so layer sizes are real.
@@ -91,14 +95,46 @@ const HIP_EXTS: &[&str] = &["ttir", "ttgir", "llir", "amdgcn", "hsaco", "json"];
 
 /// A cache with sm_90, sm_80 and gfx942 kernels.
 fn all_targets(root: &Path) {
-    kernel(root, KEY_H100, "matmul_kernel", cuda_meta("a1f3", "matmul_kernel", 90), CUDA_EXTS, 4096, 1);
-    kernel(root, KEY_A100, "add_kernel", cuda_meta("b2e4", "add_kernel", 80), CUDA_EXTS, 4096, 2);
-    kernel(root, KEY_MI300, "add_kernel", hip_meta("c3d5", "add_kernel"), HIP_EXTS, 4096, 3);
+    kernel(
+        root,
+        KEY_H100,
+        "matmul_kernel",
+        cuda_meta("a1f3", "matmul_kernel", 90),
+        CUDA_EXTS,
+        4096,
+        1,
+    );
+    kernel(
+        root,
+        KEY_A100,
+        "add_kernel",
+        cuda_meta("b2e4", "add_kernel", 80),
+        CUDA_EXTS,
+        4096,
+        2,
+    );
+    kernel(
+        root,
+        KEY_MI300,
+        "add_kernel",
+        hip_meta("c3d5", "add_kernel"),
+        HIP_EXTS,
+        4096,
+        3,
+    );
 }
 
 /// A cache with one sm_90 kernel.
 fn sm90_only(root: &Path, seed: u64) {
-    kernel(root, KEY_H100, "matmul_kernel", cuda_meta("a1f3", "matmul_kernel", 90), CUDA_EXTS, 4096, seed);
+    kernel(
+        root,
+        KEY_H100,
+        "matmul_kernel",
+        cuda_meta("a1f3", "matmul_kernel", 90),
+        CUDA_EXTS,
+        4096,
+        seed,
+    );
 }
 
 fn gpus() -> GpuInventory {
@@ -283,9 +319,18 @@ async fn signed_cache_pulls_once_and_unsigned_is_denied() {
     assert_eq!(record.targets.len(), 3);
     assert_eq!(record.verification.rule, "caches");
     assert_eq!(record.verification.decision, "verified");
-    assert!(record.verification.signer.as_deref().unwrap().starts_with("key SHA256:"));
+    assert!(record
+        .verification
+        .signer
+        .as_deref()
+        .unwrap()
+        .starts_with("key SHA256:"));
     assert_eq!(record.verification.policy_generation, 7);
-    assert!(record.bytes >= pushed.built.size_bytes, "{record:?} {}", pushed.built.size_bytes);
+    assert!(
+        record.bytes >= pushed.built.size_bytes,
+        "{record:?} {}",
+        pushed.built.size_bytes
+    );
     assert_eq!(record.build_cache_root.as_deref(), Some(src.to_str().unwrap()));
     let phases = progress.lock().unwrap().clone();
     assert_eq!(phases.first(), Some(&manager::Phase::Resolving));
@@ -297,7 +342,10 @@ async fn signed_cache_pulls_once_and_unsigned_is_denied() {
     assert!(tree.join("io.triton.manifest/manifest.json").exists());
 
     // Again: present, nothing downloaded.
-    let (_, outcome) = mgr.pull_with_outcome(&env.policy, 7, &image, NO_PROGRESS).await.unwrap();
+    let (_, outcome) = mgr
+        .pull_with_outcome(&env.policy, 7, &image, NO_PROGRESS)
+        .await
+        .unwrap();
     assert_eq!(outcome, PullOutcome::Present);
     assert_eq!(mgr.stats().downloads.load(std::sync::atomic::Ordering::Relaxed), 1);
 
@@ -386,7 +434,7 @@ async fn tampered_layers_are_rejected_before_anything_is_visible() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, PullError::Registry { source: RegistryError::DigestMismatch { .. }, .. }),
+        matches!(&err, PullError::Registry { source, .. } if matches!(**source, RegistryError::DigestMismatch { .. })),
         "{err}"
     );
     assert!(err.to_string().contains(layer_digest.as_str()), "{err}");
@@ -412,7 +460,8 @@ async fn tampered_layers_are_rejected_before_anything_is_visible() {
     assert!(visible(&entry2).is_empty(), "{:?}", visible(&entry2));
 
     // With the right bytes back, the pull succeeds.
-    env.reg.put_placeholder_blob("caches/plain", &layer_digest, &pushed.layer);
+    env.reg
+        .put_placeholder_blob("caches/plain", &layer_digest, &pushed.layer);
     let record = mgr
         .pull(&env.policy, 1, &env.image("caches/plain:v1"), NO_PROGRESS)
         .await
@@ -488,7 +537,10 @@ async fn reconcile_writes_state_with_gpu_compat_and_gc_honours_refs() {
     assert_eq!(ls["entries"].as_array().unwrap().len(), 2);
     let out = env.kcache(&["cache", "ls"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("sm90") && text.contains("ml") && text.contains("denied"), "{text}");
+    assert!(
+        text.contains("sm90") && text.contains("ml") && text.contains("denied"),
+        "{text}"
+    );
     let out = env.kcache(&[
         "cache",
         "inspect",
@@ -513,12 +565,19 @@ async fn reconcile_writes_state_with_gpu_compat_and_gc_honours_refs() {
     let all2 = state2.caches.iter().find(|c| c.name == "all").unwrap();
     assert_eq!(all2.state, CacheState::Ready);
     assert_eq!(all2.digest.as_deref(), Some(all_pushed.digest.as_str()));
-    assert!(all2.reason.as_deref().unwrap().contains("re-pull failed"), "{:?}", all2.reason);
+    assert!(
+        all2.reason.as_deref().unwrap().contains("re-pull failed"),
+        "{:?}",
+        all2.reason
+    );
     env.reg.restart();
 
     // GC: both entries are approved; drop sm90 from the state, give it a container ref.
     let report = mgr.gc(&state);
-    assert!(report.removed.is_empty() && report.kept_approved.len() == 2, "{report:?}");
+    assert!(
+        report.removed.is_empty() && report.kept_approved.len() == 2,
+        "{report:?}"
+    );
     let mut without = state.clone();
     without.caches.retain(|c| c.name != "sm90");
     let refs = mgr.layout().refs_dir(&sm90_pushed.digest);
@@ -565,12 +624,20 @@ async fn kill_during_extraction_leaves_nothing_and_concurrent_cli_pulls_extract_
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut caught = false;
     for _attempt in 0..3 {
-        let mut child = env.kcache_cmd(&argv).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = env
+            .kcache_cmd(&argv)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut in_extraction = false;
         while Instant::now() < deadline {
             let temp = std::fs::read_dir(&entry)
-                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-tree-")))
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-tree-"))
+                })
                 .unwrap_or(false);
             if temp {
                 in_extraction = true;

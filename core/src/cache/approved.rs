@@ -266,7 +266,8 @@ fn valid_namespace(s: &str) -> bool {
         && s.len() <= 63
         && !s.starts_with('-')
         && !s.ends_with('-')
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// The caches.d files, sorted by name. A missing directory is empty.
@@ -350,7 +351,11 @@ mod tests {
     #[test]
     fn problems_name_the_file_and_field() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "a.yaml", "- name: ok\n  image: reg.example/c:v1\n- name: x\n  image: 'UPPER CASE'\n");
+        write(
+            d.path(),
+            "a.yaml",
+            "- name: ok\n  image: reg.example/c:v1\n- name: x\n  image: 'UPPER CASE'\n",
+        );
         write(d.path(), "b.yaml", "name: y\nimage: reg.example/c:v1\ncolour: blue\n");
         write(d.path(), "c.yaml", "name: Bad/Name\nimage: reg.example/c:v1\n");
         write(d.path(), "d0.yaml", "name: dup\nimage: reg.example/c:v1\n");

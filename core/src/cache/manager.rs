@@ -153,7 +153,7 @@ pub enum PullError {
         /// What was being fetched.
         what: String,
         /// Why.
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     /// The image is not a cache image kcache can use.
     #[error("cache image {image} ({digest}) is not a usable cache image: {reason}")]
@@ -175,7 +175,7 @@ pub enum PullError {
         /// The layer digest.
         layer: String,
         /// Why.
-        source: ExtractError,
+        source: Box<ExtractError>,
     },
     /// The store could not be written.
     #[error("cache store {path}: {source}")]
@@ -326,11 +326,11 @@ impl CacheManager {
         })?;
         let reg_err = |digest: Option<&Digest>, what: String| {
             let digest = digest.map(Digest::to_string);
-            move |source| PullError::Registry {
+            move |source: RegistryError| PullError::Registry {
                 image: image.to_string(),
                 digest,
                 what,
-                source,
+                source: Box::new(source),
             }
         };
         // 1. One digest.
@@ -390,11 +390,11 @@ impl CacheManager {
             return Ok((record, PullOutcome::Present));
         }
         let reg_err = |what: String| {
-            move |source| PullError::Registry {
+            move |source: RegistryError| PullError::Registry {
                 image: image.to_string(),
                 digest: Some(digest.to_string()),
                 what,
-                source,
+                source: Box::new(source),
             }
         };
         let format_err = |reason: String| PullError::Format {
@@ -409,8 +409,8 @@ impl CacheManager {
             .manifest(r, digest.as_str())
             .await
             .map_err(reg_err("fetching the manifest".into()))?;
-        let mut doc: serde_json::Value = serde_json::from_slice(&manifest.bytes)
-            .map_err(|e| format_err(format!("manifest is not JSON: {e}")))?;
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&manifest.bytes).map_err(|e| format_err(format!("manifest is not JSON: {e}")))?;
         if doc.get("manifests").is_some() {
             let child = choose_platform(&doc).map_err(format_err)?;
             manifest = self
@@ -435,7 +435,8 @@ impl CacheManager {
             Ok((d, size, media.to_string()))
         };
         let (config_digest, config_size, _) = desc(
-            doc.get("config").ok_or_else(|| format_err("manifest has no config".into()))?,
+            doc.get("config")
+                .ok_or_else(|| format_err("manifest has no config".into()))?,
             "config",
         )?;
         if config_size > MAX_CONFIG_BYTES as u64 {
@@ -457,7 +458,11 @@ impl CacheManager {
         let gzip = match layer_compression(&layer_media) {
             Some(LayerCompression::Gzip) => true,
             Some(LayerCompression::None) => false,
-            None => return Err(format_err(format!("layer media type {layer_media:?} is not tar or tar+gzip"))),
+            None => {
+                return Err(format_err(format!(
+                    "layer media type {layer_media:?} is not tar or tar+gzip"
+                )))
+            }
         };
         let max_layer = self.limits.max_bytes.saturating_add(LAYER_OVERHEAD);
         if layer_size > max_layer {
@@ -533,7 +538,7 @@ impl CacheManager {
         };
         let (record, extracted) = match outcome {
             Ok(v) => v,
-            Err(JobError::Store(e)) => return Err(e),
+            Err(JobError::Store(e)) => return Err(*e),
             Err(JobError::Extract(source)) => {
                 let blob = blob_error.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(source) = blob {
@@ -543,7 +548,7 @@ impl CacheManager {
                     image: image.to_string(),
                     digest: digest.to_string(),
                     layer: layer_digest.to_string(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         };
@@ -567,12 +572,10 @@ impl CacheManager {
 
     /// The record of `digest` when its entry is complete.
     fn present(&self, digest: &Digest) -> Result<Option<CacheRecord>, PullError> {
-        self.layout
-            .read_record(digest)
-            .map_err(|e| PullError::Store {
-                path: self.layout.record_path(digest),
-                source: io::Error::other(e.to_string()),
-            })
+        self.layout.read_record(digest).map_err(|e| PullError::Store {
+            path: self.layout.record_path(digest),
+            source: io::Error::other(e.to_string()),
+        })
     }
 
     /// Pulls every approved cache, checks each against the GPUs and writes `state.json` (one
@@ -802,7 +805,7 @@ struct Job {
 }
 
 enum JobError {
-    Store(PullError),
+    Store(Box<PullError>),
     Extract(ExtractError),
 }
 
@@ -811,7 +814,7 @@ impl Job {
         let entry = self.layout.entry_dir(&self.digest);
         let store_err = |path: &Path| {
             let path = path.to_owned();
-            move |source| JobError::Store(PullError::Store { path, source })
+            move |source| JobError::Store(Box::new(PullError::Store { path, source }))
         };
         let _lock = EntryLock::shared(&self.layout, &self.digest).map_err(store_err(&entry))?;
         if let Some(record) = self.layout.read_record(&self.digest).ok().flatten() {
@@ -843,16 +846,14 @@ impl Job {
                 error: self.blob_error.clone(),
             })
         };
-        let finish = || {
-            match verified.load(Ordering::SeqCst) {
-                true => Ok(()),
-                false => Err(io::Error::other(
-                    "the layer was not read to its end, so its digest was not checked",
-                )),
-            }
+        let finish = || match verified.load(Ordering::SeqCst) {
+            true => Ok(()),
+            false => Err(io::Error::other(
+                "the layer was not read to its end, so its digest was not checked",
+            )),
         };
-        let outcome = extract_once_checked(&entry, TREE_DIR, self.gzip, &self.limits, open, finish)
-            .map_err(JobError::Extract)?;
+        let outcome =
+            extract_once_checked(&entry, TREE_DIR, self.gzip, &self.limits, open, finish).map_err(JobError::Extract)?;
         let (files, bytes, extracted) = match outcome {
             ExtractOutcome::Extracted(report) => (report.files, report.bytes, true),
             ExtractOutcome::AlreadyPresent => {
@@ -1023,7 +1024,9 @@ pub fn gc(layout: &StoreLayout, state: &NodeCaches, dry_run: bool) -> GcReport {
         Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return report,
         Err(e) => {
-            report.errors.push(format!("cannot list {}: {e}", layout.root().display()));
+            report
+                .errors
+                .push(format!("cannot list {}: {e}", layout.root().display()));
             return report;
         }
     };

@@ -358,8 +358,14 @@ mod tests {
             updated_at: 0,
             caches: vec![status(None, "cluster"), status(Some("ml"), "ml-only")],
         };
-        assert_eq!(state.lookup(Some("ml"), "llama").map(|c| c.image.as_str()), Some("ml-only"));
-        assert_eq!(state.lookup(Some("other"), "llama").map(|c| c.image.as_str()), Some("cluster"));
+        assert_eq!(
+            state.lookup(Some("ml"), "llama").map(|c| c.image.as_str()),
+            Some("ml-only")
+        );
+        assert_eq!(
+            state.lookup(Some("other"), "llama").map(|c| c.image.as_str()),
+            Some("cluster")
+        );
         assert_eq!(state.lookup(None, "llama").map(|c| c.image.as_str()), Some("cluster"));
         assert!(state.lookup(Some("ml"), "mistral").is_none());
     }

@@ -88,7 +88,10 @@ pub fn pull(a: PullArgs) -> Result<Outcome> {
                 format!(
                     "no approved cache {}{} in {}",
                     a.target,
-                    a.namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default(),
+                    a.namespace
+                        .as_deref()
+                        .map(|n| format!(" in namespace {n}"))
+                        .unwrap_or_default(),
                     a.caches_dir.display()
                 )
             })?
@@ -103,8 +106,7 @@ pub fn pull(a: PullArgs) -> Result<Outcome> {
         .build()?;
     let bar = Bar::new(std::io::stderr().is_terminal() && matches!(a.output, Output::Text));
     let start = Instant::now();
-    let result =
-        rt.block_on(mgr.pull_with_outcome(&policy, policy.generation, &image, &|p: Progress| bar.update(&p)));
+    let result = rt.block_on(mgr.pull_with_outcome(&policy, policy.generation, &image, &|p: Progress| bar.update(&p)));
     bar.finish();
     match result {
         Ok((record, outcome)) => {
@@ -155,10 +157,11 @@ pub fn pull(a: PullArgs) -> Result<Outcome> {
 fn rejects(e: &PullError) -> bool {
     match e {
         PullError::Denied { .. } | PullError::Format { .. } | PullError::Extract { .. } => true,
-        PullError::Registry { source, .. } => matches!(
-            source,
-            RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. }
-        ) || matches!(source, RegistryError::Protocol { reason, .. } if reason.contains("descriptor says")),
+        PullError::Registry { source, .. } => match &**source {
+            RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => true,
+            RegistryError::Protocol { reason, .. } => reason.contains("descriptor says"),
+            _ => false,
+        },
         PullError::Reference { .. } | PullError::Store { .. } => false,
     }
 }
@@ -326,17 +329,21 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
             }
             let unapproved: Vec<_> = entries
                 .iter()
-                .filter(|e| !state.caches.iter().any(|c| c.digest.as_deref() == Some(e.digest.as_str())))
+                .filter(|e| {
+                    !state
+                        .caches
+                        .iter()
+                        .any(|c| c.digest.as_deref() == Some(e.digest.as_str()))
+                })
                 .collect();
             if !unapproved.is_empty() {
                 println!("\nentries no approved cache points at (gc removes them once unused):");
                 for e in unapproved {
                     println!(
-                        "  {} {} refs={}{}",
+                        "  {} {} refs={}",
                         short(e.digest.as_str()),
                         e.record.as_ref().map_or("(incomplete)", |r| r.image.as_str()),
-                        e.refs,
-                        ""
+                        e.refs
                     );
                 }
             }
@@ -423,7 +430,10 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
         Output::Text => {
             print_record(&record);
             println!("path:     {}", layout.entry_dir(&digest).display());
-            println!("refs:     {}", if refs.is_empty() { "-".into() } else { refs.join(", ") });
+            println!(
+                "refs:     {}",
+                if refs.is_empty() { "-".into() } else { refs.join(", ") }
+            );
             for g in &inv.gpus {
                 match bad.iter().find(|m| m.gpu == g.id) {
                     None => println!("gpu {} {} ({}): compatible", g.index, g.id, g.arch),
