@@ -885,9 +885,11 @@ impl Job {
         let json = serde_json::to_vec_pretty(&record).map_err(|e| store_err(&path)(io::Error::other(e)))?;
         match write_atomic(&path, &json, 0o644, false) {
             Ok(()) => Ok((record, extracted)),
+            // A concurrent pull that found our committed tree before we wrote the record
+            // wrote one already (the same facts); this pull still did the extraction.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let theirs = self.layout.read_record(&self.digest).ok().flatten();
-                Ok((theirs.unwrap_or(record), false))
+                Ok((theirs.unwrap_or(record), extracted))
             }
             Err(e) => Err(store_err(&path)(e)),
         }
@@ -977,7 +979,9 @@ impl EntryLock {
             std::fs::create_dir_all(layout.root())?;
             match std::fs::create_dir(&entry) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // A concurrent pull that found our committed tree before we wrote the record
+            // wrote one already (the same facts); this pull still did the extraction.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
             let file = match Self::open(&path) {
