@@ -980,8 +980,8 @@ impl EntryLock {
             match std::fs::create_dir(&entry) {
                 Ok(()) => {}
                 // A concurrent pull that found our committed tree before we wrote the record
-            // wrote one already (the same facts); this pull still did the extraction.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // wrote one already (the same facts); this pull still did the extraction.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
             let file = match Self::open(&path) {
@@ -1160,4 +1160,39 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result.map(|()| Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_platform_choice() {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let one = serde_json::json!({"manifests": [{"digest": d('a'), "platform": {"os": "linux", "architecture": "s390x"}}]});
+        assert_eq!(choose_platform(&one).unwrap().to_string(), d('a'));
+        let many = serde_json::json!({"manifests": [
+            {"digest": d('a'), "platform": {"os": "linux", "architecture": "s390x"}},
+            {"digest": d('b'), "platform": {"os": "linux", "architecture": arch}},
+            {"digest": d('c'), "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
+        ]});
+        assert_eq!(choose_platform(&many).unwrap().to_string(), d('b'));
+        let none = serde_json::json!({"manifests": [
+            {"digest": d('a'), "platform": {"os": "linux", "architecture": "s390x"}},
+            {"digest": d('b'), "platform": {"os": "windows", "architecture": arch}},
+        ]});
+        assert!(choose_platform(&none).unwrap_err().contains("no manifest for linux/"));
+        assert!(choose_platform(&serde_json::json!({"manifests": []})).is_err());
+    }
+
+    #[test]
+    fn gc_of_a_missing_store_is_empty() {
+        let layout = StoreLayout::new("/nonexistent/kcache-store", "/nonexistent/run");
+        assert_eq!(gc(&layout, &NodeCaches::default(), false), GcReport::default());
+    }
 }
