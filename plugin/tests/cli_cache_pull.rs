@@ -558,6 +558,28 @@ async fn reconcile_writes_state_with_gpu_compat_and_gc_honours_refs() {
     assert_eq!(ins["compatible_gpus"], serde_json::json!(["GPU-h100"]));
     assert_eq!(ins["incompatible_gpus"][1]["gpu"], "amd-mi300");
 
+    // `kcache cache pull NAME` looks the name up in caches.d.
+    let caches_d = env.path("caches.d");
+    std::fs::create_dir_all(&caches_d).unwrap();
+    std::fs::write(
+        caches_d.join("all.yaml"),
+        format!("name: all\nimage: {}\n", env.image("caches/all:v1")),
+    )
+    .unwrap();
+    let mut args = vec!["cache".to_string(), "pull".into(), "all".into(), "--caches-dir".into()];
+    args.push(caches_d.to_str().unwrap().into());
+    args.extend(env.registry_args());
+    args.extend(["--output".into(), "json".into()]);
+    let out = env.kcache(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pulled["outcome"], "present");
+    assert_eq!(pulled["digest"], all_pushed.digest.as_str());
+    args[2] = "nope".into();
+    let out = env.kcache(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no approved cache nope"));
+
     // The registry goes away: the re-pull fails, the ready copies stay in use.
     env.reg.stop();
     let state2 = mgr.reconcile(&env.policy, 3, &list, &inv).await;
