@@ -7,72 +7,15 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
-/// Kills the process when the test ends, pass or fail.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// None (skip) when containerd cannot run here; a failure instead under CI=true.
-fn requirements() -> Option<(PathBuf, PathBuf)> {
-    let problem = match (on_path("containerd"), on_path("ctr")) {
-        _ if !is_root() => "containerd needs root".to_owned(),
-        (Some(containerd), Some(ctr)) => return Some((containerd, ctr)),
-        _ => "containerd and ctr not found on PATH (apt-get install -y containerd runc)".to_owned(),
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true: this E2E test must run, but {problem}");
-    }
-    eprintln!("skipping the containerd E2E test: {problem}");
-    None
-}
-
-fn wait_for(path: &Path, child: &mut Child, what: &str, log: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited ({status}): {}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} did not create {}",
-            path.display()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
+use kcache_tests::{
+    containerd::{prerequisites, Containerd, ContainerdConfig},
+    kcached::{Kcached, KcachedConfig},
+};
 
 /// The outcome of one `ctr` call, with snapshotter-specific paths replaced by `ROOT`.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,19 +25,15 @@ enum Outcome {
 }
 
 struct Env {
-    ctr: PathBuf,
-    address: PathBuf,
+    containerd: Containerd,
     roots: Vec<(String, &'static str)>,
 }
 
 impl Env {
     fn ctr(&self, snapshotter: &str, args: &[&str]) -> Outcome {
-        let out: Output = Command::new(&self.ctr)
-            .args(["--address", self.address.to_str().unwrap(), "--namespace", "e2e"])
-            .args(["snapshots", "--snapshotter", snapshotter])
-            .args(args)
-            .output()
-            .unwrap();
+        let mut full = vec!["snapshots", "--snapshotter", snapshotter];
+        full.extend_from_slice(args);
+        let out = self.containerd.ctr("e2e", &full);
         if out.status.success() {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             for (root, name) in &self.roots {
@@ -179,88 +118,42 @@ fn scenario(env: &Env, sn: &str) -> Vec<(String, Outcome)> {
 
 #[test]
 fn kcache_behaves_like_containerds_overlayfs_snapshotter_under_ctr() {
-    let Some((containerd, ctr)) = requirements() else {
+    let Some(programs) = prerequisites("kcache_behaves_like_containerds_overlayfs_snapshotter_under_ctr", &[]) else {
         return;
     };
     let tmp = tempfile::Builder::new().prefix("kc-e2e").tempdir_in("/tmp").unwrap();
     let dir = tmp.path();
-    let kcache_socket = dir.join("kcache.sock");
-    let kcache_root = dir.join("kroot");
-    let kcache_log = dir.join("kcached.log");
-    let mut kcached = Killed(
-        Command::new(env!("CARGO_BIN_EXE_kcached"))
-            .arg("--snapshotter-socket")
-            .arg(&kcache_socket)
-            .arg("--root")
-            .arg(&kcache_root)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&kcache_log).unwrap())
-            .spawn()
-            .unwrap(),
+    let kcached = Kcached::start(
+        Path::new(env!("CARGO_BIN_EXE_kcached")),
+        &dir.join("kcached"),
+        KcachedConfig::default(),
     );
-    wait_for(&kcache_socket, &mut kcached.0, "kcached", &kcache_log);
+    let kcache_socket = kcached.snapshotter_socket();
+    let kcache_root = kcached.root();
     let mode = fs::metadata(&kcache_socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     assert_eq!(mode.unwrap() & 0o777, 0o600);
 
-    let address = dir.join("containerd.sock");
-    let config = dir.join("config.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = "{address}"
-
-[ttrpc]
-  address = "{address}.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-
-# Collect after every deletion: that is when containerd removes a snapshot from its backend.
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-
-[proxy_plugins.kcache]
-  type = "snapshot"
-  address = "{socket}"
-"#,
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            opt = dir.join("opt").display(),
-            address = address.display(),
-            socket = kcache_socket.display(),
-        ),
-    )
-    .unwrap();
-    let containerd_log = dir.join("containerd.log");
-    let mut containerd = Killed(
-        Command::new(containerd)
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&containerd_log).unwrap())
-            .spawn()
-            .unwrap(),
+    let containerd = Containerd::start(
+        &programs,
+        &dir.join("containerd"),
+        &ContainerdConfig {
+            kcache_socket: Some(kcache_socket),
+            cri: None,
+        },
     );
-    wait_for(&address, &mut containerd.0, "containerd", &containerd_log);
-
     let env = Env {
-        ctr,
-        address,
         roots: vec![
             (
-                dir.join("root/io.containerd.snapshotter.v1.overlayfs")
+                containerd
+                    .root()
+                    .join("io.containerd.snapshotter.v1.overlayfs")
                     .display()
                     .to_string(),
                 "ROOT",
             ),
             (kcache_root.display().to_string(), "ROOT"),
         ],
+        containerd,
     };
     let theirs = scenario(&env, "overlayfs");
     let ours = scenario(&env, "kcache");
@@ -268,9 +161,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         eprintln!("{step}\n  overlayfs: {want:?}\n  kcache:    {got:?}");
     }
     if ours != theirs {
-        for log in [&containerd_log, &kcache_log] {
-            eprintln!("--- {}\n{}", log.display(), fs::read_to_string(log).unwrap_or_default());
-        }
+        eprintln!("--- containerd log\n{}\n{}", env.containerd.log(), kcached.log());
     }
     assert_eq!(ours, theirs, "kcache differs from overlayfs (see the steps above)");
     // The removals reach kcached through containerd's garbage collector, asynchronously.
@@ -280,7 +171,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "containerd's GC did not remove kcache's snapshots: {}",
-            fs::read_to_string(&containerd_log).unwrap_or_default()
+            env.containerd.log()
         );
         thread::sleep(Duration::from_millis(100));
     }

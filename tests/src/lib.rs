@@ -3,8 +3,12 @@
 //! A missing component is a loud failure, never a silent skip: install them with
 //! `make deps` (scripts/deps.sh).
 
+pub mod containerd;
+pub mod cri;
 pub mod fixtures;
 pub mod hostile;
+pub mod images;
+pub mod kcached;
 pub mod registry;
 
 pub use registry::TestRegistry;

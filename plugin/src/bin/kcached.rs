@@ -1,27 +1,176 @@
-//! kcached: the kcache node daemon. For now it serves only the proxy snapshotter, registered in
-//! containerd's config as `[proxy_plugins.kcache] type = "snapshot" address = "<socket>"`.
+//! kcached: the kcache node daemon.
+//!
+//! - containerd's Snapshots API on `--snapshotter-socket` (a proxy snapshotter: overlay
+//!   snapshots with a verification gate on Prepare);
+//! - the kcache API on `--api-socket` (verify, policy status, cache status, metrics);
+//! - `/metrics` on a loopback TCP address when `--metrics-addr` is set;
+//! - the policy, reloaded on change (a broken new policy keeps the old one);
+//! - the GPU inventory, written to `<run-dir>/gpus.json` at start for the OCI hook.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
-use kcache_core::snapshot::OverlaySnapshotter;
+use kcache_core::{
+    cache::store::StoreLayout,
+    gpu::{self, ProbeOptions},
+    registry::{Client, RegistryConfig},
+    snapshot::OverlaySnapshotter,
+    verdict::CacheConfig,
+    verifier::Verifier,
+};
+use kcache_plugin::{
+    daemon::{
+        api::{self, ApiState},
+        config::FileConfig,
+        gate::{Gate, GateConfig, Unlabeled},
+        metrics::Metrics,
+        policy_store::PolicyStore,
+    },
+    snapshotter::{serve_service, SnapshotsService},
+};
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-/// kcache node daemon.
+const DEFAULT_CONFIG: &str = "/etc/kcache/config.toml";
+
+/// kcache node daemon: containerd proxy snapshotter with a verification gate, and the kcache API.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Daemon config file (TOML). Flags win over it.
+    #[arg(long, env = "KCACHED_CONFIG")]
+    config: Option<PathBuf>,
+    /// Verification policy; `policy.d/` beside it is read too. Reloaded on change.
+    #[arg(long, env = "KCACHE_POLICY")]
+    policy: Option<PathBuf>,
+    /// Serve the snapshotter without a policy and without the gate (no verification at all).
+    #[arg(long, conflicts_with = "policy")]
+    no_policy: bool,
     /// Unix socket of the snapshotter (containerd's proxy_plugins address).
-    #[arg(
-        long,
-        env = "KCACHED_SNAPSHOTTER_SOCKET",
-        default_value = "/run/kcache/snapshotter.sock"
-    )]
-    snapshotter_socket: PathBuf,
+    #[arg(long, env = "KCACHED_SNAPSHOTTER_SOCKET")]
+    snapshotter_socket: Option<PathBuf>,
+    /// Unix socket of the kcache API.
+    #[arg(long, env = "KCACHED_API_SOCKET")]
+    api_socket: Option<PathBuf>,
     /// Root directory of the snapshotter: its metadata and snapshot directories.
-    #[arg(long, env = "KCACHED_ROOT", default_value = "/var/lib/kcache/snapshotter")]
+    #[arg(long, env = "KCACHED_ROOT")]
+    root: Option<PathBuf>,
+    /// Root of the kernel-cache store.
+    #[arg(long)]
+    cache_root: Option<PathBuf>,
+    /// Run directory (gpus.json, per-container dirs).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Approved caches directory.
+    #[arg(long)]
+    caches_dir: Option<PathBuf>,
+    /// Registry host[:port] to reach over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// Docker-style auth file.
+    #[arg(long, env = "KCACHE_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// Unpacks without CRI image labels (`ctr pull`, snapshot annotations off).
+    #[arg(long, value_enum)]
+    unlabeled: Option<Unlabeled>,
+    /// Turn off the parent-chain check for container snapshots (enforce mode).
+    #[arg(long)]
+    no_chain_check: bool,
+    /// Serve /metrics on this loopback TCP address too.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// An admin-pinned GPU inventory file instead of probing.
+    #[arg(long)]
+    gpu_inventory: Option<PathBuf>,
+}
+
+/// The resolved settings.
+struct Settings {
+    policy: Option<PathBuf>,
+    snapshotter_socket: PathBuf,
+    api_socket: PathBuf,
     root: PathBuf,
+    layout: StoreLayout,
+    registry: RegistryConfig,
+    verdict_cache: CacheConfig,
+    gate: GateConfig,
+    metrics_addr: Option<SocketAddr>,
+    reload: Duration,
+    probe: ProbeOptions,
+}
+
+fn settings(args: Args) -> anyhow::Result<Settings> {
+    let (path, required) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let file = FileConfig::load(&path, required)?;
+    let pick = |flag: Option<PathBuf>, file: Option<PathBuf>, default: &str| {
+        flag.or(file).unwrap_or_else(|| PathBuf::from(default))
+    };
+    let policy = if args.no_policy {
+        None
+    } else {
+        Some(pick(args.policy, file.policy, "/etc/kcache/policy.yaml"))
+    };
+    let metrics_addr = args.metrics_addr.or(file.metrics_addr);
+    if let Some(addr) = metrics_addr {
+        if !addr.ip().is_loopback() {
+            bail!("--metrics-addr {addr}: metrics are served on loopback addresses only");
+        }
+    }
+    let mut insecure = file.registry.insecure;
+    insecure.extend(args.insecure);
+    let defaults = CacheConfig::default();
+    let vc = file.verdict_cache;
+    Ok(Settings {
+        policy,
+        snapshotter_socket: pick(
+            args.snapshotter_socket,
+            file.snapshotter_socket,
+            "/run/kcache/snapshotter.sock",
+        ),
+        api_socket: pick(args.api_socket, file.api_socket, "/run/kcache/kcache.sock"),
+        root: pick(args.root, file.root, "/var/lib/kcache/snapshotter"),
+        layout: StoreLayout::new(
+            pick(
+                args.cache_root,
+                file.cache_root,
+                kcache_core::cache::store::DEFAULT_ROOT,
+            ),
+            pick(args.run_dir, file.run_dir, kcache_core::cache::store::DEFAULT_RUN_DIR),
+        ),
+        registry: RegistryConfig {
+            insecure,
+            auth_file: args.auth_file.or(file.registry.auth_file),
+            timeout: Duration::from_secs(file.registry.timeout_seconds.unwrap_or(10).max(1)),
+            ..RegistryConfig::default()
+        },
+        verdict_cache: CacheConfig {
+            positive_ttl: vc
+                .positive_ttl_seconds
+                .map_or(defaults.positive_ttl, Duration::from_secs),
+            negative_ttl: vc
+                .negative_ttl_seconds
+                .map_or(defaults.negative_ttl, Duration::from_secs),
+            capacity: vc.capacity.unwrap_or(defaults.capacity),
+        },
+        gate: GateConfig {
+            unlabeled: args.unlabeled.or(file.unlabeled).unwrap_or(Unlabeled::Allow),
+            chain_check: !args.no_chain_check && file.chain_check.unwrap_or(true),
+        },
+        metrics_addr,
+        reload: Duration::from_secs(file.policy_reload_seconds.unwrap_or(2).max(1)),
+        probe: ProbeOptions {
+            pinned_file: args.gpu_inventory.or(file.gpu.pinned_file),
+            nvml: file.gpu.nvml.unwrap_or(true),
+            kfd_root: file
+                .gpu
+                .kfd_root
+                .or_else(|| Some(PathBuf::from(gpu::kfd::DEFAULT_TOPOLOGY_ROOT))),
+        },
+    })
 }
 
 #[tokio::main]
@@ -30,7 +179,11 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    match run(Args::parse()).await {
+    let result = match settings(Args::parse()) {
+        Ok(s) => run(s).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("kcached: {err:#}");
@@ -39,14 +192,162 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let root = args.root.clone();
+async fn run(s: Settings) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+
+    // The policy first: a daemon that cannot say what it enforces does not start.
+    let policy = match &s.policy {
+        Some(path) => {
+            let store =
+                PolicyStore::load(path).with_context(|| format!("cannot load the policy {}", path.display()))?;
+            let st = store.status();
+            tracing::info!(policy = %path.display(), generation = st.generation, mode = %st.mode, rules = st.rules, "policy loaded");
+            Some(Arc::new(store))
+        }
+        None => {
+            tracing::warn!("--no-policy: the snapshotter serves every pull unverified");
+            None
+        }
+    };
+
+    let client = Arc::new(Client::new(s.registry.clone()).context("cannot set up the registry client")?);
+    let verifier = Arc::new(Verifier::with_cache(client, s.verdict_cache.clone()));
+
+    // The GPU inventory, for the hook (which never loads NVML).
+    write_gpu_inventory(&s.layout, &s.probe).await;
+
+    let root = s.root.clone();
     let snapshotter = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root))
         .await?
-        .with_context(|| format!("failed to open the snapshotter at {}", args.root.display()))?;
-    kcache_plugin::snapshotter::serve(Arc::new(snapshotter), &args.snapshotter_socket, shutdown())
-        .await
-        .context("failed to serve the snapshotter")
+        .with_context(|| format!("failed to open the snapshotter at {}", s.root.display()))?;
+    let mut service = SnapshotsService::new(Arc::new(snapshotter)).with_metrics(Arc::clone(&metrics));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(policy) = &policy {
+        service = service.with_gate(Arc::new(Gate::new(
+            Arc::clone(policy),
+            Arc::clone(&verifier),
+            Arc::clone(&metrics),
+            s.gate.clone(),
+        )));
+        set_policy_gauge(&metrics, policy.current().policy.generation);
+        let (m, m2) = (Arc::clone(&metrics), Arc::clone(&metrics));
+        let watcher = Arc::clone(policy).watch(s.reload, move |loaded| set_policy_gauge(&m, loaded.policy.generation));
+        let errors = Arc::clone(policy);
+        let stop = stopped();
+        tasks.spawn(async move {
+            // Count reload errors for the metrics as they appear.
+            let count_errors = async move {
+                let mut last = None;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let now = errors.status().last_error;
+                    if now.is_some() && now != last {
+                        m2.inc("kcache_policy_reload_errors_total", vec![], 1);
+                    }
+                    last = now;
+                }
+            };
+            tokio::select! {
+                _ = watcher => {}
+                _ = count_errors => {}
+                _ = stop => {}
+            }
+            Ok(())
+        });
+
+        let state = Arc::new(ApiState {
+            policy: Arc::clone(policy),
+            verifier: Arc::clone(&verifier),
+            metrics: Arc::clone(&metrics),
+            layout: s.layout.clone(),
+        });
+        let api_socket = s.api_socket.clone();
+        let st = Arc::clone(&state);
+        let stop = stopped();
+        tasks.spawn(async move {
+            api::serve(st, &api_socket, stop)
+                .await
+                .with_context(|| format!("the kcache API on {} failed", api_socket.display()))
+        });
+        if let Some(addr) = s.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            tracing::info!(%addr, "serving /metrics");
+            let stop = stopped();
+            tasks.spawn(async move {
+                api::serve_metrics(state, listener, stop)
+                    .await
+                    .context("metrics listener failed")
+            });
+        }
+    }
+
+    let socket = s.snapshotter_socket.clone();
+    let stop = stopped();
+    tasks.spawn(async move {
+        serve_service(service, &socket, stop)
+            .await
+            .with_context(|| format!("failed to serve the snapshotter on {}", socket.display()))
+    });
+
+    // Run until a signal, or until any part fails (then stop the rest).
+    let result = tokio::select! {
+        _ = shutdown() => Ok(()),
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(anyhow::anyhow!("a daemon task failed: {join}")),
+        },
+    };
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        tracing::warn!("some connections did not close within 5 s");
+    }
+    for socket in [&s.snapshotter_socket, &s.api_socket] {
+        let _ = std::fs::remove_file(socket);
+    }
+    result
+}
+
+fn set_policy_gauge(metrics: &Metrics, generation: u64) {
+    // Prometheus values are doubles: keep 52 bits so the value is exact.
+    metrics.set(
+        "kcache_policy_generation",
+        vec![],
+        (generation & ((1 << 52) - 1)) as f64,
+    );
+}
+
+async fn write_gpu_inventory(layout: &StoreLayout, probe: &ProbeOptions) {
+    let path = layout.gpus_path();
+    let probe = probe.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let inventory = gpu::probe(&probe);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        gpu::file::save(&path, &inventory).map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>((path, inventory))
+    })
+    .await;
+    match result {
+        Ok(Ok((path, inv))) => {
+            tracing::info!(path = %path.display(), gpus = inv.gpus.len(), source = ?inv.source, notes = ?inv.notes, "GPU inventory written")
+        }
+        Ok(Err(e)) => tracing::error!(%e, "cannot write the GPU inventory; the hook will inject no cache"),
+        Err(e) => tracing::error!(%e, "GPU probe failed"),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

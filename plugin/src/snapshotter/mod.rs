@@ -11,4 +11,4 @@ pub mod convert;
 pub mod server;
 
 pub use kcache_core::snapshot::Snapshotter;
-pub use server::{serve, ServeError, SnapshotsService};
+pub use server::{bind_unix, serve, serve_service, ServeError, SnapshotsService};

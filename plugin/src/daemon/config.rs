@@ -1,0 +1,186 @@
+//! `/etc/kcache/config.toml`: the daemon's settings. Every key is optional; a flag on the
+//! command line wins over the file, the file over the built-in default. Unknown keys are
+//! errors (a typo must not silently fall back to a default).
+//!
+//! ```toml
+//! policy = "/etc/kcache/policy.yaml"        # policy.d/ beside it
+//! snapshotter_socket = "/run/kcache/snapshotter.sock"
+//! api_socket = "/run/kcache/kcache.sock"
+//! root = "/var/lib/kcache/snapshotter"
+//! cache_root = "/var/lib/kcache/caches"
+//! run_dir = "/run/kcache"
+//! caches_dir = "/etc/kcache/caches.d"
+//! metrics_addr = "127.0.0.1:9464"           # optional; loopback only
+//! unlabeled = "allow"                       # unpacks without CRI labels: allow | deny
+//! chain_check = true                        # enforce mode: containers only on verified chains
+//! policy_reload_seconds = 2
+//!
+//! [registry]
+//! insecure = ["127.0.0.1:5000"]             # plain HTTP for these hosts only
+//! auth_file = "/etc/kcache/auth.json"
+//! timeout_seconds = 10
+//!
+//! [verdict_cache]
+//! positive_ttl_seconds = 600
+//! negative_ttl_seconds = 30
+//! capacity = 10000
+//!
+//! [gpu]
+//! pinned_file = "/etc/kcache/gpus.json"     # an admin-pinned inventory instead of probing
+//! nvml = true
+//! ```
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use super::gate::Unlabeled;
+
+/// The config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Policy file.
+    pub policy: Option<PathBuf>,
+    /// Snapshotter socket.
+    pub snapshotter_socket: Option<PathBuf>,
+    /// API socket.
+    pub api_socket: Option<PathBuf>,
+    /// Snapshotter root.
+    pub root: Option<PathBuf>,
+    /// Cache store root.
+    pub cache_root: Option<PathBuf>,
+    /// Run directory.
+    pub run_dir: Option<PathBuf>,
+    /// Approved caches directory.
+    pub caches_dir: Option<PathBuf>,
+    /// Metrics listen address (loopback).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Unpacks without CRI labels.
+    pub unlabeled: Option<Unlabeled>,
+    /// The chain check.
+    pub chain_check: Option<bool>,
+    /// Policy reload interval.
+    pub policy_reload_seconds: Option<u64>,
+    /// Registry access.
+    #[serde(default)]
+    pub registry: RegistrySection,
+    /// The verdict cache.
+    #[serde(default)]
+    pub verdict_cache: VerdictCacheSection,
+    /// GPU inventory.
+    #[serde(default)]
+    pub gpu: GpuSection,
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// Hosts reached over plain HTTP.
+    #[serde(default)]
+    pub insecure: Vec<String>,
+    /// Docker-style auth file.
+    pub auth_file: Option<PathBuf>,
+    /// Per-request timeout.
+    pub timeout_seconds: Option<u64>,
+}
+
+/// `[verdict_cache]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictCacheSection {
+    /// TTL of allowed verdicts.
+    pub positive_ttl_seconds: Option<u64>,
+    /// TTL of denied verdicts.
+    pub negative_ttl_seconds: Option<u64>,
+    /// Entries kept.
+    pub capacity: Option<usize>,
+}
+
+/// `[gpu]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSection {
+    /// An admin-pinned inventory file.
+    pub pinned_file: Option<PathBuf>,
+    /// Probe NVML (default true).
+    pub nvml: Option<bool>,
+    /// KFD sysfs root (tests).
+    pub kfd_root: Option<PathBuf>,
+}
+
+/// Reading the config failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or unknown/mistyped keys.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why (with line and column).
+        source: toml::de::Error,
+    },
+}
+
+impl FileConfig {
+    /// Reads `path`. A missing file is the default config when `required` is false (the
+    /// default path), an error when the user named the file.
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: FileConfig = toml::from_str(&doc).unwrap();
+        assert_eq!(c.unlabeled, Some(Unlabeled::Allow));
+        assert_eq!(c.registry.insecure, vec!["127.0.0.1:5000"]);
+        assert_eq!(c.metrics_addr.unwrap().port(), 9464);
+        assert_eq!(c.verdict_cache.capacity, Some(10000));
+    }
+
+    #[test]
+    fn typos_are_errors_with_a_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "polcy = \"/x\"\n").unwrap();
+        let err = FileConfig::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("polcy") && err.contains("config.toml"), "{err}");
+        assert!(FileConfig::load(&dir.path().join("missing.toml"), false).is_ok());
+        assert!(FileConfig::load(&dir.path().join("missing.toml"), true).is_err());
+    }
+}

@@ -1,0 +1,546 @@
+//! E2E through containerd's CRI gRPC API, the way the kubelet drives it: a real containerd 1.6
+//! with kcached as its `kcache` proxy snapshotter in enforce mode, a loopback docker-registry
+//! with busybox images signed by kcache's signer, host-network pods run by runc.
+//!
+//! Covers: a signed image pulls and runs; an unsigned one and a re-tagged (swapped) one are
+//! refused with kcache's message; a signed index pulls; kcached restarted under a running
+//! containerd; kcached SIGKILLed in the middle of an unpack.
+//!
+//! Needs root, containerd, ctr, runc, containerd-shim-runc-v2 and busybox-static. Without them
+//! the tests skip with a message, except under `CI=true`, where they fail.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use kcache_core::{cosign::sign::sign_and_push, digest::Digest, signing::PrivateKey};
+use kcache_plugin::proto::snapshots::{self as snap, snapshots_client::SnapshotsClient};
+use kcache_tests::{
+    containerd::{prerequisites, Containerd, ContainerdConfig, CriConfig},
+    cri::{self, pb, Cri},
+    images::{self, Image},
+    kcached::{Kcached, KcachedConfig},
+    TestRegistry,
+};
+
+const RUNNING: i32 = pb::ContainerState::ContainerRunning as i32;
+
+/// containerd + kcached + registry, torn down in that order; their logs are printed when the
+/// test fails (always with `KCACHE_E2E_LOGS=1`).
+struct World {
+    // Field order is drop order: containerd (and its containers) before kcached and the files.
+    containerd: Containerd,
+    kcached: Kcached,
+    reg: TestRegistry,
+    cri: Cri,
+    key: PrivateKey,
+    host: String,
+    pods: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("KCACHE_E2E_LOGS").is_some() {
+            eprintln!("--- containerd log\n{}", self.containerd.log());
+            eprintln!("{}", self.kcached.log());
+        }
+    }
+}
+
+/// None when the prerequisites are missing (and CI is not set).
+async fn world(test: &str) -> Option<World> {
+    let programs = prerequisites(test, &["runc", "containerd-shim-runc-v2"])?;
+    if !images::have_busybox_static() {
+        let problem = "busybox-static is not installed (apt-get install -y busybox-static)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: {test}: {problem}"
+        );
+        eprintln!("skipping {test}: {problem}");
+        return None;
+    }
+    let reg = TestRegistry::start();
+    let host = reg.host();
+    let tmp = tempfile::Builder::new().prefix("kc-cri").tempdir_in("/tmp").unwrap();
+    let dir = tmp.path();
+    let key = PrivateKey::generate_p256();
+    std::fs::write(dir.join("cosign.pub"), key.public_key().to_pem()).unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        format!(
+            "mode: enforce\ndefault: deny\nrules:\n  - name: e2e-signed\n    images: [\"{host}/e2e/*\"]\n    authorities:\n      - key: {{path: cosign.pub}}\n    transparencyLog: off\n"
+        ),
+    )
+    .unwrap();
+
+    // The pod sandbox image: blocks like pause does, and must pass the policy too.
+    let pause = format!("{host}/e2e/pause:1");
+    Image::busybox("pause", &["/bin/busybox", "sleep", "3600"])
+        .push(&reg, "e2e/pause:1")
+        .await;
+    sign_and_push(&reg.client(), &key, &reg.reference("e2e/pause:1"), false)
+        .await
+        .unwrap();
+
+    let kcached = Kcached::start(
+        Path::new(env!("CARGO_BIN_EXE_kcached")),
+        &dir.join("kcached"),
+        KcachedConfig {
+            policy: Some(dir.join("policy.yaml")),
+            insecure: vec![host.clone()],
+            ..KcachedConfig::default()
+        },
+    );
+    let containerd = Containerd::start(
+        &programs,
+        &dir.join("containerd"),
+        &ContainerdConfig {
+            kcache_socket: Some(kcached.snapshotter_socket()),
+            cri: Some(CriConfig {
+                sandbox_image: pause,
+                snapshotter: "kcache".into(),
+                plain_http: vec![host.clone()],
+            }),
+        },
+    );
+    let cri = connect(&containerd).await;
+    let pods = dir.join("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    Some(World {
+        containerd,
+        kcached,
+        reg,
+        cri,
+        key,
+        host,
+        pods,
+        _tmp: tmp,
+    })
+}
+
+/// The CRI connection, once containerd's CRI plugin answers Version.
+async fn connect(containerd: &Containerd) -> Cri {
+    let start = Instant::now();
+    loop {
+        if let Ok(c) = Cri::connect(containerd.address()).await {
+            let mut rt = c.runtime.clone();
+            if rt.version(pb::VersionRequest::default()).await.is_ok() {
+                return c;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "containerd's CRI plugin does not answer:\n{}",
+            containerd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl World {
+    fn image(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.host)
+    }
+
+    async fn sign(&self, repo_tag: &str) {
+        sign_and_push(&self.reg.client(), &self.key, &self.reg.reference(repo_tag), false)
+            .await
+            .unwrap();
+    }
+
+    /// A busybox image under `repo_tag`, signed when `signed`.
+    async fn push(&self, repo_tag: &str, marker: &str, signed: bool) -> Digest {
+        let pushed = Image::busybox(marker, &["/bin/busybox", "sleep", "3600"])
+            .push(&self.reg, repo_tag)
+            .await;
+        if signed {
+            self.sign(repo_tag).await;
+        }
+        pushed.digest
+    }
+
+    fn pod(&self, name: &str) -> pb::PodSandboxConfig {
+        cri::host_network_pod(name, &self.pods.join(name))
+    }
+
+    /// Starts a container of `image` running `script` in `pod` and waits until it runs and has
+    /// logged `expect`.
+    async fn run(
+        &self,
+        pod: &str,
+        sandbox: &pb::PodSandboxConfig,
+        name: &str,
+        image: &str,
+        script: &str,
+        expect: &str,
+    ) -> String {
+        let id = self
+            .cri
+            .start_container(pod, sandbox, cri::container(name, image, &["/bin/sh", "-c", script]))
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer/StartContainer {name} ({image}): {e}"));
+        let log = Path::new(&sandbox.log_directory).join(format!("{name}.log"));
+        let start = Instant::now();
+        loop {
+            let status = self.cri.container_status(&id).await.unwrap();
+            let logged = std::fs::read_to_string(&log).unwrap_or_default();
+            if status.state == RUNNING && logged.contains(expect) {
+                return id;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "container {name} ({image}) state {} ({}), log {logged:?}, expected {expect:?}",
+                status.state,
+                status.message
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn image_present(&self, image: &str) -> bool {
+        self.cri
+            .images
+            .clone()
+            .image_status(pb::ImageStatusRequest {
+                image: Some(cri::image_spec(image)),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .is_some()
+    }
+
+    /// kcached's snapshots, asked on its own socket.
+    async fn kcache_snapshots(&self) -> Vec<snap::Info> {
+        let channel = cri::unix_channel(&self.kcached.snapshotter_socket()).await.unwrap();
+        let mut stream = SnapshotsClient::new(channel)
+            .list(snap::ListSnapshotsRequest {
+                snapshotter: "kcache".into(),
+                filters: Vec::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut all = Vec::new();
+        while let Some(page) = stream.message().await.unwrap() {
+            all.extend(page.info);
+        }
+        all
+    }
+}
+
+impl World {
+    /// Usage, on kcached's own socket, of each snapshot: it fails for one whose directory is gone.
+    async fn kcache_usage_of_each(&self, listed: &[snap::Info]) {
+        let channel = cri::unix_channel(&self.kcached.snapshotter_socket()).await.unwrap();
+        let mut c = SnapshotsClient::new(channel);
+        for info in listed {
+            c.usage(snap::UsageRequest {
+                snapshotter: "kcache".into(),
+                key: info.name.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("kcached lists {} but cannot measure it: {e}", info.name));
+        }
+    }
+}
+
+fn assert_denied(err: &tonic::Status, image: &str, digest: &Digest) {
+    let msg = err.message();
+    assert!(
+        msg.contains("denied by rule e2e-signed") && msg.contains(image) && msg.contains(digest.as_str()),
+        "PullImage of {image} must fail with kcache's denial naming the image, {digest} and the rule; got {:?}: {msg}",
+        err.code()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_image_pulls_and_runs_in_a_host_network_pod() {
+    let Some(w) = world("a_signed_image_pulls_and_runs_in_a_host_network_pod").await else {
+        return;
+    };
+    let digest = w.push("e2e/app:v1", "app-v1", true).await;
+    let image = w.image("e2e/app:v1");
+    let image_ref = w.cri.pull(&image, None).await.unwrap();
+    assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+    assert!(w.image_present(&image).await);
+
+    // The gate marked the image's layer as verified, with the manifest digest and the rule.
+    let verified: Vec<_> = w
+        .kcache_snapshots()
+        .await
+        .into_iter()
+        .filter(|i| i.labels.get("kcache.dev/verified") == Some(&digest.to_string()))
+        .collect();
+    assert!(
+        !verified.is_empty(),
+        "no snapshot of {image} carries kcache.dev/verified={digest}"
+    );
+    assert!(verified
+        .iter()
+        .all(|i| i.labels.get("kcache.dev/verified-rule").map(String::as_str) == Some("e2e-signed")));
+
+    let sandbox = w.pod("signed");
+    let pod = w.cri.run_pod(&sandbox).await.unwrap();
+    let id = w
+        .run(
+            &pod,
+            &sandbox,
+            "app",
+            &image,
+            "echo hi > /tmp/x; cat /tmp/x /etc/kcache-e2e; sleep 30",
+            "app-v1",
+        )
+        .await;
+    let log = std::fs::read_to_string(w.pods.join("signed/app.log")).unwrap();
+    assert!(log.contains(" stdout F hi\n"), "{log}");
+    // The writable layer is kcache's: the container's rootfs is mounted from its root.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.contains(&w.kcached.root().join("snapshots").display().to_string()),
+        "no mount of kcache's snapshots is in place while {id} runs"
+    );
+    w.cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_image_is_refused_with_kcaches_message() {
+    let Some(w) = world("an_unsigned_image_is_refused_with_kcaches_message").await else {
+        return;
+    };
+    let digest = w.push("e2e/unsigned:v1", "unsigned", false).await;
+    let image = w.image("e2e/unsigned:v1");
+    let err = w
+        .cri
+        .pull(&image, None)
+        .await
+        .expect_err("an unsigned image must not pull");
+    assert_denied(&err, &image, &digest);
+    assert!(!w.image_present(&image).await, "a refused image must not be listed");
+    // Nothing of it is left in kcache: no layer snapshot carries its content.
+    assert!(w
+        .kcache_snapshots()
+        .await
+        .iter()
+        .all(|i| i.kind != snap::Kind::Committed as i32 || i.labels.get("kcache.dev/verified").is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_tag_is_refused() {
+    let Some(w) = world("a_swapped_tag_is_refused").await else {
+        return;
+    };
+    let image = w.image("e2e/swap:v1");
+    w.push("e2e/swap:v1", "original", true).await;
+    w.cri.pull(&image, None).await.expect("the signed original pulls");
+    // Someone with push rights re-tags another image (unsigned) as the signed tag.
+    let swapped = w.push("e2e/swap:v1", "swapped", false).await;
+    let err = w
+        .cri
+        .pull(&image, None)
+        .await
+        .expect_err("the swapped tag must not pull");
+    assert_denied(&err, &image, &swapped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_index_pulls_by_tag_and_runs() {
+    let Some(w) = world("a_signed_index_pulls_by_tag_and_runs").await else {
+        return;
+    };
+    let platform = Image::busybox("from-index", &["/bin/busybox", "sleep", "3600"])
+        .push(&w.reg, "e2e/multi:amd64-only")
+        .await;
+    images::push_index(&w.reg, "e2e/multi:v1", &platform).await;
+    w.sign("e2e/multi:v1").await;
+    let image = w.image("e2e/multi:v1");
+    w.cri.pull(&image, None).await.expect("a signed index pulls");
+    let sandbox = w.pod("index");
+    let pod = w.cri.run_pod(&sandbox).await.unwrap();
+    w.run(
+        &pod,
+        &sandbox,
+        "app",
+        &image,
+        "cat /etc/kcache-e2e; sleep 30",
+        "from-index",
+    )
+    .await;
+    w.cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcached_restarts_under_a_running_containerd() {
+    let Some(mut w) = world("kcached_restarts_under_a_running_containerd").await else {
+        return;
+    };
+    w.push("e2e/app:v1", "app-v1", true).await;
+    let image = w.image("e2e/app:v1");
+    w.cri.pull(&image, None).await.unwrap();
+    let sandbox = w.pod("restart");
+    let pod = w.cri.run_pod(&sandbox).await.unwrap();
+    let first = w
+        .run(&pod, &sandbox, "first", &image, "echo first; sleep 60", "first")
+        .await;
+    let before = w
+        .containerd
+        .ctr_ok("k8s.io", &["snapshots", "--snapshotter", "kcache", "ls"]);
+
+    w.kcached.restart();
+
+    // The running container does not notice.
+    assert_eq!(w.cri.container_status(&first).await.unwrap().state, RUNNING);
+    // containerd reconnects on the next call: the same snapshots, all answering Usage.
+    let start = Instant::now();
+    let after = loop {
+        let out = w
+            .containerd
+            .ctr("k8s.io", &["snapshots", "--snapshotter", "kcache", "ls"]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "containerd did not reconnect to kcached: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(before, after);
+    w.containerd
+        .ctr_ok("k8s.io", &["snapshots", "--snapshotter", "kcache", "usage"]);
+    // New work goes through the new daemon: another container, and a pull of a new image.
+    w.run(&pod, &sandbox, "second", &image, "echo second; sleep 60", "second")
+        .await;
+    w.push("e2e/later:v1", "later", true).await;
+    w.cri.pull(&w.image("e2e/later:v1"), None).await.unwrap();
+    assert_eq!(w.cri.container_status(&first).await.unwrap().state, RUNNING);
+    w.cri.remove_pod(&pod).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcached_killed_during_an_unpack_recovers_and_the_pull_can_be_retried() {
+    let Some(mut w) = world("kcached_killed_during_an_unpack_recovers_and_the_pull_can_be_retried").await else {
+        return;
+    };
+    // A ~130 MB image in 8 incompressible layers over busybox: long enough to kill mid-unpack.
+    const LAYERS: u64 = 8;
+    let mut big = Image::busybox("big", &["/bin/busybox", "sleep", "3600"]);
+    for n in 0..LAYERS {
+        big.layers
+            .push(images::random_layer(&format!("l{n}"), 0x6b63_6163_6865 + n, 16 << 20));
+    }
+    big.push(&w.reg, "e2e/big:v1").await;
+    w.sign("e2e/big:v1").await;
+    let image = w.image("e2e/big:v1");
+
+    let snapshots_dir = w.kcached.root().join("snapshots");
+    let count = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let baseline = count(&snapshots_dir);
+    let cri = w.cri.clone();
+    let pulling = {
+        let image = image.clone();
+        tokio::spawn(async move { cri.pull(&image, None).await })
+    };
+    // Kill as soon as the unpack is under way: two layers in, the rest to come.
+    let start = Instant::now();
+    while count(&snapshots_dir) < baseline + 2 {
+        assert!(!pulling.is_finished(), "the pull ended before the unpack was seen");
+        assert!(start.elapsed() < Duration::from_secs(60), "no unpack started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    w.kcached.kill9();
+    let first = pulling.await.unwrap();
+    assert!(
+        first.is_err(),
+        "the pull survived a SIGKILLed snapshotter: the kill came too late"
+    );
+    eprintln!("pull while kcached died: {:?}", first.unwrap_err().message());
+
+    w.kcached.restart();
+    // kcached's metadata reopened; every snapshot it lists has its directory (nothing half-made).
+    let listed = w.kcache_snapshots().await;
+    assert!(!listed.is_empty());
+    w.kcache_usage_of_each(&listed).await;
+    // containerd's view agrees with the backend: each of its kcache snapshots answers Usage.
+    let start = Instant::now();
+    loop {
+        let out = w
+            .containerd
+            .ctr("k8s.io", &["snapshots", "--snapshotter", "kcache", "usage"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "containerd and kcached disagree after the crash: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The retry succeeds, and the image is whole. containerd's connection to the snapshotter
+    // socket backs off after the failed dial: the kubelet retries a pull with a back-off too.
+    let start = Instant::now();
+    loop {
+        match w.cri.pull(&image, None).await {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::Unavailable && start.elapsed() < Duration::from_secs(60) => {
+                eprintln!("retrying the pull: {}", e.message());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("the retried pull: {e}"),
+        }
+    }
+    let sandbox = w.pod("big");
+    let pod = w.cri.run_pod(&sandbox).await.unwrap();
+    let all = (0..LAYERS).map(|n| format!("l{n}")).collect::<Vec<_>>().join(" ");
+    w.run(
+        &pod,
+        &sandbox,
+        "big",
+        &image,
+        "echo $(ls /data); sleep 30",
+        &format!("{all}\n"),
+    )
+    .await;
+    w.cri.remove_pod(&pod).await.unwrap();
+
+    // Once every image is gone, containerd's garbage collector removes every snapshot from
+    // kcached, the crash's leftovers (the interrupted extraction, its half-written directory)
+    // included: the two stores agree to the last entry.
+    let mut images = w.cri.images.clone();
+    let listed = images
+        .list_images(pb::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    for image in listed {
+        images
+            .remove_image(pb::RemoveImageRequest {
+                image: Some(cri::image_spec(&image.id)),
+            })
+            .await
+            .unwrap();
+    }
+    let start = Instant::now();
+    loop {
+        let left = w.kcache_snapshots().await;
+        let dirs = count(&snapshots_dir);
+        if left.is_empty() && dirs == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "after removing every image kcached still holds {} snapshots ({:?}) and {dirs} directories",
+            left.len(),
+            left.iter().map(|i| &i.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,458 @@
+//! kcached as a process: the verification gate on the Snapshots API (the way containerd's CRI
+//! calls it during a pull), the chain check, label protection, the kcache API, metrics and policy
+//! hot reload, against a real docker-registry on loopback with images signed by kcache's signer.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use hyper_util::rt::TokioIo;
+use kcache_core::{cosign::sign::sign_and_push, digest::Digest, signing::PrivateKey};
+use kcache_plugin::{
+    api::Client as Api,
+    proto::snapshots::{self as pb, snapshots_client::SnapshotsClient},
+};
+use kcache_tests::TestRegistry;
+use tokio::net::UnixStream;
+use tonic::{transport::Endpoint, Code};
+
+const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+const MANIFEST: &str = "containerd.io/snapshot/cri.manifest-digest";
+const TARGET: &str = "containerd.io/snapshot.ref";
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(dir: &Path, host: &str) -> Self {
+        let log = std::fs::File::create(dir.join("kcached.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kcached"))
+            .args(["--policy".as_ref(), dir.join("policy.yaml").as_os_str()])
+            .args(["--snapshotter-socket".as_ref(), dir.join("snap.sock").as_os_str()])
+            .args(["--api-socket".as_ref(), dir.join("api.sock").as_os_str()])
+            .args(["--root".as_ref(), dir.join("root").as_os_str()])
+            .args(["--cache-root".as_ref(), dir.join("caches").as_os_str()])
+            .args(["--run-dir".as_ref(), dir.join("run").as_os_str()])
+            .args(["--config".as_ref(), dir.join("config.toml").as_os_str()])
+            .args(["--insecure-registry", host])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut d = Self {
+            child,
+            dir: dir.to_owned(),
+        };
+        let start = Instant::now();
+        while !(dir.join("snap.sock").exists() && dir.join("api.sock").exists()) {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("kcached exited with {status}:\n{}", d.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "kcached did not start:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("kcached.log")).unwrap_or_default()
+    }
+
+    async fn snapshots(&self) -> SnapshotsClient<tonic::transport::Channel> {
+        let path = self.dir.join("snap.sock");
+        let channel = Endpoint::try_from("http://kcache.invalid")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .unwrap();
+        SnapshotsClient::new(channel)
+    }
+
+    fn api(&self) -> Api {
+        Api::new(self.dir.join("api.sock"))
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn prepare(key: &str, parent: &str, l: HashMap<String, String>) -> pb::PrepareSnapshotRequest {
+    pb::PrepareSnapshotRequest {
+        snapshotter: "kcache".into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: l,
+    }
+}
+
+fn commit(name: &str, key: &str) -> pb::CommitSnapshotRequest {
+    pb::CommitSnapshotRequest {
+        snapshotter: "kcache".into(),
+        name: name.into(),
+        key: key.into(),
+        labels: HashMap::new(),
+    }
+}
+
+async fn stat_labels(c: &mut SnapshotsClient<tonic::transport::Channel>, key: &str) -> HashMap<String, String> {
+    c.stat(pb::StatSnapshotRequest {
+        snapshotter: "kcache".into(),
+        key: key.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .info
+    .unwrap()
+    .labels
+}
+
+fn policy(host: &str, mode: &str) -> String {
+    format!(
+        "mode: {mode}\ndefault: deny\nrules:\n  - name: apps\n    images: [\"{host}/apps/*\"]\n    authorities:\n      - key: {{path: cosign.pub}}\n    transparencyLog: off\n"
+    )
+}
+
+struct World {
+    _reg: TestRegistry,
+    _tmp: tempfile::TempDir,
+    daemon: Daemon,
+    host: String,
+    signed: Digest,
+    unsigned: Digest,
+}
+
+async fn world() -> World {
+    let reg = TestRegistry::start();
+    let host = reg.host();
+    let tmp = tempfile::Builder::new().prefix("kc-gate").tempdir().unwrap();
+    let d = tmp.path();
+    let (signed, _) = reg.push_image("apps/web:v1", "web").await;
+    let (unsigned, _) = reg.push_image("apps/other:v1", "other").await;
+    let key = PrivateKey::generate_p256();
+    std::fs::write(d.join("cosign.pub"), key.public_key().to_pem()).unwrap();
+    sign_and_push(&reg.client(), &key, &reg.reference("apps/web:v1"), false)
+        .await
+        .unwrap();
+    std::fs::write(d.join("policy.yaml"), policy(&host, "enforce")).unwrap();
+    std::fs::write(d.join("config.toml"), "policy_reload_seconds = 1\n").unwrap();
+    let daemon = Daemon::start(d, &host);
+    World {
+        _reg: reg,
+        _tmp: tmp,
+        daemon,
+        host,
+        signed,
+        unsigned,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_verifies_pulls_and_containers_run_only_on_verified_chains() {
+    let w = world().await;
+    let mut c = w.daemon.snapshots().await;
+    let web = format!("{}/apps/web:v1", w.host);
+    let other = format!("{}/apps/other:v1", w.host);
+
+    // A CRI pull of the signed image: the layer is admitted and marked.
+    let pull = |image: &str, digest: &Digest, chain: &str| {
+        labels(&[(IMAGE_REF, image), (MANIFEST, digest.as_str()), (TARGET, chain)])
+    };
+    c.prepare(prepare("extract-1 sha256:c1", "", pull(&web, &w.signed, "sha256:c1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        stat_labels(&mut c, "extract-1 sha256:c1")
+            .await
+            .get("kcache.dev/verified"),
+        Some(&w.signed.to_string())
+    );
+    c.commit(commit("sha256:c1", "extract-1 sha256:c1")).await.unwrap();
+    let committed = stat_labels(&mut c, "sha256:c1").await;
+    assert_eq!(committed.get("kcache.dev/verified"), Some(&w.signed.to_string()));
+    assert_eq!(
+        committed.get("kcache.dev/verified-rule").map(String::as_str),
+        Some("apps")
+    );
+
+    // The container rootfs on the verified chain.
+    c.prepare(prepare("ctr-1", "sha256:c1", labels(&[]))).await.unwrap();
+
+    // The unsigned image: denied, and the message names the image, the digest and the rule.
+    let err = c
+        .prepare(prepare(
+            "extract-2 sha256:c2",
+            "",
+            pull(&other, &w.unsigned, "sha256:c2"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    for part in [other.as_str(), w.unsigned.as_str(), "denied by rule apps"] {
+        assert!(err.message().contains(part), "{part:?} missing in {:?}", err.message());
+    }
+
+    // A swapped tag: web's tag with other's digest is not verified.
+    let err = c
+        .prepare(prepare("extract-3 sha256:c3", "", pull(&web, &w.unsigned, "sha256:c3")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+
+    // Hostile labels: not a digest.
+    let mut bad = pull(&web, &w.signed, "sha256:c5");
+    bad.insert(MANIFEST.into(), "md5:abc".into());
+    let err = c.prepare(prepare("extract-5 sha256:c5", "", bad)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("not a digest"), "{}", err.message());
+
+    // An unpack without CRI labels is allowed (default rule), but never marked verified, and a
+    // forged mark is stripped: containers on it are refused in enforce mode.
+    c.prepare(prepare(
+        "extract-6 sha256:c6",
+        "",
+        labels(&[(TARGET, "sha256:c6"), ("kcache.dev/verified", w.signed.as_str())]),
+    ))
+    .await
+    .unwrap();
+    c.commit(commit("sha256:c6", "extract-6 sha256:c6")).await.unwrap();
+    assert!(!stat_labels(&mut c, "sha256:c6")
+        .await
+        .contains_key("kcache.dev/verified"));
+    let err = c.prepare(prepare("ctr-2", "sha256:c6", labels(&[]))).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("chain check") && err.message().contains("sha256:c6"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .view(pb::ViewSnapshotRequest {
+            snapshotter: "kcache".into(),
+            key: "view-1".into(),
+            parent: "sha256:c6".into(),
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Forged pull labels on a rootfs (a pod's annotations reach its sandbox's Prepare) do not
+    // turn it into a pull: the chain check still applies.
+    let err = c
+        .prepare(prepare(
+            "k8s.io/9/0123abcd",
+            "sha256:c6",
+            pull(&web, &w.signed, "sha256:c6"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("chain check"), "{}", err.message());
+
+    // Clients cannot set the mark with Update, and replacing all labels keeps it.
+    let update = |key: &str, l: HashMap<String, String>, paths: &[&str]| pb::UpdateSnapshotRequest {
+        snapshotter: "kcache".into(),
+        info: Some(pb::Info {
+            name: key.into(),
+            labels: l,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+    };
+    let err = c
+        .update(update(
+            "sha256:c6",
+            labels(&[("kcache.dev/verified", "x")]),
+            &["labels.kcache.dev/verified"],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    c.update(update("sha256:c1", labels(&[("team", "ml")]), &["labels"]))
+        .await
+        .unwrap();
+    let l = stat_labels(&mut c, "sha256:c1").await;
+    assert_eq!(l.get("team").map(String::as_str), Some("ml"));
+    assert!(l.contains_key("kcache.dev/verified"), "{l:?}");
+    c.update(update(
+        "sha256:c6",
+        labels(&[("kcache.dev/verified", "x")]),
+        &["labels"],
+    ))
+    .await
+    .unwrap();
+    assert!(!stat_labels(&mut c, "sha256:c6")
+        .await
+        .contains_key("kcache.dev/verified"));
+
+    // A verified pull on top of an unverified parent marks the parent: it is part of the
+    // verified image's chain.
+    c.prepare(prepare(
+        "extract-7 sha256:c7",
+        "sha256:c6",
+        pull(&web, &w.signed, "sha256:c7"),
+    ))
+    .await
+    .unwrap();
+    assert!(stat_labels(&mut c, "sha256:c6")
+        .await
+        .contains_key("kcache.dev/verified"));
+
+    // Metrics saw it all.
+    let m = w.daemon.api().metrics().await.unwrap();
+    assert!(
+        m.contains("kcache_verifications_total{result=\"allow\",rule=\"apps\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kcache_verifications_total{result=\"deny\",rule=\"apps\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kcache_denied_pulls_total{reason=\"unverified-chain\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kcache_snapshot_operation_seconds_count{op=\"prepare\"}"),
+        "{m}"
+    );
+    assert!(m.contains("kcache_verdict_cache_hits_total "), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shares_verdicts_and_the_policy_reloads_atomically() {
+    let w = world().await;
+    let api = w.daemon.api();
+    api.health().await.unwrap();
+    let web = format!("{}/apps/web:v1", w.host);
+    let other = format!("{}/apps/other:v1", w.host);
+
+    let v = api.verify(&web, None).await.unwrap();
+    assert!(v.permits() && v.rule.as_deref() == Some("apps"), "{v:?}");
+    assert_eq!(v.digest.as_deref(), Some(w.signed.as_str()));
+    let again = api.verify(&web, Some(&w.signed)).await.unwrap();
+    assert!(
+        again.permits() && again.cached,
+        "the second answer comes from the verdict cache: {again:?}"
+    );
+    let v = api.verify(&other, None).await.unwrap();
+    assert!(!v.permits() && v.summary().contains("denied: image"), "{v:?}");
+    let err = api.verify("UPPER/case:x", None).await.unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+    assert!(api.caches().await.unwrap().caches.is_empty());
+
+    let status = api.policy().await.unwrap();
+    assert_eq!(
+        (status.mode.as_str(), status.rules, status.last_error.clone()),
+        ("enforce", 1, None)
+    );
+    let gen0 = status.generation;
+
+    // A broken policy keeps the old one, and says why.
+    std::fs::write(
+        w.daemon.dir.join("policy.yaml"),
+        "mode: enforce\nrules:\n  - name: apps\n    images: [x]\n",
+    )
+    .unwrap();
+    let status = wait_policy(&api, |s| s.last_error.is_some()).await;
+    assert_eq!(status.generation, gen0);
+    let why = status.last_error.unwrap();
+    assert!(why.contains("policy.yaml"), "{why}");
+    assert!(
+        !api.verify(&other, None).await.unwrap().permits(),
+        "still enforcing the old policy"
+    );
+
+    // A good new policy is swapped in: warn mode lets the unsigned image through.
+    std::fs::write(w.daemon.dir.join("policy.yaml"), policy(&w.host, "warn")).unwrap();
+    let status = wait_policy(&api, |s| s.generation != gen0).await;
+    assert_eq!(
+        (status.mode.as_str(), status.last_error, status.reloads),
+        ("warn", None, 1)
+    );
+    let v = api.verify(&other, None).await.unwrap();
+    assert_eq!(v.decision, "allow-with-warning");
+    let mut c = w.daemon.snapshots().await;
+    let l = labels(&[
+        (IMAGE_REF, &other),
+        (MANIFEST, w.unsigned.as_str()),
+        (TARGET, "sha256:w1"),
+    ]);
+    c.prepare(prepare("extract-w sha256:w1", "", l)).await.unwrap();
+
+    let log = w.daemon.log();
+    assert!(
+        log.contains("previous policy stays in force") && log.contains("policy reloaded"),
+        "{log}"
+    );
+}
+
+async fn wait_policy(
+    api: &Api,
+    done: impl Fn(&kcache_plugin::daemon::policy_store::PolicyStatus) -> bool,
+) -> kcache_plugin::daemon::policy_store::PolicyStatus {
+    let start = Instant::now();
+    loop {
+        let s = api.policy().await.unwrap();
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "policy did not reload: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn a_broken_policy_or_config_stops_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("policy.yaml"), "mode: enforce\ndefault: maybe\n").unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kcached"))
+            .args(["--policy".as_ref(), d.join("policy.yaml").as_os_str()])
+            .args(["--snapshotter-socket".as_ref(), d.join("s.sock").as_os_str()])
+            .args(["--root".as_ref(), d.join("root").as_os_str()])
+            .args(["--run-dir".as_ref(), d.join("run").as_os_str()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("policy.yaml") && err.contains("default"), "{err}");
+    std::fs::write(d.join("config.toml"), "unlabeled = \"sometimes\"\n").unwrap();
+    let out = run(&["--config", d.join("config.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.toml") && err.contains("unlabeled"), "{err}");
+    let out = run(&["--metrics-addr", "0.0.0.0:9464"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
