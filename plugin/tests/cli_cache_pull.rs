@@ -724,3 +724,87 @@ async fn kill_during_extraction_leaves_nothing_and_concurrent_cli_pulls_extract_
         visible(&entry)
     );
 }
+
+struct Held(Policy);
+
+impl AsRef<Policy> for Held {
+    fn as_ref(&self) -> &Policy {
+        &self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_loop_follows_caches_d() {
+    let env = Env::new();
+    let src = env.path("src");
+    sm90_only(&src, 11);
+    let pushed = env.push("caches/watched:v1", &src, true).await;
+    env.sign("caches/watched:v1").await;
+    let caches_d = env.path("caches.d");
+    std::fs::create_dir_all(&caches_d).unwrap();
+    std::fs::create_dir_all(env.path("run")).unwrap();
+    std::fs::write(env.path("run/gpus.json"), serde_json::to_vec(&gpus()).unwrap()).unwrap();
+
+    let mgr = Arc::new(env.manager("store"));
+    let layout = mgr.layout().clone();
+    let policy = Arc::new(Held(env.policy.clone()));
+    let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let counter = rounds.clone();
+    let task = tokio::spawn(Arc::clone(&mgr).watch(
+        caches_d.clone(),
+        Duration::from_secs(3600),
+        Duration::from_millis(50),
+        move || Arc::clone(&policy),
+        move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("the first round", &|| {
+        rounds.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    });
+    assert!(layout.read_state().unwrap().caches.is_empty());
+
+    std::fs::write(
+        caches_d.join("watched.yaml"),
+        format!(
+            "- name: watched\n  namespace: ml\n  image: {}\n",
+            env.image("caches/watched:v1")
+        ),
+    )
+    .unwrap();
+    wait_for("the cache to be ready", &|| {
+        layout
+            .read_state()
+            .unwrap()
+            .lookup(Some("ml"), "watched")
+            .is_some_and(|c| c.state == CacheState::Ready)
+    });
+    let state = layout.read_state().unwrap();
+    let c = state.lookup(Some("ml"), "watched").unwrap();
+    assert_eq!(c.digest.as_deref(), Some(pushed.digest.as_str()));
+    assert_eq!(c.compatible_gpus, ["GPU-h100"]);
+    assert!(state.lookup(Some("other"), "watched").is_none());
+
+    // Unapproved again: the next round drops it and GC removes the unused copy.
+    std::fs::remove_file(caches_d.join("watched.yaml")).unwrap();
+    wait_for("the copy to be collected", &|| {
+        !layout.entry_dir(&pushed.digest).exists()
+    });
+    assert!(layout.read_state().unwrap().caches.is_empty());
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -695,11 +695,87 @@ impl CacheManager {
         }
     }
 
+    /// The daemon's loop: [`Self::run_once`] at start, again whenever caches.d changes
+    /// ([`approved::dir_fingerprint`]) or the policy generation changes (checked every `poll`),
+    /// and at least every `every`; until `stop` resolves. `current` returns the policy in force
+    /// (kcached: its hot-reloaded policy store; `impl AsRef<Policy> for LoadedPolicy`). The GPU
+    /// inventory is read from `<run-dir>/gpus.json` each round (kcached writes it at start); a
+    /// missing or broken file counts as no GPUs. `on_report` sees every round's result (metrics).
+    pub async fn watch<F, P>(
+        self: Arc<Self>,
+        caches_dir: PathBuf,
+        every: Duration,
+        poll: Duration,
+        current: F,
+        on_report: impl Fn(&RunReport) + Send,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) where
+        F: Fn() -> Arc<P> + Send,
+        P: AsRef<Policy> + Send + Sync,
+    {
+        tokio::pin!(stop);
+        let mut last: Option<(u64, u64)> = None;
+        let mut last_run = std::time::Instant::now();
+        loop {
+            let held = current();
+            let policy: &Policy = P::as_ref(&held);
+            let key = (approved::dir_fingerprint(&caches_dir), policy.generation);
+            if last != Some(key) || last_run.elapsed() >= every {
+                let gpus = self.gpu_inventory();
+                let round = self.run_once(policy, &caches_dir, &gpus);
+                let report = tokio::select! {
+                    r = round => r,
+                    () = &mut stop => return,
+                };
+                let ready = report
+                    .state
+                    .caches
+                    .iter()
+                    .filter(|c| c.state == CacheState::Ready)
+                    .count();
+                tracing::info!(
+                    generation = report.state.generation,
+                    caches = report.state.caches.len(),
+                    ready,
+                    removed = report.gc.removed.len(),
+                    problems = report.problems.len(),
+                    "cache store reconciled"
+                );
+                on_report(&report);
+                last = Some(key);
+                last_run = std::time::Instant::now();
+            }
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = &mut stop => return,
+            }
+        }
+    }
+
+    /// `<run-dir>/gpus.json`, or no GPUs when it cannot be read.
+    pub fn gpu_inventory(&self) -> GpuInventory {
+        match std::fs::read(self.layout.gpus_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %self.layout.gpus_path().display(), error = %e, "unreadable GPU inventory");
+                empty_inventory()
+            }),
+            Err(_) => empty_inventory(),
+        }
+    }
+
     /// Precomputes the `__grp__` rewrite of `digest` for the cache mounted at `target`
     /// (`<entry>/grp/<key>/`, an overlay lower layer above `tree/<cache_subdir>`), once; returns
     /// its path, or `None` when the image records no build path or needs no rewrite.
     pub fn prepare_grp(&self, digest: &Digest, target: &str) -> Result<Option<PathBuf>, PullError> {
         prepare_grp(&self.layout, digest, target)
+    }
+}
+
+fn empty_inventory() -> GpuInventory {
+    GpuInventory {
+        source: crate::cache::meta::InventorySource::None,
+        gpus: Vec::new(),
+        notes: vec!["no GPU inventory file".into()],
     }
 }
 
