@@ -808,3 +808,110 @@ async fn the_daemon_loop_follows_caches_d() {
         .unwrap()
         .unwrap();
 }
+
+/// A ustar header + data, by hand (the plugin's tests do not link the tar crate).
+fn ustar_entry(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_but_hostile_layers_are_rejected_and_indexes_resolve() {
+    let env = Env::new();
+    let client = env.reg.client();
+    // A signed image whose layer climbs out of the store: the extractor's rules still hold.
+    let src = env.path("src");
+    sm90_only(&src, 21);
+    let good = env.push("caches/good:v1", &src, true).await;
+    let mut tar = ustar_entry("io.triton.cache/ok.json", b"{}");
+    tar.extend(ustar_entry("../../escape.so", b"\x7fELF"));
+    tar.extend([0u8; 1024]);
+    let r = env.reg.reference("caches/hostile:v1");
+    let layer = client.push_blob(&r, &tar).await.unwrap();
+    let config = image_config_json(&good.built);
+    let cd = client.push_blob(&r, &config).await.unwrap();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.as_str(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.as_str(), "size": tar.len()}],
+    })
+    .to_string();
+    let hostile = client
+        .push_manifest(&r, "v1", OCI_MANIFEST, manifest.as_bytes())
+        .await
+        .unwrap();
+    env.sign("caches/hostile:v1").await;
+    let mut args = vec!["cache".to_string(), "pull".into(), env.image("caches/hostile:v1")];
+    args.extend(env.registry_args());
+    let out = env.kcache(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("../../escape.so") && stderr.contains(hostile.as_str()),
+        "{stderr}"
+    );
+    let store = env.path("store");
+    assert!(
+        visible(&StoreLayout::new(&store, "/r").entry_dir(&hostile)).is_empty(),
+        "{:?}",
+        visible(&store)
+    );
+    assert!(!store.join("escape.so").exists() && !env.dir.path().join("escape.so").exists());
+
+    // An index listing the cache image, signed itself: pulled through to the platform manifest.
+    let m = client
+        .manifest(&env.reg.reference("caches/good:v1"), "v1")
+        .await
+        .unwrap();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": m.digest.as_str(), "size": m.bytes.len(),
+                       "platform": {"os": "linux", "architecture": arch}}],
+    })
+    .to_string();
+    let ir = env.reg.reference("caches/good:multi");
+    let index_digest = client
+        .push_manifest(
+            &ir,
+            "multi",
+            "application/vnd.oci.image.index.v1+json",
+            index.as_bytes(),
+        )
+        .await
+        .unwrap();
+    env.sign("caches/good:multi").await;
+    let mgr = env.manager("store");
+    let record = mgr
+        .pull(&env.policy, 1, &env.image("caches/good:multi"), NO_PROGRESS)
+        .await
+        .unwrap();
+    assert_eq!(record.digest, index_digest.to_string());
+    assert_eq!(record.targets.len(), 1);
+    assert!(mgr
+        .layout()
+        .tree_dir(&index_digest)
+        .join("io.triton.cache")
+        .join(KEY_H100)
+        .join("matmul_kernel.cubin")
+        .exists());
+}
