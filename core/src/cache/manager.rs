@@ -887,6 +887,21 @@ enum JobError {
 
 impl Job {
     fn run(self) -> Result<(CacheRecord, bool), JobError> {
+        let result = self.run_locked();
+        if result.is_err() {
+            // Leave no empty entry behind a failed pull (a busy or non-empty one stays).
+            let entry = self.layout.entry_dir(&self.digest);
+            let hex = self.digest.hex().to_string();
+            if !entry.join(TREE_DIR).exists() && !entry.join(RECORD_FILE).exists() {
+                if let Err(e) = gc_entry(&self.layout, &entry, &hex, false) {
+                    tracing::debug!(entry = %entry.display(), error = %e, "cannot remove the failed pull's entry");
+                }
+            }
+        }
+        result
+    }
+
+    fn run_locked(&self) -> Result<(CacheRecord, bool), JobError> {
         let entry = self.layout.entry_dir(&self.digest);
         let store_err = |path: &Path| {
             let path = path.to_owned();
