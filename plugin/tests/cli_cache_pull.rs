@@ -915,3 +915,50 @@ async fn signed_but_hostile_layers_are_rejected_and_indexes_resolve() {
         .join("matmul_kernel.cubin")
         .exists());
 }
+
+/// Not a test: a rough figure for a whole pull (download + sha256 + gunzip + checked extraction
+/// + syncfs) of a ~200 MB cache from the loopback registry, against `curl | tar -xz` + `sync -f`
+/// of the same blob. `cargo test -p kcache-plugin --test cli_cache_pull -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement, prints figures"]
+async fn measure_pull_against_curl_and_tar() {
+    let env = Env::new();
+    let big = env.path("big");
+    for i in 0..50u64 {
+        let key = format!("{KEY_H100}{i:02}");
+        kernel(&big, &key, "k", cuda_meta("ff", "k", 90), CUDA_EXTS, 4 << 20, 1000 + i);
+    }
+    let pushed = env.push("caches/measure:v1", &big, true).await;
+    env.sign("caches/measure:v1").await;
+    let layer_digest = Digest::sha256_of(&pushed.layer);
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for run in 0..3 {
+        let mgr = env.manager(&format!("store-{run}"));
+        let t = Instant::now();
+        mgr.pull(&env.policy, 1, &env.image("caches/measure:v1"), NO_PROGRESS)
+            .await
+            .unwrap();
+        ours.push(t.elapsed().as_secs_f64());
+        let out = env.path(&format!("tar-{run}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let t = Instant::now();
+        let sh = format!(
+            "curl -sf http://{}/v2/caches/measure/blobs/{layer_digest} | tar -xz -C {} && sync -f {}",
+            env.reg.host(),
+            out.display(),
+            out.display()
+        );
+        assert!(Command::new("sh").arg("-c").arg(&sh).status().unwrap().success());
+        theirs.push(t.elapsed().as_secs_f64());
+    }
+    ours.sort_by(f64::total_cmp);
+    theirs.sort_by(f64::total_cmp);
+    println!(
+        "layer {:.0} MB gz: kcache pull median {:.2} s, curl | tar -xz + sync -f median {:.2} s (ratio {:.2})",
+        pushed.layer.len() as f64 / 1e6,
+        ours[1],
+        theirs[1],
+        ours[1] / theirs[1]
+    );
+}
