@@ -348,12 +348,25 @@ impl CacheManager {
         // 2. The policy, for exactly that digest.
         progress(Progress::at(Phase::Verifying));
         let verdict = self.verifier.verify_digest(policy, &r, &digest).await;
-        if !verdict.permits() {
+        // Only a real allow: warn mode lets a failing *image* run with a warning, and mode off
+        // verifies nothing, but a kernel cache is code that kcache itself puts into containers.
+        let refused = match verdict.decision {
+            crate::policy::Decision::Allow => None,
+            crate::policy::Decision::Deny => Some(verdict.reason.clone()),
+            crate::policy::Decision::AllowWithWarning => Some(format!(
+                "{} (warn mode lets images through, but a kernel cache is code kcache injects: it must pass)",
+                verdict.reason
+            )),
+            crate::policy::Decision::Unchecked => {
+                Some("policy mode is off: kernel caches are only injected when the policy verifies them".into())
+            }
+        };
+        if let Some(reason) = refused {
             return Err(PullError::Denied {
                 image: image.to_string(),
                 digest: digest.to_string(),
                 rule: verdict.rule.clone().unwrap_or_else(|| "<default>".into()),
-                reason: verdict.reason.clone(),
+                reason,
             });
         }
         // In-process single flight: a second pull of this digest waits here, then finds the
@@ -1171,6 +1184,45 @@ pub fn gc(layout: &StoreLayout, state: &NodeCaches, dry_run: bool) -> GcReport {
     report
 }
 
+fn current_boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// Counts the refs of running containers. A ref records the boot it was taken in (the hook
+/// writes `boot_id`); no container survives a reboot, so a ref from another boot is stale and
+/// is removed (unless `dry_run`). A ref without a readable boot id counts as live.
+fn live_refs(dir: &Path, boot: Option<&str>, dry_run: bool) -> io::Result<usize> {
+    #[derive(serde::Deserialize)]
+    struct Ref {
+        boot_id: Option<String>,
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut live = 0;
+    for entry in entries {
+        let entry = entry?;
+        let stale = match (boot, std::fs::read(entry.path())) {
+            (Some(now), Ok(body)) => serde_json::from_slice::<Ref>(&body)
+                .ok()
+                .and_then(|r| r.boot_id)
+                .is_some_and(|then| then.trim() != now.trim()),
+            _ => false,
+        };
+        if !stale {
+            live += 1;
+        } else if !dry_run {
+            tracing::info!(r#ref = %entry.path().display(), "dropping a container ref from an earlier boot");
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(live)
+}
+
 enum GcEntry {
     Removed,
     InUse(usize),
@@ -1181,11 +1233,11 @@ fn gc_entry(layout: &StoreLayout, path: &Path, hex: &str, dry_run: bool) -> io::
     let Some(lock) = EntryLock::try_exclusive(path)? else {
         return Ok(GcEntry::Busy);
     };
-    let refs = match std::fs::read_dir(path.join(crate::cache::store::REFS_DIR)) {
-        Ok(d) => d.count(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e),
-    };
+    let refs = live_refs(
+        &path.join(crate::cache::store::REFS_DIR),
+        current_boot_id().as_deref(),
+        dry_run,
+    )?;
     if refs > 0 {
         return Ok(GcEntry::InUse(refs));
     }
@@ -1256,6 +1308,25 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refs_from_an_earlier_boot_are_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let refs = dir.path();
+        std::fs::write(refs.join("now"), br#"{"boot_id":"b-now","pid":1}"#).unwrap();
+        std::fs::write(refs.join("old"), br#"{"boot_id":"b-old","pid":1}"#).unwrap();
+        std::fs::write(refs.join("opaque"), b"not json").unwrap();
+        assert_eq!(live_refs(refs, Some("b-now"), true).unwrap(), 2);
+        assert!(refs.join("old").exists(), "dry run removes nothing");
+        assert_eq!(live_refs(refs, Some("b-now\n"), false).unwrap(), 2);
+        assert!(!refs.join("old").exists() && refs.join("opaque").exists());
+        assert_eq!(
+            live_refs(refs, None, false).unwrap(),
+            2,
+            "no boot id here: every ref counts"
+        );
+        assert_eq!(live_refs(&refs.join("missing"), Some("b"), false).unwrap(), 0);
+    }
 
     #[test]
     fn index_platform_choice() {

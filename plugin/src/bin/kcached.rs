@@ -12,7 +12,11 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{bail, Context};
 use clap::Parser;
 use kcache_core::{
-    cache::store::StoreLayout,
+    cache::{
+        extract::ExtractLimits,
+        manager::{CacheManager, RunReport},
+        store::StoreLayout,
+    },
     gpu::{self, ProbeOptions},
     registry::{Client, RegistryConfig},
     snapshot::OverlaySnapshotter,
@@ -92,6 +96,8 @@ struct Settings {
     api_socket: PathBuf,
     root: PathBuf,
     layout: StoreLayout,
+    caches_dir: PathBuf,
+    cache_resync: Duration,
     registry: RegistryConfig,
     verdict_cache: CacheConfig,
     gate: GateConfig,
@@ -141,6 +147,8 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             ),
             pick(args.run_dir, file.run_dir, kcache_core::cache::store::DEFAULT_RUN_DIR),
         ),
+        caches_dir: pick(args.caches_dir, file.caches_dir, "/etc/kcache/caches.d"),
+        cache_resync: Duration::from_secs(file.cache_resync_seconds.unwrap_or(300).max(5)),
         registry: RegistryConfig {
             insecure,
             auth_file: args.auth_file.or(file.registry.auth_file),
@@ -211,7 +219,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     };
 
     let client = Arc::new(Client::new(s.registry.clone()).context("cannot set up the registry client")?);
-    let verifier = Arc::new(Verifier::with_cache(client, s.verdict_cache.clone()));
+    let verifier = Arc::new(Verifier::with_cache(Arc::clone(&client), s.verdict_cache.clone()));
 
     // The GPU inventory, for the hook (which never loads NVML).
     write_gpu_inventory(&s.layout, &s.probe).await;
@@ -261,6 +269,41 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 _ = count_errors => {}
                 _ = stop => {}
             }
+            Ok(())
+        });
+
+        // The cache manager: approved caches (caches.d) pulled by verified digest into the
+        // store, checked against the GPUs, state.json for the hook and the API; GC after each
+        // round. Runs at start, on a caches.d or policy change, and every `cache_resync`.
+        let manager = Arc::new(CacheManager::new(
+            s.layout.clone(),
+            Arc::clone(&client),
+            Arc::clone(&verifier),
+            ExtractLimits::default(),
+        ));
+        let (p, m, stop) = (Arc::clone(policy), Arc::clone(&metrics), stopped());
+        let (caches_dir, resync) = (s.caches_dir.clone(), s.cache_resync);
+        tasks.spawn(async move {
+            let on_report = move |r: &RunReport| {
+                m.clear_gauge("kcache_caches");
+                for c in &r.state.caches {
+                    let state = format!("{:?}", c.state).to_lowercase();
+                    m.set("kcache_caches", vec![("name", c.name.clone()), ("state", state)], 1.0);
+                }
+                for problem in &r.problems {
+                    tracing::error!(%problem, "caches.d: entry left out");
+                }
+            };
+            manager
+                .watch(
+                    caches_dir,
+                    resync,
+                    Duration::from_secs(2),
+                    move || p.current(),
+                    on_report,
+                    stop,
+                )
+                .await;
             Ok(())
         });
 

@@ -14,6 +14,7 @@
 //! unlabeled = "allow"                       # unpacks without CRI labels: allow | deny
 //! chain_check = true                        # enforce mode: containers only on verified chains
 //! policy_reload_seconds = 2
+//! cache_resync_seconds = 300                # approved caches re-checked at least this often
 //!
 //! [registry]
 //! insecure = ["127.0.0.1:5000"]             # plain HTTP for these hosts only
@@ -68,6 +69,8 @@ pub struct FileConfig {
     pub chain_check: Option<bool>,
     /// Policy reload interval.
     pub policy_reload_seconds: Option<u64>,
+    /// The cache manager's periodic round (it also runs on caches.d and policy changes).
+    pub cache_resync_seconds: Option<u64>,
     /// Registry access.
     #[serde(default)]
     pub registry: RegistrySection,

@@ -115,6 +115,14 @@ impl Metrics {
             .insert((name, labels), v);
     }
 
+    /// Drops every series of a gauge (before setting the current ones).
+    pub fn clear_gauge(&self, name: &'static str) {
+        self.gauges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _), _| *n != name);
+    }
+
     /// Records a verdict.
     pub fn verdict(&self, decision: &str, rule: Option<&str>, cached: bool, elapsed: Duration) {
         let rule = rule.unwrap_or("<default>").to_owned();

@@ -20,6 +20,12 @@ pub struct LoadedPolicy {
     pub loaded_at: SystemTime,
 }
 
+impl AsRef<Policy> for LoadedPolicy {
+    fn as_ref(&self) -> &Policy {
+        &self.policy
+    }
+}
+
 /// The current policy and how to reload it.
 #[derive(Debug)]
 pub struct PolicyStore {

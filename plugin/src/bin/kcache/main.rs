@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cache_cmd;
+mod cache_store_cmd;
 mod install_cmd;
 mod policy_cmd;
-mod cache_store_cmd;
 mod registry_args;
 mod sign_cmd;
 mod sigstore_cmd;
