@@ -326,7 +326,7 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
         .kcache_snapshots()
         .await
         .iter()
-        .all(|i| i.kind != snap::Kind::Committed as i32 || i.labels.get("kcache.dev/verified").is_some()));
+        .all(|i| i.kind != snap::Kind::Committed as i32 || i.labels.contains_key("kcache.dev/verified")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

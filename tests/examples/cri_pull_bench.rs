@@ -157,8 +157,11 @@ async fn main() {
     };
     let mut big = Image::busybox("big", &["/bin/busybox", "sleep", "3600"]);
     for n in 0..LAYERS {
-        big.layers
-            .push(images::random_layer(&format!("l{n}"), 0x6265_6e63_68 + n, LAYER_BYTES));
+        big.layers.push(images::random_layer(
+            &format!("l{n}"),
+            0x0062_656e_6368 + n,
+            LAYER_BYTES,
+        ));
     }
     let image_bytes: usize = big.layers.iter().map(Vec::len).sum();
     big.push(&reg, "bench/big:v1").await;
