@@ -87,7 +87,11 @@ async fn fill(c: &mut SnapshotsClient<Channel>, from: usize, to: usize) {
 async fn time_prepare(c: &mut SnapshotsClient<Channel>, labels: &HashMap<String, String>, n: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let key = format!("probe-{i}");
+        // Unpack keys as containerd's unpacker names them, so the gate treats labelled ones as pulls.
+        let key = match labels.get("containerd.io/snapshot.ref") {
+            Some(chain) => format!("extract-probe-{i} {chain}"),
+            None => format!("probe-{i}"),
+        };
         let t = Instant::now();
         c.prepare(prepare(&key, "", labels.clone())).await.expect("prepare");
         out.push(t.elapsed().as_nanos() as u64);
@@ -185,7 +189,7 @@ async fn main() {
             let mut c = connect(socket).await;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let key = format!("storm-{t}-{i}");
+                let key = format!("extract-storm-{t}-{i} sha256:bench");
                 let name = format!("storm-c-{t}-{i}");
                 c.prepare(prepare(&key, "", pull.clone())).await.expect("storm prepare");
                 c.commit(pb::CommitSnapshotRequest {
@@ -218,6 +222,16 @@ async fn main() {
         t.await.expect("storm task");
     }
     let storm_secs = start.elapsed().as_secs_f64();
+    // Proof that the gate was on the path: every gated Prepare was a verdict-cache hit but one.
+    let metrics = kcache_plugin::api::Client::new(d.join("api.sock"))
+        .metrics()
+        .await
+        .expect("metrics");
+    let cache_hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kcache_verdict_cache_hits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     println!(
         "{}",
         serde_json::json!({
@@ -225,6 +239,8 @@ async fn main() {
             "gated_prepare_ns": gated,
             "rss_kib": {"idle": rss_idle, "10000_snapshots": rss_full, "storm_peak": rss_peak},
             "storm_pulls_per_s": ops.load(Ordering::Relaxed) as f64 / storm_secs,
+            "verdict_cache_hits": cache_hits,
+            "gated_prepares": 300 + ops.load(Ordering::Relaxed),
         })
     );
 }

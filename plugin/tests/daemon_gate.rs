@@ -258,6 +258,19 @@ async fn the_gate_verifies_pulls_and_containers_run_only_on_verified_chains() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 
+    // Forged pull labels on a rootfs (a pod's annotations reach its sandbox's Prepare) do not
+    // turn it into a pull: the chain check still applies.
+    let err = c
+        .prepare(prepare(
+            "k8s.io/9/0123abcd",
+            "sha256:c6",
+            pull(&web, &w.signed, "sha256:c6"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("chain check"), "{}", err.message());
+
     // Clients cannot set the mark with Update, and replacing all labels keeps it.
     let update = |key: &str, l: HashMap<String, String>, paths: &[&str]| pb::UpdateSnapshotRequest {
         snapshotter: "kcache".into(),
@@ -320,7 +333,7 @@ async fn the_gate_verifies_pulls_and_containers_run_only_on_verified_chains() {
         "{m}"
     );
     assert!(
-        m.contains("kcache_denied_pulls_total{reason=\"unverified-chain\"} 2"),
+        m.contains("kcache_denied_pulls_total{reason=\"unverified-chain\"} 3"),
         "{m}"
     );
     assert!(

@@ -17,7 +17,7 @@ use std::{
 
 use super::{
     filter::Filter,
-    store::{now, Record, Store, WriteTxn},
+    store::{now, Record, Store},
     usage::disk_usage,
     Info, Kind, Mount, Result, SnapshotError, Snapshotter, Usage,
 };
@@ -135,6 +135,14 @@ impl OverlaySnapshotter {
             txn.chain(parent)?
         };
         let id = txn.next_id()?;
+        // A directory for an id no record owns was left by a crash after its rename and before
+        // the commit that allocated the id (the id was handed out again after the restart).
+        // Checked before this snapshot's own record claims the id.
+        let dir = self.dir(id);
+        if dir.symlink_metadata().is_ok() && !txn.owns(id)? {
+            tracing::info!(dir = %dir.display(), "removing a snapshot directory left by a crash");
+            fs::remove_dir_all(&dir).map_err(SnapshotError::io("remove", &dir))?;
+        }
         let time = now();
         let record = Record {
             id,
@@ -146,7 +154,7 @@ impl OverlaySnapshotter {
             usage: Usage::default(),
         };
         txn.put(key, &record)?;
-        let dir = self.build_dir(&txn, id, kind, parents.first().copied())?;
+        let dir = self.build_dir(id, kind, parents.first().copied())?;
         if let Err(e) = txn.commit() {
             remove_dir(&dir);
             return Err(e);
@@ -155,7 +163,7 @@ impl OverlaySnapshotter {
     }
 
     /// Builds `snapshots/<id>` through a `new-<random>` directory and one rename.
-    fn build_dir(&self, txn: &WriteTxn, id: u64, kind: Kind, parent: Option<u64>) -> Result<PathBuf> {
+    fn build_dir(&self, id: u64, kind: Kind, parent: Option<u64>) -> Result<PathBuf> {
         let snapshots = self.snapshots_dir();
         let tmp = tempfile::Builder::new()
             .prefix("new-")
@@ -175,10 +183,6 @@ impl OverlaySnapshotter {
             lchown(&upper, Some(meta.uid()), Some(meta.gid())).map_err(SnapshotError::io("chown", &upper))?;
         }
         let dir = self.dir(id);
-        if dir.exists() && !txn.owns(id)? {
-            // Left by a crash after the rename and before the commit that allocated this id.
-            fs::remove_dir_all(&dir).map_err(SnapshotError::io("remove", &dir))?;
-        }
         fs::rename(tmp.path(), &dir).map_err(SnapshotError::io("rename into place", &dir))?;
         // The directory is in place: the guard must not remove it.
         let _ = tmp.keep();

@@ -87,15 +87,33 @@ pub enum Class {
     Other,
 }
 
-/// Classifies a Prepare/View by its labels.
-pub fn classify(labels: &HashMap<String, String>) -> Class {
+/// Classifies a Prepare/View by its key and labels.
+///
+/// Labels alone cannot tell an unpack from a container rootfs: CRI passes a sandbox's pod
+/// annotations under `containerd.io/snapshot/` to its rootfs Prepare, so a pod could carry
+/// forged pull labels. containerd's unpacker names its snapshots `extract-<unique> <chainID>`
+/// (`snapshots.UnpackKeyFormat`; the metadata layer prefixes `<namespace>/<id>/`) and labels
+/// them with that chainID; container rootfs keys are container IDs. Only a key of that form
+/// whose chainID equals `containerd.io/snapshot.ref` is an unpack; everything else gets the
+/// chain check, whatever its labels say.
+pub fn classify(key: &str, labels: &HashMap<String, String>) -> Class {
+    let Some(target) = labels.get(LABEL_TARGET) else {
+        return Class::Other;
+    };
+    let name = key.rsplit_once('/').map_or(key, |(_, name)| name);
+    let unpack = name.starts_with("extract-")
+        && name
+            .rsplit_once(' ')
+            .is_some_and(|(_, chain)| chain == target.as_str() && !target.is_empty());
+    if !unpack {
+        return Class::Other;
+    }
     match (labels.get(LABEL_IMAGE_REF), labels.get(LABEL_MANIFEST_DIGEST)) {
         (Some(image), Some(digest)) => Class::Pull {
             image: image.clone(),
             digest: digest.clone(),
         },
-        _ if labels.contains_key(LABEL_TARGET) => Class::UnlabeledUnpack,
-        _ => Class::Other,
+        _ => Class::UnlabeledUnpack,
     }
 }
 
@@ -275,19 +293,30 @@ mod tests {
             (LABEL_MANIFEST_DIGEST, "sha256:00"),
             (LABEL_TARGET, "sha256:11"),
         ]);
+        let expected = Class::Pull {
+            image: "127.0.0.1:5000/a:v1".into(),
+            digest: "sha256:00".into(),
+        };
+        assert_eq!(classify("extract-1-2 sha256:11", &pull), expected);
+        assert_eq!(classify("k8s.io/7/extract-123-abc sha256:11", &pull), expected);
+        let target = labels(&[(LABEL_TARGET, "sha256:11")]);
         assert_eq!(
-            classify(&pull),
-            Class::Pull {
-                image: "127.0.0.1:5000/a:v1".into(),
-                digest: "sha256:00".into()
-            }
-        );
-        assert_eq!(
-            classify(&labels(&[(LABEL_TARGET, "sha256:11")])),
+            classify("k8s.io/7/extract-9 sha256:11", &target),
             Class::UnlabeledUnpack
         );
-        assert_eq!(classify(&labels(&[(LABEL_IMAGE_REF, "x")])), Class::Other);
-        assert_eq!(classify(&labels(&[])), Class::Other);
+        // Forged pull labels on a container rootfs (pod annotations reach a sandbox's Prepare).
+        assert_eq!(classify("k8s.io/8/0123abcd", &pull), Class::Other);
+        assert_eq!(
+            classify("k8s.io/8/extract-1 sha256:22", &pull),
+            Class::Other,
+            "chain mismatch"
+        );
+        assert_eq!(classify("k8s.io/8/extract-1", &pull), Class::Other);
+        assert_eq!(
+            classify("extract-1 sha256:11", &labels(&[(LABEL_IMAGE_REF, "x")])),
+            Class::Other
+        );
+        assert_eq!(classify("extract-1 ", &labels(&[(LABEL_TARGET, "")])), Class::Other);
     }
 
     #[test]

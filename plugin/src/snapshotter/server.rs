@@ -114,7 +114,7 @@ where
             return Ok(labels);
         };
         strip_own(&mut labels);
-        match classify(&labels) {
+        match classify(key, &labels) {
             Class::Pull { image, digest } => {
                 let admitted = gate.verify_pull(key, &image, &digest).await?;
                 if !admitted.labels.is_empty() && !parent.is_empty() {
