@@ -389,8 +389,27 @@ async fn kcached_restarts_under_a_running_containerd() {
     let before = w
         .containerd
         .ctr_ok("k8s.io", &["snapshots", "--snapshotter", "kcache", "ls"]);
+    let labelled = |mut all: Vec<snap::Info>| {
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter()
+            .map(|i| {
+                (
+                    i.name,
+                    i.parent,
+                    i.kind,
+                    i.labels.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let kcache_before = labelled(w.kcache_snapshots().await);
 
     w.kcached.restart();
+    assert_eq!(
+        labelled(w.kcache_snapshots().await),
+        kcache_before,
+        "kcached's snapshots (names, parents, kinds, labels) changed across a restart"
+    );
 
     // The running container does not notice.
     assert_eq!(w.cri.container_status(&first).await.unwrap().state, RUNNING);
