@@ -3,7 +3,8 @@
 //! with busybox images signed by kcache's signer, host-network pods run by runc.
 //!
 //! Covers: a signed image pulls and runs; an unsigned one and a re-tagged (swapped) one are
-//! refused with kcache's message; a signed index pulls; kcached restarted under a running
+//! refused with kcache's message; an image unpacked around the gate (`ctr pull` into the
+//! kubelet's namespace) does not run; a signed index pulls; kcached restarted under a running
 //! containerd; kcached SIGKILLed in the middle of an unpack.
 //!
 //! Needs root, containerd, ctr, runc, containerd-shim-runc-v2 and busybox-static. Without them
@@ -327,6 +328,39 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
         .await
         .iter()
         .all(|i| i.kind != snap::Kind::Committed as i32 || i.labels.contains_key("kcache.dev/verified")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_unpacked_around_the_gate_does_not_run() {
+    let Some(w) = world("an_image_unpacked_around_the_gate_does_not_run").await else {
+        return;
+    };
+    w.push("e2e/sideload:v1", "sideload", false).await;
+    let image = w.image("e2e/sideload:v1");
+    // `ctr pull` into the kubelet's namespace: no CRI labels, so the unpack is not gated.
+    w.containerd.ctr_ok(
+        "k8s.io",
+        &["images", "pull", "--plain-http", "--snapshotter", "kcache", &image],
+    );
+    assert!(w.image_present(&image).await, "CRI sees the side-loaded image");
+    let sandbox = w.pod("sideload");
+    let pod = w.cri.run_pod(&sandbox).await.unwrap();
+    // The container's rootfs would sit on an unverified chain: the chain check refuses it.
+    let err = w
+        .cri
+        .start_container(
+            &pod,
+            &sandbox,
+            cri::container("app", &image, &["/bin/sh", "-c", "sleep 30"]),
+        )
+        .await
+        .expect_err("a container on an unverified chain must not be created");
+    assert!(
+        err.message().contains("kcache: prepare") && err.message().contains("refused by the chain check"),
+        "CreateContainer must fail with kcache's reason: {err}"
+    );
+    eprintln!("CreateContainer on the side-loaded image: {}", err.message());
+    w.cri.remove_pod(&pod).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
