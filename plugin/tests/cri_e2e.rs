@@ -217,7 +217,9 @@ impl World {
 
     /// kcached's snapshots, asked on its own socket.
     async fn kcache_snapshots(&self) -> Vec<snap::Info> {
-        let channel = cri::unix_channel(&self.kcached.snapshotter_socket()).await.unwrap();
+        let channel = cri::unix_channel(&self.kcached.snapshotter_socket())
+            .await
+            .expect("connect to kcached's snapshotter socket");
         let mut stream = SnapshotsClient::new(channel)
             .list(snap::ListSnapshotsRequest {
                 snapshotter: "kcache".into(),
@@ -237,7 +239,9 @@ impl World {
 impl World {
     /// Usage, on kcached's own socket, of each snapshot: it fails for one whose directory is gone.
     async fn kcache_usage_of_each(&self, listed: &[snap::Info]) {
-        let channel = cri::unix_channel(&self.kcached.snapshotter_socket()).await.unwrap();
+        let channel = cri::unix_channel(&self.kcached.snapshotter_socket())
+            .await
+            .expect("connect to kcached's snapshotter socket");
         let mut c = SnapshotsClient::new(channel);
         for info in listed {
             c.usage(snap::UsageRequest {
