@@ -103,6 +103,7 @@ async fn world(test: &str) -> Option<World> {
                 sandbox_image: pause,
                 snapshotter: "kcache".into(),
                 plain_http: vec![host.clone()],
+                ..CriConfig::default()
             }),
         },
     );

@@ -125,6 +125,7 @@ fn cri_config(host: &str, snapshotter: &str) -> CriConfig {
         sandbox_image: format!("{host}/bench/pause:1"),
         snapshotter: snapshotter.into(),
         plain_http: vec![host.to_owned()],
+        ..CriConfig::default()
     }
 }
 

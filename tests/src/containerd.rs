@@ -82,6 +82,10 @@ pub struct CriConfig {
     pub snapshotter: String,
     /// Registries (`127.0.0.1:PORT`) spoken to over plain HTTP.
     pub plain_http: Vec<String>,
+    /// The runc runtime's `base_runtime_spec` (kcache's hooks are registered through it).
+    pub base_runtime_spec: Option<PathBuf>,
+    /// The runc runtime's `pod_annotations` (annotations CRI passes to the OCI spec).
+    pub pod_annotations: Vec<String>,
 }
 
 /// What to start.
@@ -157,7 +161,7 @@ state = "{state}"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-  # Host-network pods only: an empty CNI directory.
+{runc_extra}  # Host-network pods only: an empty CNI directory.
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni}/bin"
     conf_dir = "{cni}/conf"
@@ -165,6 +169,7 @@ state = "{state}"
                 sandbox = cri.sandbox_image,
                 snapshotter = cri.snapshotter,
                 cni = dir.join("cni").display(),
+                runc_extra = cri.runc_extra(),
             );
             for host in &cri.plain_http {
                 let _ = write!(
@@ -172,6 +177,20 @@ state = "{state}"
                     "  [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n    endpoint = [\"http://{host}\"]\n"
                 );
             }
+        }
+        t
+    }
+}
+
+impl CriConfig {
+    fn runc_extra(&self) -> String {
+        let mut t = String::new();
+        if let Some(spec) = &self.base_runtime_spec {
+            let _ = writeln!(t, "      base_runtime_spec = \"{}\"", spec.display());
+        }
+        if !self.pod_annotations.is_empty() {
+            let list: Vec<String> = self.pod_annotations.iter().map(|a| format!("\"{a}\"")).collect();
+            let _ = writeln!(t, "      pod_annotations = [{}]", list.join(", "));
         }
         t
     }

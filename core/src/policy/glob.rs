@@ -206,6 +206,20 @@ impl ImagePattern {
         &self.raw
     }
 
+    /// The name segments (`None` for `**`, else the segment glob), the tag glob and the digest
+    /// pin: the pattern's structure, for rendering it into other policy languages.
+    pub fn parts(&self) -> (Vec<Option<&str>>, Option<&str>, Option<&Digest>) {
+        let name = self
+            .name
+            .iter()
+            .map(|s| match s {
+                Segment::AnyPath => None,
+                Segment::Glob(g) => Some(g.as_str()),
+            })
+            .collect();
+        (name, self.tag.as_deref(), self.digest.as_ref())
+    }
+
     /// The pinned digest, for `name@sha256:…` patterns.
     pub fn digest(&self) -> Option<&Digest> {
         self.digest.as_ref()

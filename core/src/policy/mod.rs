@@ -42,6 +42,7 @@
 //! rules in file order. So a fragment's effect does not depend on its file name unless two rules
 //! are equally specific. Rules do not combine: the winning rule's authorities alone decide.
 
+pub mod crio;
 mod error;
 mod glob;
 mod load;

@@ -28,6 +28,9 @@
 //! [gpu]
 //! pinned_file = "/etc/kcache/gpus.json"     # an admin-pinned inventory instead of probing
 //! nvml = true
+//!
+//! [image_verifier]                          # kcache-image-verifier (containerd 2.x bindir)
+//! deadline_ms = 8000                        # below containerd's per_verifier_timeout (10 s)
 //! ```
 
 use std::{
@@ -74,6 +77,18 @@ pub struct FileConfig {
     /// GPU inventory.
     #[serde(default)]
     pub gpu: GpuSection,
+    /// The containerd 2.x image verifier binary.
+    #[serde(default)]
+    pub image_verifier: ImageVerifierSection,
+}
+
+/// `[image_verifier]`: read by `kcache-image-verifier` only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageVerifierSection {
+    /// The verifier denies when it has no decision after this long; keep it below
+    /// containerd's `per_verifier_timeout` (default 10 s), which kills the verifier.
+    pub deadline_ms: Option<u64>,
 }
 
 /// `[registry]`.
@@ -171,6 +186,7 @@ mod tests {
         assert_eq!(c.registry.insecure, vec!["127.0.0.1:5000"]);
         assert_eq!(c.metrics_addr.unwrap().port(), 9464);
         assert_eq!(c.verdict_cache.capacity, Some(10000));
+        assert_eq!(c.image_verifier.deadline_ms, Some(8000));
     }
 
     #[test]

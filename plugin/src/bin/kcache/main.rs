@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cache_cmd;
+mod install_cmd;
+mod policy_cmd;
 mod registry_args;
 mod sign_cmd;
 mod sigstore_cmd;
@@ -37,6 +39,16 @@ enum Command {
         #[command(subcommand)]
         command: cache_cmd::CacheCommand,
     },
+    /// Wire kcache into the container runtime (containerd).
+    Install {
+        #[command(subcommand)]
+        command: install_cmd::InstallCommand,
+    },
+    /// Policy tools: render it for CRI-O's verifier (containers/image).
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
     /// Sigstore tools (the sigstore-conformance client protocol).
     Sigstore {
         #[command(subcommand)]
@@ -67,6 +79,8 @@ fn main() -> ExitCode {
         Command::Sign(a) => sign_cmd::sign(a),
         Command::Gpu(a) => cache_cmd::gpu(a),
         Command::Cache { command } => cache_cmd::run(command),
+        Command::Install { command } => install_cmd::run(command),
+        Command::Policy { command } => policy_cmd::run(command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

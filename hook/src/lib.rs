@@ -1,0 +1,610 @@
+//! kcache-hook: the OCI hook that puts an approved, verified, GPU-compatible kernel cache into
+//! the containers that ask for one (`kcache.dev/cache: <name>`).
+//!
+//! ```text
+//! kcache-hook [--store DIR] [--run-dir DIR] [--log-file FILE] [prestart|poststop]
+//! ```
+//!
+//! The runtime passes the OCI state on stdin; the hook reads the bundle's `config.json`.
+//!
+//! - **prestart**: no `kcache.dev/cache` annotation: exit 0 at once, touching nothing. Otherwise
+//!   resolve the name in the node store ([`select`]), choose the target path ([`target`]), make
+//!   `/run/kcache/containers/<id>/{upper,work}`, add a ref to the entry ([`refs`]), prepare the
+//!   `__grp__` rewrite layer, enter the container's mount namespace and mount the overlay
+//!   ([`mount`]). When anything fails the container starts without the cache and the reason is
+//!   logged, unless `kcache.dev/cache-required: "true"`: then the start fails with a message
+//!   naming the cache and the reason.
+//! - **poststop**: detach any leftover overlay using the container's upper dir, drop the ref and
+//!   remove `/run/kcache/containers/<id>`.
+//!
+//! Sync and single-threaded; the environment is cleared and the umask set to 022 at start; the
+//! hook never chdirs into the rootfs and never executes anything. Messages go to stderr (runc
+//! shows them when the hook fails) and are appended to `<run-dir>/hook.log` (runc drops the
+//! output of a hook that succeeds).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
+
+pub mod mount;
+pub mod oci;
+pub mod refs;
+pub mod request;
+pub mod select;
+pub mod target;
+#[doc(hidden)]
+pub mod testing;
+
+use std::{
+    fs,
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use kcache_core::{
+    cache::{grp, store::StoreLayout},
+    gpu,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    oci::{Spec, State},
+    request::Request,
+    select::Selected,
+    target::Target,
+};
+
+/// The hook stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before the container's process starts (runc: before pivot_root).
+    Prestart,
+    /// After the container is deleted.
+    Poststop,
+    /// No stage argument: from the state's `status` (`stopped`: poststop, else prestart). A
+    /// hooks.d file has one argv for all its stages, so the CRI-O/podman registration uses this.
+    Auto,
+}
+
+/// Command line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Store and run dir.
+    pub layout: StoreLayout,
+    /// Log file; `None`: `<run-dir>/hook.log`.
+    pub log_file: Option<PathBuf>,
+    /// The stage.
+    pub stage: Stage,
+}
+
+/// The usage line.
+pub const USAGE: &str = "usage: kcache-hook [--store DIR] [--run-dir DIR] [--log-file FILE] [prestart|poststop]";
+
+impl Options {
+    /// Parses `args` (without the program name).
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
+        let mut root = PathBuf::from(kcache_core::cache::store::DEFAULT_ROOT);
+        let mut run = PathBuf::from(kcache_core::cache::store::DEFAULT_RUN_DIR);
+        let mut log_file = None;
+        let mut stage = None;
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| {
+                it.next()
+                    .filter(|v| Path::new(v).is_absolute())
+                    .map(PathBuf::from)
+                    .ok_or_else(|| format!("{name} needs an absolute path\n{USAGE}"))
+            };
+            match a.as_str() {
+                "--store" => root = value("--store")?,
+                "--run-dir" => run = value("--run-dir")?,
+                "--log-file" => log_file = Some(value("--log-file")?),
+                "prestart" | "createRuntime" if stage.is_none() => stage = Some(Stage::Prestart),
+                "poststop" if stage.is_none() => stage = Some(Stage::Poststop),
+                other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
+            }
+        }
+        Ok(Self {
+            layout: StoreLayout::new(root, run),
+            log_file,
+            stage: stage.unwrap_or(Stage::Auto),
+        })
+    }
+}
+
+/// Size at which the log file is rotated.
+const MAX_LOG_BYTES: u64 = 8 << 20;
+
+/// Where log lines go: stderr, and the log file once the container opted in.
+pub struct Log {
+    stage: &'static str,
+    id: String,
+    file: Option<fs::File>,
+}
+
+impl Log {
+    fn new(stage: Stage, id: &str) -> Self {
+        Self {
+            stage: match stage {
+                Stage::Prestart | Stage::Auto => "prestart",
+                Stage::Poststop => "poststop",
+            },
+            id: id.to_string(),
+            file: None,
+        }
+    }
+
+    fn open_file(&mut self, opts: &Options) {
+        let path = opts
+            .log_file
+            .clone()
+            .unwrap_or_else(|| opts.layout.run_dir().join("hook.log"));
+        if let Some(dir) = path.parent() {
+            let _ = fs::DirBuilder::new().recursive(true).mode(0o755).create(dir);
+        }
+        // One generation of history: past 8 MiB the log moves to `<file>.1`.
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
+            let mut old = path.clone().into_os_string();
+            old.push(".1");
+            let _ = fs::rename(&path, old);
+        }
+        self.file = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)
+            .ok();
+    }
+
+    /// Writes one line to stderr and the log file.
+    pub fn line(&mut self, msg: &str) {
+        let line = format!("kcache-hook {} {}: {msg}\n", self.stage, self.id);
+        let _ = io::stderr().write_all(line.as_bytes());
+        self.append(&line);
+    }
+
+    /// A failure: to the log file only; the caller prints it once, as the hook's last word.
+    fn failure(&mut self, msg: &str) {
+        self.append(&format!("kcache-hook {} {}: {msg}\n", self.stage, self.id));
+    }
+
+    fn append(&mut self, line: &str) {
+        if let Some(f) = &mut self.file {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let _ = f.write_all(format!("{}.{:03} {line}", now.as_secs(), now.subsec_millis()).as_bytes());
+        }
+    }
+}
+
+/// What the hook leaves in `<run>/containers/<id>/hook.json` for poststop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mounted {
+    /// The container.
+    pub container: String,
+    /// The cache name.
+    pub cache: String,
+    /// The pod namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The entry's digest.
+    pub digest: String,
+    /// The mount path inside the container.
+    pub target: String,
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// The container's init pid at prestart (a second prestart call for the same container is
+    /// recognised by it).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// `/proc/sys/kernel/random/boot_id`: refs (which hold this document) from an earlier boot
+    /// are stale, whatever their container id.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+}
+
+fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The file name of [`Mounted`] under the container dir.
+pub const MOUNTED_FILE: &str = "hook.json";
+
+/// Runs one hook invocation: `stdin` is the OCI state. `Err` is the message for a failed start
+/// (exit 1).
+pub fn run(opts: &Options, stdin: impl io::Read) -> Result<(), String> {
+    let state = oci::read_state(stdin).map_err(|e| format!("kcache-hook: {e}"))?;
+    // The fast path: the state's annotations (runc and crun pass them) say "not opted in".
+    if state
+        .annotations
+        .as_ref()
+        .is_some_and(|a| !a.contains_key(request::CACHE))
+    {
+        return Ok(());
+    }
+    let stage = match opts.stage {
+        Stage::Auto if state.status == "stopped" => Stage::Poststop,
+        Stage::Auto => Stage::Prestart,
+        s => s,
+    };
+    match stage {
+        Stage::Prestart | Stage::Auto => {
+            let spec = oci::read_spec(&state.bundle).map_err(|e| format!("kcache-hook: {e}"))?;
+            let Some(req) = Request::from_annotations(&spec.annotations) else {
+                return Ok(());
+            };
+            let mut log = Log::new(stage, &state.id);
+            log.open_file(opts);
+            prestart(opts, &state, &spec, &req, &mut log)
+        }
+        Stage::Poststop => {
+            // The bundle may be gone by now; without annotations the container dir decides.
+            if state.annotations.is_none() {
+                if let Ok(spec) = oci::read_spec(&state.bundle) {
+                    if !spec.annotations.contains_key(request::CACHE) {
+                        return Ok(());
+                    }
+                }
+            }
+            // Nothing made for this container (a sandbox, or prestart started it without the
+            // cache): nothing to do, and nothing to log.
+            let made = opts.layout.container_dir(&state.id);
+            if made.as_ref().is_some_and(|d| fs::symlink_metadata(d).is_err()) {
+                return Ok(());
+            }
+            let mut log = Log::new(stage, &state.id);
+            log.open_file(opts);
+            poststop(opts, &state.id, &mut log)
+        }
+    }
+}
+
+/// prestart for a container that opted in.
+fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut Log) -> Result<(), String> {
+    let started = Instant::now();
+    for k in &req.unknown {
+        log.line(&format!("ignoring unknown annotation {k}"));
+    }
+    let required = match req.required() {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("kcache-hook: {} cannot be mounted: {e}", req.describe());
+            log.failure(&msg);
+            return Err(msg);
+        }
+    };
+    match try_mount(opts, state, spec, req) {
+        Ok((_, target, true)) => {
+            log.line(&format!(
+                "{} is already mounted at {} (a second prestart call for this container)",
+                req.describe(),
+                target.path
+            ));
+            Ok(())
+        }
+        Ok((sel, target, false)) => {
+            log.line(&format!(
+                "mounted {} = {} ({}, {}) at {} (from {}) in {:.1} ms",
+                req.describe(),
+                sel.record.image,
+                sel.digest,
+                sel.compatible_gpus.join(","),
+                target.path,
+                target.source,
+                started.elapsed().as_secs_f64() * 1e3
+            ));
+            Ok(())
+        }
+        Err(reason) if required => {
+            let msg = format!(
+                "kcache-hook: {} is required (kcache.dev/cache-required) but cannot be mounted: {reason}",
+                req.describe()
+            );
+            log.failure(&msg);
+            Err(msg)
+        }
+        Err(reason) => {
+            log.line(&format!("starting without {}: {reason}", req.describe()));
+            Ok(())
+        }
+    }
+}
+
+/// Everything prestart does; on error, nothing it made is left behind. `true`: an earlier call
+/// for this very container (same pid, same boot) already mounted it.
+fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Result<(Selected, Target, bool), String> {
+    let layout = &opts.layout;
+    req.check().map_err(|e| e.to_string())?;
+    let node = layout
+        .read_state()
+        .map_err(|e| format!("cannot read the cache store: {e}"))?;
+    let sel = select::select(layout, req, &node, || {
+        gpu::file::load(&layout.gpus_path()).map_err(|e| error_chain(&e))
+    })
+    .map_err(|e| e.to_string())?;
+    let target = target::choose(req.path.as_deref(), &sel.record.kind, spec.env(), spec.user().uid)
+        .map_err(|e| e.to_string())?;
+    if !spec.has_mount_namespace() {
+        return Err("the container has no mount namespace of its own".into());
+    }
+    let pid = state
+        .pid
+        .filter(|p| *p > 0)
+        .ok_or("the OCI state has no container pid")?;
+    let rootfs = spec.rootfs(&state.bundle).ok_or("config.json has no root.path")?;
+    let owner = spec
+        .host_user()
+        .ok_or("the container user is not mapped to a host user")?;
+    let cdir = layout
+        .container_dir(&state.id)
+        .ok_or_else(|| format!("container id {:?} cannot name a directory", state.id))?;
+
+    let boot = boot_id();
+    if let Some(prev) = read_mounted(&cdir) {
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        if prev.pid == Some(pid) && prev.boot_id == boot && alive && prev.digest == sel.digest.to_string() {
+            return Ok((sel, target, true));
+        }
+    }
+    let made = prepare_container_dir(&cdir, owner).map_err(|e| format!("{}: {e}", cdir.display()))?;
+    let result = (|| {
+        let mounted = Mounted {
+            container: state.id.clone(),
+            cache: req.name.clone(),
+            namespace: req.namespace.clone(),
+            digest: sel.digest.to_string(),
+            target: target.path.clone(),
+            at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            pid: Some(pid),
+            boot_id: boot,
+        };
+        let body = serde_json::to_vec(&mounted).map_err(|e| e.to_string())?;
+        // Plain write, no fsync: /run does not outlive a reboot, and neither does the container.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(cdir.join(MOUNTED_FILE))
+            .and_then(|mut f| f.write_all(&body))
+            .map_err(|e| format!("{}: {e}", cdir.display()))?;
+        let guard = refs::add(layout, &sel.digest, &state.id, &body).map_err(|e| e.to_string())?;
+        let grp = grp_layer(layout, &sel, &target)?;
+        drop(guard);
+        let mut lowers: Vec<PathBuf> = grp.into_iter().collect();
+        lowers.push(sel.cache_dir.clone());
+        let layers = mount::Layers {
+            lowers,
+            upper: made.join("upper"),
+            work: made.join("work"),
+        };
+        mount::enter_namespace(pid).map_err(|e| e.to_string())?;
+        let root = mount::open_rootfs(&rootfs).map_err(|e| e.to_string())?;
+        let fd = mount::resolve_target(&root, &target, owner).map_err(|e| e.to_string())?;
+        mount::mount_overlay(&fd, &layers).map_err(|e| e.to_string())
+    })();
+    if let Err(e) = result {
+        let _ = refs::remove(layout, &sel.digest, &state.id);
+        let _ = fs::remove_dir_all(&cdir);
+        return Err(e);
+    }
+    Ok((sel, target, false))
+}
+
+fn read_mounted(cdir: &Path) -> Option<Mounted> {
+    let bytes = fs::read(cdir.join(MOUNTED_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `<cdir>/{upper,work}`: a stale dir of an earlier container with the same id is replaced.
+/// `upper` belongs to the container user (it is the root of the mounted dir).
+fn prepare_container_dir(cdir: &Path, owner: (u32, u32)) -> io::Result<PathBuf> {
+    if let Some(parent) = cdir.parent() {
+        fs::DirBuilder::new().recursive(true).mode(0o711).create(parent)?;
+    }
+    match fs::remove_dir_all(cdir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    fs::DirBuilder::new().mode(0o700).create(cdir)?;
+    fs::DirBuilder::new().mode(0o755).create(cdir.join("upper"))?;
+    std::os::unix::fs::lchown(cdir.join("upper"), Some(owner.0), Some(owner.1))?;
+    fs::DirBuilder::new().mode(0o700).create(cdir.join("work"))?;
+    Ok(cdir.to_path_buf())
+}
+
+/// The `__grp__` rewrite for `target`: `<entry>/grp/<key>/`, made once per entry and target
+/// (through a temp dir and one rename) while the caller holds the entry's shared lock. `None`
+/// when nothing needs rewriting (same path as the build, or the build root is not recorded).
+fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Option<PathBuf>, String> {
+    let Some(build) = sel.record.build_cache_root.as_deref() else {
+        return Ok(None);
+    };
+    if build.trim_end_matches('/') == target.path {
+        return Ok(None);
+    }
+    let dir = layout.grp_dir(&sel.digest, &target.path);
+    if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return Ok(Some(dir));
+    }
+    let parent = dir.parent().ok_or("grp dir has no parent")?;
+    let io = |e: io::Error| format!("__grp__ layer {}: {e}", dir.display());
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(io)?;
+    let tmp = parent.join(format!(
+        ".tmp-{}-{}",
+        kcache_core::cache::store::target_key(&target.path),
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::DirBuilder::new().mode(0o755).create(&tmp).map_err(io)?;
+    let n = grp::rewrite_tree(&sel.cache_dir, build, &target.path, &tmp);
+    let n = match n {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(format!(
+                "cannot rewrite the __grp__ files for {}: {}",
+                target.path,
+                error_chain(&e)
+            ));
+        }
+    };
+    if let Err(e) = fs::rename(&tmp, &dir) {
+        let _ = fs::remove_dir_all(&tmp);
+        // Another hook made it first.
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(io(e));
+        }
+    }
+    let _ = n;
+    Ok(Some(dir))
+}
+
+/// poststop: undo what prestart did for `id`. Missing pieces are fine (prestart skipped, or a
+/// second poststop); errors are reported but every step is tried.
+fn poststop(opts: &Options, id: &str, log: &mut Log) -> Result<(), String> {
+    let layout = &opts.layout;
+    let Some(cdir) = layout.container_dir(id) else {
+        return Err(format!("kcache-hook: container id {id:?} cannot name a directory"));
+    };
+    let mounted = read_mounted(&cdir);
+    let mut errors = Vec::new();
+    for msg in mount::unmount_leftovers(&cdir.join("upper")) {
+        if msg.starts_with("cannot") {
+            errors.push(msg.clone());
+        }
+        log.line(&msg);
+    }
+    if let Some(m) = &mounted {
+        match kcache_core::digest::Digest::parse(&m.digest) {
+            Ok(d) => {
+                if let Err(e) = refs::remove(layout, &d, id) {
+                    errors.push(format!("cannot drop the ref on {d}: {e}"));
+                }
+            }
+            Err(e) => errors.push(format!("{}: {e}", cdir.join(MOUNTED_FILE).display())),
+        }
+    }
+    match fs::remove_dir_all(&cdir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(format!("cannot remove {}: {e}", cdir.display())),
+    }
+    if let Some(m) = &mounted {
+        log.line(&format!("released cache {:?} ({})", m.cache, m.digest));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        let msg = format!("kcache-hook: cleanup incomplete: {}", errors.join("; "));
+        log.failure(&msg);
+        Err(msg)
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// Clears the process environment (nothing the hook does depends on it, and nothing it starts
+/// (it starts nothing) could inherit it) and sets the umask to 022, whatever the runtime's: the
+/// `__grp__` files and the directories the hook makes must be readable by the container's user.
+pub fn sanitize_process() {
+    for (k, _) in std::env::vars_os() {
+        std::env::remove_var(k);
+    }
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = Options::parse(args(&["--store", "/s", "--run-dir", "/r", "poststop"])).unwrap();
+        assert_eq!(
+            (o.layout.root(), o.layout.run_dir(), o.stage),
+            (Path::new("/s"), Path::new("/r"), Stage::Poststop)
+        );
+        let o = Options::parse(args(&[])).unwrap();
+        assert_eq!(o.stage, Stage::Auto);
+        assert_eq!(o.layout, StoreLayout::default());
+        assert_eq!(Options::parse(args(&["createRuntime"])).unwrap().stage, Stage::Prestart);
+        for bad in [
+            &["--store"][..],
+            &["--store", "relative"],
+            &["prestart", "poststop"],
+            &["--bogus"],
+        ] {
+            assert!(Options::parse(args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The whole prestart in-process, up to the namespace step: a container whose pid is not a
+    /// process fails there, and everything made before is rolled back.
+    #[test]
+    fn a_failure_after_the_ref_rolls_everything_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::FakeStore::new(dir.path());
+        let digest = store.add_cache("llama", None, &[90], 1);
+        let bundle = dir.path().join("bundle");
+        fs::create_dir_all(&bundle).unwrap();
+        fs::write(
+            bundle.join("config.json"),
+            r#"{"root":{"path":"rootfs"},"process":{"env":["HOME=/root"]},"linux":{"namespaces":[{"type":"mount"}]},
+                "annotations":{"kcache.dev/cache":"llama","kcache.dev/cache-required":"true"}}"#,
+        )
+        .unwrap();
+        let opts = Options {
+            layout: store.layout.clone(),
+            log_file: None,
+            stage: Stage::Auto,
+        };
+        let state = format!(
+            r#"{{"id":"c1","status":"creating","pid":2147483647,"bundle":"{}"}}"#,
+            bundle.display()
+        );
+        let err = run(&opts, state.as_bytes()).unwrap_err();
+        assert!(
+            err.contains("is required") && err.contains("/proc/2147483647/ns/mnt"),
+            "{err}"
+        );
+        assert!(!store.containers_dir().join("c1").exists());
+        assert!(refs::list(&store.layout, &digest).unwrap().is_empty());
+        // The __grp__ layer stays: it belongs to the entry and is reused.
+        assert!(store.layout.grp_dir(&digest, "/root/.triton/cache").is_dir());
+        let log = fs::read_to_string(store.layout.run_dir().join("hook.log")).unwrap();
+        assert!(
+            log.contains("kcache-hook prestart c1: kcache-hook: cache \"llama\""),
+            "{log}"
+        );
+
+        // poststop of a container that never got the cache is a no-op.
+        let stopped = format!(r#"{{"id":"c1","status":"stopped","bundle":"{}"}}"#, bundle.display());
+        run(&opts, stopped.as_bytes()).unwrap();
+    }
+}
