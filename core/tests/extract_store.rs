@@ -227,3 +227,55 @@ fn sweep_leaves_a_running_extract_once_alone() {
         assert!(matches!(worker.join().unwrap().unwrap(), ExtractOutcome::Extracted(_)));
     });
 }
+
+#[test]
+fn a_failed_final_check_discards_the_whole_tree() {
+    use kcache_core::cache::extract::{extract_layer_checked, extract_once_checked, ExtractError};
+    let env = Env::new();
+    let layer = gz(&triton_layer());
+    let called = std::cell::Cell::new(false);
+    let err = extract_layer_checked(
+        &layer[..],
+        true,
+        &env.store,
+        "sha256-bad",
+        &ExtractLimits::default(),
+        || {
+            called.set(true);
+            Err(std::io::Error::other("digest mismatch"))
+        },
+    )
+    .unwrap_err();
+    assert!(called.get());
+    assert!(matches!(err, ExtractError::Unverified(_)), "{err:?}");
+    let left: Vec<_> = std::fs::read_dir(&env.store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // extract_once_checked: the same, and a later good pass commits.
+    let err = extract_once_checked(
+        &env.store,
+        "sha256-bad",
+        true,
+        &ExtractLimits::default(),
+        || Ok(&layer[..]),
+        || Err(std::io::Error::other("digest mismatch")),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ExtractError::Unverified(_)), "{err:?}");
+    assert!(!env.store.join("sha256-bad").exists());
+    let ok = extract_once_checked(
+        &env.store,
+        "sha256-bad",
+        true,
+        &ExtractLimits::default(),
+        || Ok(&layer[..]),
+        || Ok(()),
+    )
+    .unwrap();
+    assert!(matches!(ok, ExtractOutcome::Extracted(_)));
+    assert!(env.store.join("sha256-bad").is_dir());
+}

@@ -7,15 +7,21 @@
 //! - [`grp`]: rewriting Triton's `__grp__*.json` absolute paths for another mount path.
 //! - `builder` (feature `cache`): a deterministic tar.gz layer + image config from a cache dir.
 //! - `extract` (feature `cache`): unpacks a cache image layer into the store, safely.
+//! - `approved` and `manager` (features `verify` + `cache`): caches.d, and the kcached side
+//!   that pulls approved caches into the store, tracks them in `state.json` and collects garbage.
 //!
 //! Everything but `builder` and `extract` is plain serde and std, so the hook can use it.
 
+#[cfg(all(feature = "verify", feature = "cache"))]
+pub mod approved;
 #[cfg(feature = "cache")]
 pub mod builder;
 #[cfg(feature = "cache")]
 pub mod extract;
 pub mod format;
 pub mod grp;
+#[cfg(all(feature = "verify", feature = "cache"))]
+pub mod manager;
 pub mod meta;
 pub mod store;
 pub mod triton;

@@ -415,6 +415,79 @@ impl Client {
         Ok(bytes)
     }
 
+    /// Opens a blob for streaming: up to `max` bytes (not bounded by `max_blob_bytes`, for
+    /// layers of gigabytes), with `timeout` for the whole transfer instead of the per-request
+    /// one. [`BlobStream::chunk`] hashes what it hands out and reports the end only once the
+    /// bytes matched `digest` (and `expected_size`, when given).
+    pub async fn blob_stream(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        max: u64,
+        timeout: Duration,
+    ) -> Result<BlobStream> {
+        if digest.algorithm() != "sha256" {
+            return Err(RegistryError::Protocol {
+                url: r.name(),
+                reason: format!("unsupported digest algorithm in {digest}"),
+            });
+        }
+        let url = format!("{}/v2/{}/blobs/{digest}", self.base(&r.registry), r.repository);
+        let resp = self.send_timeout(r, &url, timeout).await?;
+        Self::check_status(&resp, &url, || format!("blob {digest} in {}", r.name()))?;
+        let limit = expected_size.map_or(max, |s| s.min(max));
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(RegistryError::TooLarge {
+                url,
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            });
+        }
+        Ok(BlobStream {
+            resp,
+            url,
+            digest: digest.clone(),
+            expected_size,
+            limit,
+            read: 0,
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            done: false,
+        })
+    }
+
+    async fn send_timeout(&self, r: &Reference, url: &str, timeout: Duration) -> Result<reqwest::Response> {
+        let scope = format!("repository:{}:pull", r.repository);
+        let key = (r.registry.clone(), scope.clone());
+        let mut retried = false;
+        loop {
+            let mut req = self.http.get(url).timeout(timeout);
+            let token = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            } else if let Some((u, p)) = self.auth.basic(&r.registry) {
+                req = req.basic_auth(u, Some(p));
+            }
+            let resp = req.send().await.map_err(|e| self.net_err(url, e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            if !challenge.to_ascii_lowercase().starts_with("bearer ") {
+                return Ok(resp);
+            }
+            let token = self.fetch_token(r, &challenge, &scope).await?;
+            if let Ok(mut t) = self.tokens.lock() {
+                t.insert(key.clone(), token);
+            }
+            retried = true;
+        }
+    }
+
     /// The OCI 1.1 referrers of `digest` (an image index), or `None` if the registry does not
     /// implement the API (callers then read the `sha256-<hex>` referrers tag).
     pub async fn referrers(
@@ -575,6 +648,94 @@ fn parse_challenge(s: &str) -> HashMap<String, String> {
 /// Base64 of `user:pass`, for tests and the auth file.
 pub fn basic_token(user: &str, pass: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+/// A blob being downloaded; see [`Client::blob_stream`].
+pub struct BlobStream {
+    resp: reqwest::Response,
+    url: String,
+    digest: Digest,
+    expected_size: Option<u64>,
+    limit: u64,
+    read: u64,
+    hasher: sha2::Sha256,
+    done: bool,
+}
+
+impl std::fmt::Debug for BlobStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStream")
+            .field("url", &self.url)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlobStream {
+    /// The size the registry announced, if it did.
+    pub fn content_length(&self) -> Option<u64> {
+        self.resp.content_length()
+    }
+
+    /// Bytes handed out so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// The next chunk. `Ok(None)` only at the end and only when the whole blob matched its
+    /// digest and size; a mismatch is an error instead, so a consumer that reads to the end has
+    /// checked everything it got.
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        use sha2::Digest as _;
+        if self.done {
+            return Ok(None);
+        }
+        let next = self.resp.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                RegistryError::Timeout {
+                    url: self.url.clone(),
+                    timeout: Duration::ZERO,
+                }
+            } else {
+                RegistryError::Protocol {
+                    url: self.url.clone(),
+                    reason: format!("reading body: {e}"),
+                }
+            }
+        })?;
+        match next {
+            Some(c) => {
+                self.read += c.len() as u64;
+                if self.read > self.limit {
+                    return Err(RegistryError::TooLarge {
+                        url: self.url.clone(),
+                        limit: usize::try_from(self.limit).unwrap_or(usize::MAX),
+                    });
+                }
+                self.hasher.update(&c);
+                Ok(Some(c.to_vec()))
+            }
+            None => {
+                let hash: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+                let actual = Digest::from_sha256_bytes(&hash);
+                if actual != self.digest {
+                    return Err(RegistryError::DigestMismatch {
+                        url: self.url.clone(),
+                        expected: self.digest.to_string(),
+                        actual: actual.to_string(),
+                    });
+                }
+                if let Some(size) = self.expected_size.filter(|s| *s != self.read) {
+                    return Err(RegistryError::Protocol {
+                        url: self.url.clone(),
+                        reason: format!("blob is {} bytes, its descriptor says {size}", self.read),
+                    });
+                }
+                self.done = true;
+                Ok(None)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

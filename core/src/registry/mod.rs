@@ -4,5 +4,5 @@ pub mod auth;
 pub mod client;
 pub mod reference;
 
-pub use client::{Client, Manifest, RegistryConfig, RegistryError, Resolved, ACCEPT_MANIFESTS};
+pub use client::{BlobStream, Client, Manifest, RegistryConfig, RegistryError, Resolved, ACCEPT_MANIFESTS};
 pub use reference::{Reference, ReferenceError};

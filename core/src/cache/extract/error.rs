@@ -26,6 +26,9 @@ pub enum ExtractError {
     /// Reading the layer failed (the reader's own error, or a corrupt gzip stream).
     #[error("failed to read or decompress the layer")]
     Read(#[source] io::Error),
+    /// The caller's final check (the layer digest) failed after the stream was unpacked.
+    #[error("the layer failed its final check")]
+    Unverified(#[source] io::Error),
     /// The tar stream is malformed (bad header checksum, bad number field, …).
     #[error("malformed tar archive")]
     Malformed(#[source] io::Error),

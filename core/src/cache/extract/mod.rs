@@ -45,7 +45,7 @@ use std::{
 };
 
 pub use error::{ExtractError, Result};
-pub use store::{extract_once, sweep_temp_dirs, ExtractOutcome};
+pub use store::{extract_once, extract_once_checked, sweep_temp_dirs, ExtractOutcome};
 
 /// Limits on one layer. Defaults fit large Triton/vLLM caches with room to spare.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,21 @@ pub fn extract_layer(
     final_name: &str,
     limits: &ExtractLimits,
 ) -> Result<ExtractReport> {
+    extract_layer_checked(reader, gzip, dest_parent, final_name, limits, || Ok(()))
+}
+
+/// [`extract_layer`] with a last check before the commit: `finish` runs after every entry is
+/// written and made durable, and before the rename that makes the tree visible. An error from it
+/// ([`ExtractError::Unverified`]) discards the tree. kcached checks the layer blob's digest
+/// here, so data whose digest did not match is never visible at the final path.
+pub fn extract_layer_checked(
+    reader: impl Read,
+    gzip: bool,
+    dest_parent: &Path,
+    final_name: &str,
+    limits: &ExtractLimits,
+    finish: impl FnOnce() -> std::io::Result<()>,
+) -> Result<ExtractReport> {
     store::check_final_name(final_name)?;
     let final_path = dest_parent.join(final_name);
     if final_path.symlink_metadata().is_ok() {
@@ -112,6 +127,7 @@ pub fn extract_layer(
     }
     let temp = store::TempDir::create(dest_parent, final_name)?;
     let report = unpack_into(reader, gzip, &temp, limits)?;
+    finish().map_err(ExtractError::Unverified)?;
     temp.commit(&final_path)?;
     tracing::debug!(path = %final_path.display(), files = report.files, bytes = report.bytes, "extracted layer");
     Ok(report)

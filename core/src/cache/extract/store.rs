@@ -13,7 +13,7 @@ use std::{
 
 use rustix::fs::{FlockOperation, Mode, OFlags, RenameFlags, CWD};
 
-use super::{extract_layer, ExtractError, ExtractLimits, ExtractReport, Result};
+use super::{extract_layer_checked, ExtractError, ExtractLimits, ExtractReport, Result};
 
 const TEMP_PREFIX: &str = ".tmp-";
 const LOCK_PREFIX: &str = ".lock-";
@@ -184,6 +184,18 @@ pub fn extract_once<R: Read>(
     limits: &ExtractLimits,
     open: impl FnOnce() -> io::Result<R>,
 ) -> Result<ExtractOutcome> {
+    extract_once_checked(dest_parent, final_name, gzip, limits, open, || Ok(()))
+}
+
+/// [`extract_once`] with [`extract_layer_checked`]'s last check before the commit.
+pub fn extract_once_checked<R: Read>(
+    dest_parent: &Path,
+    final_name: &str,
+    gzip: bool,
+    limits: &ExtractLimits,
+    open: impl FnOnce() -> io::Result<R>,
+    finish: impl FnOnce() -> io::Result<()>,
+) -> Result<ExtractOutcome> {
     check_final_name(final_name)?;
     let final_path = dest_parent.join(final_name);
     if final_path.symlink_metadata().is_ok() {
@@ -194,7 +206,7 @@ pub fn extract_once<R: Read>(
         return Ok(ExtractOutcome::AlreadyPresent);
     }
     let reader = open().map_err(ExtractError::Read)?;
-    match extract_layer(reader, gzip, dest_parent, final_name, limits) {
+    match extract_layer_checked(reader, gzip, dest_parent, final_name, limits, finish) {
         Ok(report) => Ok(ExtractOutcome::Extracted(report)),
         Err(ExtractError::AlreadyExists(_)) => Ok(ExtractOutcome::AlreadyPresent),
         Err(e) => Err(e),

@@ -1,5 +1,6 @@
-//! `kcache gpu` and `kcache cache build`: the node's GPU inventory, and kernel-cache images
-//! built from a Triton (or vLLM) cache directory in the GKM/MCV format.
+//! `kcache gpu` and `kcache cache build|pull|ls|inspect|gc`: the node's GPU inventory,
+//! kernel-cache images built from a Triton (or vLLM) cache directory in the GKM/MCV format, and
+//! the node's cache store (the same code kcached runs).
 
 use std::path::PathBuf;
 
@@ -63,6 +64,14 @@ pub fn gpu(a: GpuArgs) -> Result<Outcome> {
 pub enum CacheCommand {
     /// Build a kernel-cache image (one gzip layer + GKM/MCV labels) from a cache directory.
     Build(BuildArgs),
+    /// Verify and pull a cache image into the node store (exit 0 pulled, 1 denied or rejected).
+    Pull(crate::cache_store_cmd::PullArgs),
+    /// List the approved caches (state.json) and the store's entries.
+    Ls(crate::cache_store_cmd::LsArgs),
+    /// Show one cache's record and which GPUs it runs on.
+    Inspect(crate::cache_store_cmd::InspectArgs),
+    /// Remove store entries no approved cache points at and no container uses.
+    Gc(crate::cache_store_cmd::GcArgs),
 }
 
 #[derive(Args)]
@@ -88,6 +97,10 @@ pub struct BuildArgs {
 pub fn run(cmd: CacheCommand) -> Result<Outcome> {
     match cmd {
         CacheCommand::Build(a) => build(a),
+        CacheCommand::Pull(a) => crate::cache_store_cmd::pull(a),
+        CacheCommand::Ls(a) => crate::cache_store_cmd::ls(a),
+        CacheCommand::Inspect(a) => crate::cache_store_cmd::inspect(a),
+        CacheCommand::Gc(a) => crate::cache_store_cmd::gc(a),
     }
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod cache_cmd;
 mod install_cmd;
 mod policy_cmd;
+mod cache_store_cmd;
 mod registry_args;
 mod sign_cmd;
 mod sigstore_cmd;
