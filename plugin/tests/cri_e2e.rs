@@ -3,7 +3,8 @@
 //! with busybox images signed by kcache's signer, host-network pods run by runc.
 //!
 //! Covers: a signed image pulls and runs; an unsigned one and a re-tagged (swapped) one are
-//! refused with kcache's message; a signed index pulls; kcached restarted under a running
+//! refused with kcache's message; an image unpacked around the gate (`ctr pull` into the
+//! kubelet's namespace) does not run; a signed index pulls; kcached restarted under a running
 //! containerd; kcached SIGKILLed in the middle of an unpack.
 //!
 //! Needs root, containerd, ctr, runc, containerd-shim-runc-v2 and busybox-static. Without them
@@ -217,7 +218,9 @@ impl World {
 
     /// kcached's snapshots, asked on its own socket.
     async fn kcache_snapshots(&self) -> Vec<snap::Info> {
-        let channel = cri::unix_channel(&self.kcached.snapshotter_socket()).await.unwrap();
+        let channel = cri::unix_channel(&self.kcached.snapshotter_socket())
+            .await
+            .expect("connect to kcached's snapshotter socket");
         let mut stream = SnapshotsClient::new(channel)
             .list(snap::ListSnapshotsRequest {
                 snapshotter: "kcache".into(),
@@ -237,7 +240,9 @@ impl World {
 impl World {
     /// Usage, on kcached's own socket, of each snapshot: it fails for one whose directory is gone.
     async fn kcache_usage_of_each(&self, listed: &[snap::Info]) {
-        let channel = cri::unix_channel(&self.kcached.snapshotter_socket()).await.unwrap();
+        let channel = cri::unix_channel(&self.kcached.snapshotter_socket())
+            .await
+            .expect("connect to kcached's snapshotter socket");
         let mut c = SnapshotsClient::new(channel);
         for info in listed {
             c.usage(snap::UsageRequest {
@@ -327,7 +332,40 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
         .kcache_snapshots()
         .await
         .iter()
-        .all(|i| i.kind != snap::Kind::Committed as i32 || i.labels.get("kcache.dev/verified").is_some()));
+        .all(|i| i.kind != snap::Kind::Committed as i32 || i.labels.contains_key("kcache.dev/verified")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_unpacked_around_the_gate_does_not_run() {
+    let Some(w) = world("an_image_unpacked_around_the_gate_does_not_run").await else {
+        return;
+    };
+    w.push("e2e/sideload:v1", "sideload", false).await;
+    let image = w.image("e2e/sideload:v1");
+    // `ctr pull` into the kubelet's namespace: no CRI labels, so the unpack is not gated.
+    w.containerd.ctr_ok(
+        "k8s.io",
+        &["images", "pull", "--plain-http", "--snapshotter", "kcache", &image],
+    );
+    assert!(w.image_present(&image).await, "CRI sees the side-loaded image");
+    let sandbox = w.pod("sideload");
+    let pod = w.cri.run_pod(&sandbox).await.unwrap();
+    // The container's rootfs would sit on an unverified chain: the chain check refuses it.
+    let err = w
+        .cri
+        .start_container(
+            &pod,
+            &sandbox,
+            cri::container("app", &image, &["/bin/sh", "-c", "sleep 30"]),
+        )
+        .await
+        .expect_err("a container on an unverified chain must not be created");
+    assert!(
+        err.message().contains("kcache: prepare") && err.message().contains("refused by the chain check"),
+        "CreateContainer must fail with kcache's reason: {err}"
+    );
+    eprintln!("CreateContainer on the side-loaded image: {}", err.message());
+    w.cri.remove_pod(&pod).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,19 +428,39 @@ async fn kcached_restarts_under_a_running_containerd() {
     let before = w
         .containerd
         .ctr_ok("k8s.io", &["snapshots", "--snapshotter", "kcache", "ls"]);
+    let labelled = |mut all: Vec<snap::Info>| {
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter()
+            .map(|i| {
+                (
+                    i.name,
+                    i.parent,
+                    i.kind,
+                    i.labels.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let kcache_before = labelled(w.kcache_snapshots().await);
 
     w.kcached.restart();
+    assert_eq!(
+        labelled(w.kcache_snapshots().await),
+        kcache_before,
+        "kcached's snapshots (names, parents, kinds, labels) changed across a restart"
+    );
 
     // The running container does not notice.
     assert_eq!(w.cri.container_status(&first).await.unwrap().state, RUNNING);
-    // containerd reconnects on the next call: the same snapshots, all answering Usage.
+    // containerd reconnects (its gRPC connection may back off for a second after a failed dial):
+    // `usage` asks the backend about every snapshot, the running container's included.
     let start = Instant::now();
-    let after = loop {
+    loop {
         let out = w
             .containerd
-            .ctr("k8s.io", &["snapshots", "--snapshotter", "kcache", "ls"]);
+            .ctr("k8s.io", &["snapshots", "--snapshotter", "kcache", "usage"]);
         if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
+            break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
@@ -410,10 +468,11 @@ async fn kcached_restarts_under_a_running_containerd() {
             String::from_utf8_lossy(&out.stderr)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+    let after = w
+        .containerd
+        .ctr_ok("k8s.io", &["snapshots", "--snapshotter", "kcache", "ls"]);
     assert_eq!(before, after);
-    w.containerd
-        .ctr_ok("k8s.io", &["snapshots", "--snapshotter", "kcache", "usage"]);
     // New work goes through the new daemon: another container, and a pull of a new image.
     w.run(&pod, &sandbox, "second", &image, "echo second; sleep 60", "second")
         .await;

@@ -117,7 +117,11 @@ impl Kcached {
             &sockets[..1]
         };
         let start = Instant::now();
-        while !wanted.iter().all(|s| s.exists()) {
+        // Listening, not only bound: the socket file appears at bind(), a moment before listen().
+        while !wanted
+            .iter()
+            .all(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
+        {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("kcached exited ({status}):\n{}", self.log());
             }
