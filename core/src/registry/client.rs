@@ -210,6 +210,26 @@ impl Client {
         headers: &[(header::HeaderName, String)],
         body: Option<Vec<u8>>,
     ) -> Result<reqwest::Response> {
+        self.send_with(r, push, method, url, headers, body, None).await
+    }
+
+    /// A GET with its own whole-transfer timeout instead of the client's (large blobs).
+    async fn send_timeout(&self, r: &Reference, url: &str, timeout: Duration) -> Result<reqwest::Response> {
+        self.send_with(r, false, Method::GET, url, &[], None, Some(timeout))
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with(
+        &self,
+        r: &Reference,
+        push: bool,
+        method: Method,
+        url: &str,
+        headers: &[(header::HeaderName, String)],
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response> {
         let scope = format!(
             "repository:{}:{}",
             r.repository,
@@ -219,6 +239,9 @@ impl Client {
         let mut retried = false;
         loop {
             let mut req = self.http.request(method.clone(), url);
+            if let Some(t) = timeout {
+                req = req.timeout(t);
+            }
             for (k, v) in headers {
                 req = req.header(k, v);
             }
@@ -453,39 +476,6 @@ impl Client {
             hasher: <sha2::Sha256 as sha2::Digest>::new(),
             done: false,
         })
-    }
-
-    async fn send_timeout(&self, r: &Reference, url: &str, timeout: Duration) -> Result<reqwest::Response> {
-        let scope = format!("repository:{}:pull", r.repository);
-        let key = (r.registry.clone(), scope.clone());
-        let mut retried = false;
-        loop {
-            let mut req = self.http.get(url).timeout(timeout);
-            let token = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            } else if let Some((u, p)) = self.auth.basic(&r.registry) {
-                req = req.basic_auth(u, Some(p));
-            }
-            let resp = req.send().await.map_err(|e| self.net_err(url, e))?;
-            if resp.status() != StatusCode::UNAUTHORIZED || retried {
-                return Ok(resp);
-            }
-            let challenge = resp
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            if !challenge.to_ascii_lowercase().starts_with("bearer ") {
-                return Ok(resp);
-            }
-            let token = self.fetch_token(r, &challenge, &scope).await?;
-            if let Ok(mut t) = self.tokens.lock() {
-                t.insert(key.clone(), token);
-            }
-            retried = true;
-        }
     }
 
     /// The OCI 1.1 referrers of `digest` (an image index), or `None` if the registry does not
