@@ -107,7 +107,7 @@ async fn world(test: &str) -> Option<World> {
             }),
         },
     );
-    let cri = connect(&containerd).await;
+    let cri = Cri::ready(&containerd).await;
     let pods = dir.join("pods");
     std::fs::create_dir_all(&pods).unwrap();
     Some(World {
@@ -120,25 +120,6 @@ async fn world(test: &str) -> Option<World> {
         pods,
         _tmp: tmp,
     })
-}
-
-/// The CRI connection, once containerd's CRI plugin answers Version.
-async fn connect(containerd: &Containerd) -> Cri {
-    let start = Instant::now();
-    loop {
-        if let Ok(c) = Cri::connect(containerd.address()).await {
-            let mut rt = c.runtime.clone();
-            if rt.version(pb::VersionRequest::default()).await.is_ok() {
-                return c;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "containerd's CRI plugin does not answer:\n{}",
-            containerd.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 impl World {

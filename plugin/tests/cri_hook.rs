@@ -142,7 +142,8 @@ async fn an_annotated_pod_starts_warm_with_the_signed_cache() {
     let out = Command::new(env!("CARGO_BIN_EXE_kcache"))
         .args(["cache", "build"])
         .arg(&build)
-        .args(["--image", &cache_image, "--push", "--insecure-registry", &host])
+        .args(["--image", &cache_image, "--push", "--insecure-registry", &host, "--out"])
+        .arg(dir.join("cache-image"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -237,7 +238,7 @@ async fn an_annotated_pod_starts_warm_with_the_signed_cache() {
             }),
         },
     );
-    let criapi = connect(&containerd).await;
+    let criapi = Cri::ready(&containerd).await;
     let logs = dir.join("pods");
     let app = format!("{host}/e2e/app:1");
     criapi.pull(&app, None).await.unwrap();
@@ -340,24 +341,6 @@ async fn an_annotated_pod_starts_warm_with_the_signed_cache() {
         0
     );
     drop(containerd);
-}
-
-async fn connect(containerd: &Containerd) -> Cri {
-    let start = Instant::now();
-    loop {
-        if let Ok(c) = Cri::connect(containerd.address()).await {
-            let mut rt = c.runtime.clone();
-            if rt.version(pb::VersionRequest::default()).await.is_ok() {
-                return c;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "CRI does not answer:\n{}",
-            containerd.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn run_until(

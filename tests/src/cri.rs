@@ -35,6 +35,25 @@ pub async fn unix_channel(socket: &Path) -> Result<Channel, tonic::transport::Er
 }
 
 impl Cri {
+    /// Connects once containerd's CRI plugin answers `Version` (it comes up after the socket
+    /// does); panics with containerd's log after 30 s.
+    pub async fn ready(containerd: &crate::containerd::Containerd) -> Self {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(c) = Self::connect(containerd.address()).await {
+                if c.runtime.clone().version(pb::VersionRequest::default()).await.is_ok() {
+                    return c;
+                }
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "containerd's CRI plugin does not answer:\n{}",
+                containerd.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Connects to the CRI endpoint at `socket` (containerd's gRPC address).
     pub async fn connect(socket: &Path) -> Result<Self, tonic::transport::Error> {
         let channel = unix_channel(socket).await?;
