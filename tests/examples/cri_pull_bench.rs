@@ -25,23 +25,6 @@ const LAYERS: u64 = 6;
 const LAYER_BYTES: usize = 16 << 20;
 const STORM: usize = 16;
 
-async fn connect(c: &Containerd) -> Cri {
-    let start = Instant::now();
-    loop {
-        if let Ok(cri) = Cri::connect(c.address()).await {
-            if cri.runtime.clone().version(pb::VersionRequest::default()).await.is_ok() {
-                return cri;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "CRI does not answer:\n{}",
-            c.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
@@ -103,12 +86,29 @@ async fn reconnected(c: &Containerd, snapshots: &Path) {
     }
 }
 
+/// One PullImage, timed. Dirty pages of the previous round are written back first (untimed),
+/// so no pull pays for another's writeback.
 async fn timed_pull(cri: &Cri, image: &str) -> u128 {
+    assert!(std::process::Command::new("sync").status().unwrap().success());
     let t = Instant::now();
     cri.pull(image, None)
         .await
         .unwrap_or_else(|e| panic!("PullImage {image}: {e}"));
     t.elapsed().as_nanos()
+}
+
+/// The `_sum` (seconds) of the histogram `name` in kcached's /metrics, over every label set.
+fn metric_sum(api: &Path, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(api).expect("kcached API socket");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: kcache\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let prefix = format!("{name}_sum");
+    body.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn kib(pid: u32, field: &str) -> u64 {
@@ -194,28 +194,19 @@ async fn main() {
         sign(tag).await;
     }
 
-    // containerd's own overlayfs snapshotter.
-    let overlay_ns = {
-        let c = Containerd::start(
-            &programs,
-            &dir.join("containerd-overlayfs"),
-            &ContainerdConfig {
-                kcache_socket: None,
-                cri: Some(cri_config(&host, "overlayfs")),
-            },
-        );
-        let cri = connect(&c).await;
-        let snapshots = c.root().join("io.containerd.snapshotter.v1.overlayfs/snapshots");
-        let mut samples = Vec::new();
-        for _ in 0..runs + 1 {
-            samples.push(timed_pull(&cri, &image).await);
-            remove_all(&cri, &snapshots, || c.log()).await;
-        }
-        samples.remove(0); // warm-up
-        samples
-    };
-
-    // kcache.
+    // Both containerds run side by side and the modes are interleaved in every round, so drift
+    // in the machine's load hits each mode alike: containerd's own overlayfs snapshotter, kcached
+    // with a warm verdict, kcached just restarted (cold verdict).
+    let overlay = Containerd::start(
+        &programs,
+        &dir.join("containerd-overlayfs"),
+        &ContainerdConfig {
+            kcache_socket: None,
+            cri: Some(cri_config(&host, "overlayfs")),
+        },
+    );
+    let overlay_cri = Cri::ready(&overlay).await;
+    let overlay_snapshots = overlay.root().join("io.containerd.snapshotter.v1.overlayfs/snapshots");
     let mut k = Kcached::start(
         &kcached_bin,
         &dir.join("kcached"),
@@ -233,25 +224,43 @@ async fn main() {
             cri: Some(cri_config(&host, "kcache")),
         },
     );
-    let cri = connect(&c).await;
+    let cri = Cri::ready(&c).await;
     let snapshots = k.root().join("snapshots");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_kib = kib(k.pid().unwrap(), "VmRSS:");
-    let mut warm_ns = Vec::new();
-    for _ in 0..runs + 1 {
+    // Warm-up, untimed: the registry's page cache, both containerds, kcached's verdict.
+    timed_pull(&overlay_cri, &image).await;
+    remove_all(&overlay_cri, &overlay_snapshots, || overlay.log()).await;
+    timed_pull(&cri, &image).await;
+    remove_all(&cri, &snapshots, || k.log()).await;
+
+    let (mut overlay_ns, mut warm_ns, mut cold_ns) = (Vec::new(), Vec::new(), Vec::new());
+    // Where a cold pull's time goes inside kcached: the verdict, and all Snapshots calls.
+    let (mut cold_verify_s, mut cold_snapshot_s) = (Vec::new(), Vec::new());
+    let mut after_pulls_hwm_kib = 0;
+    for _ in 0..runs {
+        overlay_ns.push(timed_pull(&overlay_cri, &image).await);
+        remove_all(&overlay_cri, &overlay_snapshots, || overlay.log()).await;
+
         warm_ns.push(timed_pull(&cri, &image).await);
         remove_all(&cri, &snapshots, || k.log()).await;
-    }
-    warm_ns.remove(0); // the first pull verified (cold); the rest hit the verdict cache
-    let after_pulls_hwm_kib = kib(k.pid().unwrap(), "VmHWM:");
-    // Cold verdict: a fresh kcached before each pull (containerd reconnects first, untimed).
-    let mut cold_ns = Vec::new();
-    for _ in 0..runs.div_ceil(2) {
+        after_pulls_hwm_kib = after_pulls_hwm_kib.max(kib(k.pid().unwrap(), "VmHWM:"));
+
         k.restart();
         reconnected(&c, &snapshots).await;
+        let api = k.api_socket();
+        let (v0, s0) = (
+            metric_sum(&api, "kcache_verification_seconds"),
+            metric_sum(&api, "kcache_snapshot_operation_seconds"),
+        );
         cold_ns.push(timed_pull(&cri, &image).await);
+        cold_verify_s.push(metric_sum(&api, "kcache_verification_seconds") - v0);
+        cold_snapshot_s.push(metric_sum(&api, "kcache_snapshot_operation_seconds") - s0);
+        after_pulls_hwm_kib = after_pulls_hwm_kib.max(kib(k.pid().unwrap(), "VmHWM:"));
         remove_all(&cri, &snapshots, || k.log()).await;
     }
+    drop(overlay_cri);
+    drop(overlay);
     // The storm, on a fresh kcached: every small image at once (cold verdicts).
     k.restart();
     reconnected(&c, &snapshots).await;
@@ -281,6 +290,8 @@ async fn main() {
             "overlayfs_ns": overlay_ns,
             "kcache_warm_ns": warm_ns,
             "kcache_cold_ns": cold_ns,
+            "kcache_cold_verify_s": cold_verify_s,
+            "kcache_cold_snapshot_ops_s": cold_snapshot_s,
             "rss_kib": {
                 "idle": idle_kib,
                 "after_pulls_peak": after_pulls_hwm_kib,
