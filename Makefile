@@ -1,7 +1,9 @@
 # kcache tasks. `make test` is what CI runs; `make demo` is the one-command demo.
 CARGO ?= cargo
 
-.PHONY: deps build test test-unit lint demo bench
+.PHONY: deps build release test test-hook-static test-unit lint demo bench
+
+DIST ?= $(or $(CARGO_TARGET_DIR),target)/dist
 
 deps:
 	bash scripts/deps.sh
@@ -9,8 +11,17 @@ deps:
 build:
 	$(CARGO) build --workspace --locked
 
+release:
+	bash scripts/build-release.sh $(DIST)
+
 test: deps
 	$(CARGO) test --workspace --locked
+	$(MAKE) test-hook-static
+
+# The runc suite again, against the hook as it ships (release, statically linked).
+test-hook-static:
+	bash scripts/build-release.sh --hook-only $(DIST)
+	KCACHE_HOOK_BIN=$(abspath $(DIST))/kcache-hook $(CARGO) test --locked -p kcache-hook --test runc
 
 test-unit:
 	$(CARGO) test --workspace --locked --lib
