@@ -72,7 +72,7 @@ fn install_hooks_d(store: &FakeStore, dir: &Path) -> Value {
     assert_eq!(hook["version"], "1.0.0");
     assert_eq!(hook["stages"], serde_json::json!(["prestart", "poststop"]));
     assert!(hook["when"]["annotations"]["^kcache\\.dev/cache$"].is_string());
-    hook["hook"]["path"] = hook().into();
+    hook["hook"]["path"] = hook_bin().into();
     let mut args = hook_args(store, "x");
     args.pop(); // no stage: the hook reads it from the state's status
     hook["hook"]["args"] = args.into();

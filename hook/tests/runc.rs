@@ -389,7 +389,7 @@ fn hook_without_opt_in_reads_nothing_but_its_input() {
     )
     .unwrap();
     let run = |state: Value| {
-        let mut c = std::process::Command::new(hook())
+        let mut c = std::process::Command::new(hook_bin())
             .args(["--store", "/nonexistent/kcache-store", "--run-dir"])
             .arg(tmp.path().join("run"))
             .arg("prestart")

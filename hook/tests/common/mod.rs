@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 /// The hook under test: cargo's build, or `KCACHE_HOOK_BIN` (the shipped static build from
 /// scripts/build-release.sh; `make test` runs the runc suite against it too).
-pub fn hook() -> String {
+pub fn hook_bin() -> String {
     std::env::var("KCACHE_HOOK_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kcache-hook").to_owned())
 }
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -160,10 +160,10 @@ impl Bundle {
 /// The spec's `hooks` with kcache-hook in prestart and poststop (after `extra_prestart`).
 pub fn kcache_hooks(store: &FakeStore, extra_prestart: Option<Value>) -> Value {
     let mut pre: Vec<Value> = extra_prestart.into_iter().collect();
-    pre.push(json!({"path": hook(), "args": hook_args(store, "prestart"), "timeout": 20}));
+    pre.push(json!({"path": hook_bin(), "args": hook_args(store, "prestart"), "timeout": 20}));
     json!({
         "prestart": pre,
-        "poststop": [{"path": hook(), "args": hook_args(store, "poststop"), "timeout": 20}]
+        "poststop": [{"path": hook_bin(), "args": hook_args(store, "poststop"), "timeout": 20}]
     })
 }
 
