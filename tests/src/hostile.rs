@@ -19,6 +19,37 @@ pub enum Behavior {
     EndlessChunks,
     /// Answers every request with a 200 JSON-typed body that is not JSON.
     Junk,
+    /// Serves the OCI referrers API in pages: the first page (one referrer) links to the second
+    /// with a relative `Link: <...>; rel="next"`, the second (one referrer) links to a third page
+    /// on another host, which a client must not follow (its credentials would go there).
+    PagedReferrers,
+}
+
+/// The digests [`Behavior::PagedReferrers`] lists, page by page.
+pub const PAGED_REFERRERS: [&str; 2] = [
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+    "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+];
+
+fn referrers_page(request: &str) -> String {
+    let path = request.split_whitespace().nth(1).unwrap_or_default();
+    let (n, link) = if path.contains("page=2") {
+        (
+            1,
+            "<http://elsewhere.invalid/v2/r/referrers/x?page=3>; rel=\"next\"".to_owned(),
+        )
+    } else {
+        let base = path.split('?').next().unwrap_or_default();
+        (0, format!("<{base}?n=1&page=2>; rel=\"next\""))
+    };
+    let body = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":1,"artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json"}}]}}"#,
+        PAGED_REFERRERS[n]
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\nLink: {link}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// The server; it runs on its own thread and dies with the process.
@@ -44,8 +75,12 @@ impl HostileRegistry {
                     let Ok((mut sock, _)) = listener.accept().await else { return };
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 8192];
-                        let _ = sock.read(&mut buf).await;
+                        let n = sock.read(&mut buf).await.unwrap_or(0);
                         match behavior {
+                            Behavior::PagedReferrers => {
+                                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                                let _ = sock.write_all(referrers_page(&request).as_bytes()).await;
+                            }
                             Behavior::Hang => tokio::time::sleep(Duration::from_secs(120)).await,
                             Behavior::HugeDeclared | Behavior::EndlessChunks => {
                                 let head = if matches!(behavior, Behavior::HugeDeclared) {

@@ -506,3 +506,28 @@ async fn basic_auth_from_a_docker_auth_file_against_a_real_htpasswd_registry() {
         RegistryError::Unauthorized { .. }
     ));
 }
+
+#[tokio::test]
+async fn paginated_referrers_are_merged_and_never_followed_off_the_registry() {
+    // docker-registry 2.8 has no referrers API, so a scripted loopback server pages it.
+    let h = HostileRegistry::start(Behavior::PagedReferrers);
+    let client = hostile_client(&h, Duration::from_secs(5));
+    let r = kcache_core::registry::Reference::parse(&format!("{}/apps/web:v1", h.host())).unwrap();
+    let subject = Digest::sha256_of(b"the image");
+    let index = client
+        .referrers(&r, &subject, Some("application/vnd.dev.sigstore.bundle.v0.3+json"))
+        .await
+        .unwrap()
+        .expect("the registry has the referrers API");
+    let v: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let listed: Vec<&str> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    // Both pages of this registry; the third page's link to another host is not followed
+    // (it would fail to resolve, and the call would error).
+    assert_eq!(listed, kcache_tests::hostile::PAGED_REFERRERS);
+    assert_eq!(v["mediaType"], "application/vnd.oci.image.index.v1+json");
+}

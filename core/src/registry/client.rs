@@ -479,35 +479,70 @@ impl Client {
     }
 
     /// The OCI 1.1 referrers of `digest` (an image index), or `None` if the registry does not
-    /// implement the API (callers then read the `sha256-<hex>` referrers tag).
+    /// implement the API (callers then read the `sha256-<hex>` referrers tag). A paginated answer
+    /// (`Link: <...>; rel="next"`) is followed on the same registry, up to [`MAX_REFERRER_PAGES`]
+    /// pages, and the pages' `manifests` are merged into one index.
     pub async fn referrers(
         &self,
         r: &Reference,
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Option<Vec<u8>>> {
-        let mut url = format!("{}/v2/{}/referrers/{digest}", self.base(&r.registry), r.repository);
+        let base = self.base(&r.registry);
+        let mut url = format!("{base}/v2/{}/referrers/{digest}", r.repository);
         if let Some(t) = artifact_type {
             url.push_str(&format!("?artifactType={}", t.replace('+', "%2B")));
         }
-        let resp = self
-            .send(
-                r,
-                false,
-                Method::GET,
-                &url,
-                &[(header::ACCEPT, "application/vnd.oci.image.index.v1+json".into())],
-                None,
-            )
-            .await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => return Ok(None),
-            _ => Self::check_status(&resp, &url, || format!("referrers of {digest}"))?,
+        let mut merged: Option<serde_json::Value> = None;
+        for _ in 0..MAX_REFERRER_PAGES {
+            let resp = self
+                .send(
+                    r,
+                    false,
+                    Method::GET,
+                    &url,
+                    &[(header::ACCEPT, "application/vnd.oci.image.index.v1+json".into())],
+                    None,
+                )
+                .await?;
+            match resp.status() {
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST
+                    if merged.is_none() =>
+                {
+                    return Ok(None)
+                }
+                _ => Self::check_status(&resp, &url, || format!("referrers of {digest}"))?,
+            }
+            if !content_type(&resp).starts_with("application/vnd.oci.image.index.v1+json") {
+                if merged.is_none() {
+                    return Ok(None);
+                }
+                return Err(RegistryError::Protocol {
+                    url,
+                    reason: "a referrers page that is not an OCI image index".into(),
+                });
+            }
+            let next = next_link(resp.headers(), &base);
+            let bytes = read_bounded(resp, self.cfg.max_manifest_bytes, &url).await?;
+            let next = match (next, merged.take()) {
+                // One page (the usual case): the registry's bytes as they are.
+                (None, None) => return Ok(Some(bytes)),
+                (next, prev) => {
+                    let page: serde_json::Value =
+                        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+                            url: url.clone(),
+                            reason: format!("referrers page is not JSON: {e}"),
+                        })?;
+                    merged = Some(merge_referrer_pages(prev, page));
+                    next
+                }
+            };
+            match next {
+                Some(n) => url = n,
+                None => break,
+            }
         }
-        if !content_type(&resp).starts_with("application/vnd.oci.image.index.v1+json") {
-            return Ok(None);
-        }
-        Ok(Some(read_bounded(resp, self.cfg.max_manifest_bytes, &url).await?))
+        Ok(merged.map(|m| m.to_string().into_bytes()))
     }
 
     /// Uploads a blob (monolithic), unless the registry already has it.
@@ -573,6 +608,56 @@ fn content_type(resp: &reqwest::Response) -> String {
         .and_then(|v| v.to_str().ok())
         .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
         .unwrap_or_default()
+}
+
+/// Pages of a paginated referrers answer followed at most (each bounded like a manifest).
+pub const MAX_REFERRER_PAGES: usize = 16;
+
+/// The `rel="next"` target of a `Link` header, resolved against `base` (scheme://host), or `None`
+/// if there is none or it points anywhere but this registry (credentials never go elsewhere).
+fn next_link(headers: &header::HeaderMap, base: &str) -> Option<String> {
+    headers.get_all(header::LINK).iter().find_map(|v| {
+        let v = v.to_str().ok()?;
+        v.split(',').find_map(|part| {
+            let (target, params) = part.trim().split_once(';')?;
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            let is_next = params.split(';').any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            if !is_next {
+                return None;
+            }
+            if target.starts_with('/') && !target.starts_with("//") {
+                Some(format!("{base}{target}"))
+            } else if target.strip_prefix(base).is_some_and(|rest| rest.starts_with('/')) {
+                Some(target.to_owned())
+            } else {
+                None
+            }
+        })
+    })
+}
+
+/// `prev` with `page`'s `manifests` appended (the first page keeps its other fields).
+fn merge_referrer_pages(prev: Option<serde_json::Value>, page: serde_json::Value) -> serde_json::Value {
+    let Some(mut merged) = prev else {
+        return page;
+    };
+    let more = page
+        .get("manifests")
+        .and_then(|m| m.as_array())
+        .cloned()
+        .unwrap_or_default();
+    match merged.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+        Some(list) => list.extend(more),
+        None => {
+            if let Some(obj) = merged.as_object_mut() {
+                obj.insert("manifests".into(), serde_json::Value::Array(more));
+            }
+        }
+    }
+    merged
 }
 
 /// Reads a body, refusing more than `limit` bytes (by header, then while streaming).
@@ -730,6 +815,62 @@ impl BlobStream {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn referrers_next_link_stays_on_the_registry() {
+        let base = "https://reg.example:5000";
+        let links = |values: &[&str]| {
+            let mut h = header::HeaderMap::new();
+            for v in values {
+                h.append(header::LINK, v.parse().unwrap());
+            }
+            next_link(&h, base)
+        };
+        assert_eq!(
+            links(&[r#"</v2/a/referrers/sha256:x?n=1&last=y>; rel="next""#]).as_deref(),
+            Some("https://reg.example:5000/v2/a/referrers/sha256:x?n=1&last=y")
+        );
+        assert_eq!(
+            links(&[r#"<https://reg.example:5000/v2/a/referrers/x?p=2>;rel=next"#]).as_deref(),
+            Some("https://reg.example:5000/v2/a/referrers/x?p=2")
+        );
+        // Among several links, the next one; several headers too.
+        assert_eq!(
+            links(&[r#"</v2/a/x?p=0>; rel="prev", </v2/a/x?p=2>; rel="next""#]).as_deref(),
+            Some("https://reg.example:5000/v2/a/x?p=2")
+        );
+        assert_eq!(
+            links(&[r#"</v2/a/x?p=0>; rel="prev""#, r#"</v2/a/x?p=3>; rel="next""#]).as_deref(),
+            Some("https://reg.example:5000/v2/a/x?p=3")
+        );
+        // Anywhere else: another host, a host that merely starts like this one, a
+        // protocol-relative URL, a downgrade to http, no rel=next.
+        for v in [
+            r#"<https://evil.example/v2/a/x?p=2>; rel="next""#,
+            r#"<https://reg.example:50001/v2/a/x>; rel="next""#,
+            r#"<https://reg.example:5000.evil/v2/a/x>; rel="next""#,
+            r#"<//evil.example/v2/a/x>; rel="next""#,
+            r#"<http://reg.example:5000/v2/a/x>; rel="next""#,
+            r#"</v2/a/x?p=2>; rel="prev""#,
+            "garbage",
+        ] {
+            assert_eq!(links(&[v]), None, "{v}");
+        }
+    }
+
+    #[test]
+    fn referrer_pages_merge_their_manifests() {
+        let p1 = serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": "a"}]});
+        let p2 = serde_json::json!({"schemaVersion": 2, "manifests": [{"digest": "b"}, {"digest": "c"}]});
+        let merged = merge_referrer_pages(Some(merge_referrer_pages(None, p1)), p2);
+        assert_eq!(
+            merged["manifests"],
+            serde_json::json!([{"digest": "a"}, {"digest": "b"}, {"digest": "c"}])
+        );
+        let empty = serde_json::json!({"schemaVersion": 2});
+        let merged = merge_referrer_pages(Some(empty), serde_json::json!({"manifests": [{"digest": "d"}]}));
+        assert_eq!(merged["manifests"], serde_json::json!([{"digest": "d"}]));
+    }
+
     use super::*;
 
     #[test]

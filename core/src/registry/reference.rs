@@ -69,16 +69,32 @@ fn tag_ok(t: &str) -> bool {
 }
 
 fn host_ok(h: &str) -> bool {
+    let port_ok =
+        |p: Option<&str>| p.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    // An IPv6 literal: `[addr]` or `[addr]:port`.
+    if let Some(rest) = h.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port = match after {
+            "" => None,
+            a => match a.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return false,
+            },
+        };
+        return addr.parse::<std::net::Ipv6Addr>().is_ok() && port_ok(port);
+    }
     let (host, port) = match h.rsplit_once(':') {
-        Some((h, p)) if !h.contains(']') || h.ends_with(']') => (h, Some(p)),
-        _ => (h, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (h, None),
     };
-    port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+    port_ok(port)
         && !host.is_empty()
         && host.len() <= 253
         && host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
         && !host.starts_with('-')
         && !host.contains("..")
 }
@@ -182,6 +198,9 @@ mod tests {
             ("index.docker.io/foo/bar:v1", "docker.io/foo/bar", Some("v1")),
             ("127.0.0.1:5000/demo/app:v1", "127.0.0.1:5000/demo/app", Some("v1")),
             ("localhost/x", "localhost/x", None),
+            ("[::1]:5000/demo/app:v1", "[::1]:5000/demo/app", Some("v1")),
+            ("[::1]/demo/app", "[::1]/demo/app", None),
+            ("[fd00::2]/demo/app:v2", "[fd00::2]/demo/app", Some("v2")),
             ("quay.io/gkm/cache__a.b-c", "quay.io/gkm/cache__a.b-c", None),
         ];
         for (input, name, tag) in cases {
@@ -230,6 +249,12 @@ mod tests {
             "reg.io/x/.hidden",
             "re g.io/x",
             "reg.io:99999999/x",
+            "[::1/x",
+            "[zz]:5000/x",
+            "[::1]x/y",
+            "[::1]:/x",
+            "::1:5000/x",
+            "reg[1].io/x",
             "a\nb",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
