@@ -6,8 +6,9 @@
 //! 3. Fetch candidate signatures *about the digest*: cosign v2 `.sig` layers and cosign v3
 //!    bundles (referrers API, else the `sha256-<hex>` referrers tag). Every candidate is
 //!    verified whole against one authority at a time; the first that passes decides.
-//! 4. Not signed itself? If the reference's tag resolves to an index that lists this digest
-//!    and the index passes step 3, the platform manifest is allowed through the signed index.
+//! 4. Not signed itself? If the reference names an index that lists this digest (the digest it
+//!    pins, else what its tag resolves to) and the index passes step 3, the platform manifest is
+//!    allowed through the signed index.
 //! 5. Apply the policy mode (enforce / warn / off). Registry failures deny (fail closed).
 
 use std::{
@@ -131,9 +132,9 @@ struct Found {
     format: Format,
 }
 
-/// Cache key: repository, tag (it decides the signed-index rule), digest and policy
-/// generation. Together they determine the rule and so the verdict.
-type CacheKey = (String, Option<String>, Digest, u64);
+/// Cache key: repository, tag and pinned digest (they name the index of the signed-index rule),
+/// digest and policy generation. Together they determine the rule and so the verdict.
+type CacheKey = (String, Option<String>, Option<Digest>, Digest, u64);
 
 /// Verifies images against a policy through a registry.
 pub struct Verifier {
@@ -187,14 +188,21 @@ impl Verifier {
         Ok(out)
     }
 
-    /// Verifies a known digest; `r` gives the repository (and the tag for the index rule).
+    /// Verifies a known digest; `r` gives the repository and, for the signed-index rule, the
+    /// index (the digest it pins, else its tag).
     /// Served from the verdict cache when there is one.
     pub async fn verify_digest(&self, policy: &Policy, r: &Reference, digest: &Digest) -> ImageVerdict {
         let Some(cache) = &self.cache else {
             return self.verify_digest_uncached(policy, r, digest).await;
         };
         let start = Instant::now();
-        let key = (r.name(), r.tag.clone(), digest.clone(), policy.generation);
+        let key = (
+            r.name(),
+            r.tag.clone(),
+            r.digest.clone(),
+            digest.clone(),
+            policy.generation,
+        );
         let (mut v, outcome) = cache
             .get_or_insert_with(key, || self.verify_digest_uncached(policy, r, digest))
             .await;
@@ -266,23 +274,18 @@ impl Verifier {
                 )
             }
         }
-        // 4. Listed in a signed index the tag resolves to?
-        if r.tag.is_some() {
-            let tagged = Reference {
-                digest: None,
-                ..r.clone()
-            };
-            if let Ok(res) = self.client.resolve(&tagged).await {
-                if res.digest != *digest && self.index_lists(r, &res.digest, digest).await {
-                    let mut index_reasons = Vec::new();
-                    if let Ok(Some(found)) = self.find_signature(r, &res.digest, rule, &mut index_reasons).await {
-                        v.signer = Some(found.signer);
-                        v.tlog_index = found.tlog_index;
-                        v.format = Some(found.format);
-                        v.via_index = Some(res.digest.clone());
-                        let reason = format!("listed in signed index {}", res.digest);
-                        return self.finish(policy, v, true, reason, start);
-                    }
+        // 4. Listed in a signed index the reference names: the index digest it pins, else the
+        //    one its tag resolves to now.
+        if let Some(index) = self.index_of(r, digest).await {
+            if self.index_lists(r, &index, digest).await {
+                let mut index_reasons = Vec::new();
+                if let Ok(Some(found)) = self.find_signature(r, &index, rule, &mut index_reasons).await {
+                    v.signer = Some(found.signer);
+                    v.tlog_index = found.tlog_index;
+                    v.format = Some(found.format);
+                    v.via_index = Some(index.clone());
+                    let reason = format!("listed in signed index {index}");
+                    return self.finish(policy, v, true, reason, start);
                 }
             }
         }
@@ -322,6 +325,17 @@ impl Verifier {
             }
         }
         v
+    }
+
+    /// The index `digest` may be a platform manifest of: the digest the reference pins (never
+    /// re-resolved), else what its tag resolves to. `None` when that is `digest` itself.
+    async fn index_of(&self, r: &Reference, digest: &Digest) -> Option<Digest> {
+        let index = match (&r.digest, &r.tag) {
+            (Some(pinned), _) => pinned.clone(),
+            (None, Some(_)) => self.client.resolve(r).await.ok()?.digest,
+            (None, None) => return None,
+        };
+        (index != *digest).then_some(index)
     }
 
     async fn index_lists(&self, r: &Reference, index: &Digest, child: &Digest) -> bool {

@@ -258,7 +258,20 @@ async fn index_signed_allows_its_platform_manifests_through_the_tag_but_not_alon
     let tagged = env.reg.reference("apps/multi:v1");
     let v = verifier.verify_digest(policy, &tagged, &amd).await;
     assert!(v.permits(), "{}", v.summary());
-    assert_eq!(v.via_index, Some(index));
+    assert_eq!(v.via_index.as_ref(), Some(&index));
+    // Pulled by the index's digest (what CRI labels a `repo@sha256:<index>` pull with): the
+    // pinned index decides, and no tag is resolved.
+    let pinned = env.reg.reference(&format!("apps/multi@{index}"));
+    let v = verifier.verify_digest(policy, &pinned, &amd).await;
+    assert!(v.permits(), "{}", v.summary());
+    assert_eq!(v.via_index.as_ref(), Some(&index));
+    // An unsigned index listing the same manifest lends it nothing, even with the tag still on
+    // the signed one.
+    let unsigned = push_index(&env.reg, "other", &[(&amd, amd_m.len(), "amd64")]).await;
+    let v = verifier
+        .verify_digest(policy, &env.reg.reference(&format!("apps/multi:v1@{unsigned}")), &amd)
+        .await;
+    assert!(!v.permits(), "{}", v.summary());
     // Without the tag that resolves to the signed index, the platform manifest is unsigned.
     let v = env.verify(&env.image(&format!("apps/multi@{amd}"))).await;
     assert!(!v.permits());
