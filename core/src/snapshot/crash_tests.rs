@@ -1,11 +1,13 @@
 //! Crash safety: a child process (this test binary, re-executed) runs mutations in a loop and
 //! is killed with SIGKILL at a random moment; the parent then reopens the store and checks that
-//! no half-made state is visible, in the style of youki's `test_in_child_process`.
+//! no half-made state is visible and that every commit the child saw acknowledged is still
+//! there, in the style of youki's `test_in_child_process`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs,
     hash::{BuildHasher, RandomState},
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -37,6 +39,41 @@ fn upper(mounts: &[Mount]) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The child's journal, beside the store root: `committed NAME` once a commit returned, `removing
+/// NAME` before a committed snapshot is removed. Each line is synced before the child goes on.
+const JOURNAL: &str = "acknowledged.log";
+
+fn journal_path(root: &Path) -> PathBuf {
+    root.parent().expect("the store root has a parent").join(JOURNAL)
+}
+
+fn journal(root: &Path, line: &str) -> Result<(), SnapshotError> {
+    let path = journal_path(root);
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(SnapshotError::io("open", &path))?;
+    f.write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(SnapshotError::io("write", &path))
+}
+
+/// The committed snapshots the journal says must exist: acknowledged, and never (possibly)
+/// removed.
+fn acknowledged(root: &Path) -> HashSet<String> {
+    let text = fs::read_to_string(journal_path(root)).unwrap_or_default();
+    let mut live = HashSet::new();
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("committed", name)) => live.insert(name.to_owned()),
+            Some(("removing", name)) => live.remove(name),
+            _ => false,
+        };
+    }
+    live
+}
+
 /// Every kind of mutation, forever. Errors other than the expected ones end the child, which
 /// the parent reports.
 fn mutate_forever(root: &Path) -> Result<(), SnapshotError> {
@@ -55,6 +92,7 @@ fn mutate_forever(root: &Path) -> Result<(), SnapshotError> {
         } else {
             let name = format!("c-{tag}-{i}");
             s.commit(&name, &key, labels.clone())?;
+            journal(root, &format!("committed {name}"))?;
             let view = format!("v-{tag}-{i}");
             s.view(&view, &name, labels)?;
             let mut info = s.stat(&view)?;
@@ -67,6 +105,7 @@ fn mutate_forever(root: &Path) -> Result<(), SnapshotError> {
             // Prune: remove whatever committed snapshots have no children (others refuse).
             for info in s.walk(&["kind==committed".into()])? {
                 if info.name != parent {
+                    journal(root, &format!("removing {}", info.name))?;
                     match s.remove(&info.name) {
                         Ok(()) | Err(SnapshotError::FailedPrecondition(_)) => {}
                         Err(e) => return Err(e),
@@ -91,12 +130,14 @@ fn sigkill_at_any_point_leaves_the_old_or_the_new_state() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
     let exe = std::env::current_exe().unwrap();
     let mut seen_records = 0;
+    let mut checked_acks = 0;
     for iteration in 0..20 {
         let mut child = Command::new(&exe)
             .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ROOT, tmp.path())
+            .env(CHILD_ROOT, &root)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -111,11 +152,20 @@ fn sigkill_at_any_point_leaves_the_old_or_the_new_state() {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        let s = OverlaySnapshotter::open_with(tmp.path(), OverlayOptions::default()).unwrap();
+        let s = OverlaySnapshotter::open_with(&root, OverlayOptions::default()).unwrap();
         check_invariants(&s);
         s.cleanup().unwrap();
         assert_eq!(orphans(&s), Vec::<String>::new(), "iteration {iteration}");
         seen_records += check_invariants(&s);
+        // Nothing acknowledged is lost.
+        for name in acknowledged(&root) {
+            let info = s
+                .stat(&name)
+                .unwrap_or_else(|e| panic!("iteration {iteration}: acknowledged commit {name} lost: {e:?}"));
+            assert_eq!(info.kind, super::Kind::Committed, "iteration {iteration}: {name}");
+            checked_acks += 1;
+        }
     }
     assert!(seen_records > 0, "the children never got to commit anything");
+    assert!(checked_acks > 0, "no acknowledged commit was ever checked");
 }
