@@ -36,7 +36,7 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, host: &str) -> Self {
+    fn start(dir: &Path, host: &str, extra: &[&str]) -> Self {
         let log = std::fs::File::create(dir.join("kcached.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_kcached"))
             .args(["--policy".as_ref(), dir.join("policy.yaml").as_os_str()])
@@ -47,6 +47,7 @@ impl Daemon {
             .args(["--run-dir".as_ref(), dir.join("run").as_os_str()])
             .args(["--config".as_ref(), dir.join("config.toml").as_os_str()])
             .args(["--insecure-registry", host])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -135,7 +136,7 @@ fn policy(host: &str, mode: &str) -> String {
 }
 
 struct World {
-    _reg: TestRegistry,
+    reg: TestRegistry,
     _tmp: tempfile::TempDir,
     daemon: Daemon,
     host: String,
@@ -144,6 +145,10 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(&[]).await
+}
+
+async fn world_with(extra: &[&str]) -> World {
     let reg = TestRegistry::start();
     let host = reg.host();
     let tmp = tempfile::Builder::new().prefix("kc-gate").tempdir().unwrap();
@@ -157,9 +162,9 @@ async fn world() -> World {
         .unwrap();
     std::fs::write(d.join("policy.yaml"), policy(&host, "enforce")).unwrap();
     std::fs::write(d.join("config.toml"), "policy_reload_seconds = 1\n").unwrap();
-    let daemon = Daemon::start(d, &host);
+    let daemon = Daemon::start(d, &host, extra);
     World {
-        _reg: reg,
+        reg,
         _tmp: tmp,
         daemon,
         host,
@@ -409,6 +414,98 @@ async fn the_api_shares_verdicts_and_the_policy_reloads_atomically() {
         log.contains("previous policy stays in force") && log.contains("policy reloaded"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlabeled_deny_loopback_metrics_shared_verdicts_and_the_cli_daemon_mode() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let w = world_with(&["--unlabeled", "deny", "--metrics-addr", &metrics_addr]).await;
+    let mut c = w.daemon.snapshots().await;
+    let web = format!("{}/apps/web:v1", w.host);
+
+    // `--unlabeled deny`: an unpack without CRI labels is refused, and the message says how to
+    // turn the labels on.
+    let err = c
+        .prepare(prepare("extract-u sha256:u1", "", labels(&[(TARGET, "sha256:u1")])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    for part in ["sha256:u1", "unlabeled=deny", "disable_snapshot_annotations = false"] {
+        assert!(err.message().contains(part), "{part:?} missing in {:?}", err.message());
+    }
+
+    // The gate's verdict is the API's: after a pull, the same question is a cache hit.
+    let l = labels(&[(IMAGE_REF, &web), (MANIFEST, w.signed.as_str()), (TARGET, "sha256:p1")]);
+    c.prepare(prepare("extract-p sha256:p1", "", l)).await.unwrap();
+    let v = w.daemon.api().verify(&web, Some(&w.signed)).await.unwrap();
+    assert!(v.permits() && v.cached, "the gate's verdict is shared: {v:?}");
+
+    // `kcache verify --daemon` asks kcached: exit 0 and the cached verdict, exit 1 for the
+    // unsigned image with the deciding rule.
+    let cli = |image: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kcache"))
+            .args(["verify", "--daemon", "--output", "json", image])
+            .args(["--api-socket".as_ref(), w.daemon.dir.join("api.sock").as_os_str()])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&web);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["digest"], w.signed.as_str(), "{json}");
+    assert_eq!(json["cached"], true, "{json}");
+    let other = format!("{}/apps/other:v1", w.host);
+    let out = cli(&other);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&other) && err.contains(w.unsigned.as_str()) && err.contains("rule apps"),
+        "{err}"
+    );
+    // With kcached gone, --daemon fails as an error (exit 2), never as an allow.
+    let out = Command::new(env!("CARGO_BIN_EXE_kcache"))
+        .args(["verify", "--daemon", &web, "--api-socket"])
+        .arg(w.daemon.dir.join("no-such.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Metrics on the loopback TCP listener, the same series as on the API socket.
+    let body = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&metrics_addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: kcache\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("kcache_denied_pulls_total{reason=\"unlabeled\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("kcache_verdict_cache_hits_total"), "{body}");
+    drop(w.reg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_chain_check_lets_a_rootfs_on_an_unverified_chain_through() {
+    let w = world_with(&["--no-chain-check"]).await;
+    let mut c = w.daemon.snapshots().await;
+    c.prepare(prepare("extract-1 sha256:n1", "", labels(&[(TARGET, "sha256:n1")])))
+        .await
+        .unwrap();
+    c.commit(commit("sha256:n1", "extract-1 sha256:n1")).await.unwrap();
+    assert!(!stat_labels(&mut c, "sha256:n1")
+        .await
+        .contains_key("kcache.dev/verified"));
+    c.prepare(prepare("ctr-1", "sha256:n1", labels(&[]))).await.unwrap();
 }
 
 async fn wait_policy(
