@@ -182,7 +182,7 @@ state = "{state}"
     for phase in ["prestart", "poststop"] {
         assert_eq!(
             spec["hooks"][phase][0],
-            serde_json::json!({"path": "/usr/bin/kcache-hook", "args": ["kcache-hook", phase]})
+            serde_json::json!({"path": "/usr/bin/kcache-hook", "args": ["kcache-hook", phase], "timeout": 10})
         );
     }
 
@@ -278,4 +278,109 @@ state = "{state}"
         "{runc:?}"
     );
     assert_eq!(dump["proxy_plugins"]["kcache"]["address"].as_str(), socket.to_str());
+}
+
+/// `--write` for containerd 2.1 on a node config that has its own base runtime spec: the
+/// drop-in and its import, the backup, the verifier link, the node's spec kept, idempotence.
+/// containerd 2.x cannot be installed here, so this checks the files it would read.
+#[test]
+fn writing_for_containerd_2_keeps_the_nodes_base_spec_and_links_the_verifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = dir.join("config.toml");
+    let node_spec = dir.join("node-spec.json");
+    fs::write(
+        &node_spec,
+        r#"{"ociVersion":"1.1.0","process":{"cwd":"/","rlimits":[{"type":"RLIMIT_NOFILE","hard":4242,"soft":4242}]}}"#,
+    )
+    .unwrap();
+    let original = format!(
+        "version = 3\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n  base_runtime_spec = '{}'\n",
+        node_spec.display()
+    );
+    fs::write(&config, &original).unwrap();
+    let bin_dir = dir.join("verifiers");
+    let base_spec = dir.join("kcache-spec.json");
+    let install = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kcache"))
+            .args(["install", "containerd", "--containerd-version", "2.1"])
+            .args(extra)
+            .arg("--config")
+            .arg(&config)
+            .arg("--base-spec")
+            .arg(&base_spec)
+            .arg("--verifier-bin-dir")
+            .arg(&bin_dir)
+            .args(["--verifier-path", env!("CARGO_BIN_EXE_kcache-image-verifier")])
+            .args(["--ctr", "/nonexistent/ctr"])
+            .output()
+            .unwrap()
+    };
+
+    // --print writes nothing.
+    let out = install(&["--print"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("enable_remote_snapshot_annotations") && said.contains(node_spec.to_str().unwrap()),
+        "{said}"
+    );
+    assert_eq!(fs::read_to_string(&config).unwrap(), original);
+    assert!(!base_spec.exists() && !bin_dir.exists());
+
+    let out = install(&["--write"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("restart containerd to apply"), "{said}");
+    assert_eq!(backups(dir).len(), 1, "{said}");
+    let main: toml::Value = toml::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    let drop_in = dir.join("conf.d/kcache.toml");
+    assert_eq!(
+        main["imports"].as_array().unwrap()[0].as_str(),
+        drop_in.to_str(),
+        "config.toml imports the drop-in"
+    );
+    let d: toml::Value = toml::from_str(&fs::read_to_string(&drop_in).unwrap()).unwrap();
+    assert_eq!(
+        d["proxy_plugins"]["kcache"]["exports"]["enable_remote_snapshot_annotations"].as_str(),
+        Some("true")
+    );
+    assert_eq!(
+        d["plugins"]["io.containerd.cri.v1.images"]["snapshotter"].as_str(),
+        Some("kcache")
+    );
+    assert!(
+        d["plugins"]["io.containerd.cri.v1.images"]
+            .get("disable_snapshot_annotations")
+            .is_none(),
+        "2.1 pulls through the transfer service: that key would turn the verifier off"
+    );
+    let runc = &d["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"];
+    assert_eq!(runc["base_runtime_spec"].as_str(), base_spec.to_str());
+    assert_eq!(
+        d["plugins"]["io.containerd.image-verifier.v1.bindir"]["bin_dir"].as_str(),
+        bin_dir.to_str()
+    );
+    assert_eq!(
+        fs::read_link(bin_dir.join("00-kcache")).unwrap(),
+        Path::new(env!("CARGO_BIN_EXE_kcache-image-verifier"))
+    );
+    // The node's own base spec is where kcache's starts: its rlimit is kept, the hooks added.
+    let spec: serde_json::Value = serde_json::from_slice(&fs::read(&base_spec).unwrap()).unwrap();
+    assert_eq!(spec["process"]["rlimits"][0]["hard"], 4242, "{spec}");
+    assert_eq!(spec["hooks"]["prestart"][0]["args"][1], "prestart");
+    assert_eq!(spec["hooks"]["poststop"][0]["timeout"], 10);
+
+    // Idempotent: nothing changes, no second backup, the verifier link stays.
+    let out = install(&["--write"]);
+    let said = text(&out);
+    assert!(out.status.success() && said.contains("nothing to change"), "{said}");
+    assert_eq!(backups(dir).len(), 1);
+
+    // Something else in kcache's place in bin_dir is never replaced.
+    fs::remove_file(bin_dir.join("00-kcache")).unwrap();
+    fs::write(bin_dir.join("00-kcache"), "#!/bin/sh\nexit 0\n").unwrap();
+    let out = install(&["--write"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is not a link kcache made"), "{}", text(&out));
 }

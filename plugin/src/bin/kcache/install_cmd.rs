@@ -40,16 +40,18 @@ use toml_edit::{Array, DocumentMut, Item, Table, TableLike, Value};
 
 use crate::Outcome;
 
-const CRI_V2: &str = "io.containerd.grpc.v1.cri";
-const CRI_IMAGES: &str = "io.containerd.cri.v1.images";
-const CRI_RUNTIME: &str = "io.containerd.cri.v1.runtime";
-const BINDIR: &str = "io.containerd.image-verifier.v1.bindir";
-const POD_ANNOTATIONS: &str = "kcache.dev/*";
+pub const CRI_V2: &str = "io.containerd.grpc.v1.cri";
+pub const CRI_IMAGES: &str = "io.containerd.cri.v1.images";
+pub const CRI_RUNTIME: &str = "io.containerd.cri.v1.runtime";
+pub const BINDIR: &str = "io.containerd.image-verifier.v1.bindir";
+pub const POD_ANNOTATIONS: &str = "kcache.dev/*";
 /// The name of the verifier in `bin_dir`: containerd runs the entries in name order and only
 /// the first `max_verifiers`, so it sorts first.
-const VERIFIER_LINK: &str = "00-kcache";
+pub const VERIFIER_LINK: &str = "00-kcache";
 /// Where the packages install kcache-hook (as packaging/crio/hooks.d/kcache.json says).
 const DEFAULT_HOOK: &str = "/usr/libexec/kcache/kcache-hook";
+/// runc kills a hook after this many seconds and fails the start (the hooks.d file's timeout).
+const HOOK_TIMEOUT_S: u64 = 10;
 
 #[derive(Subcommand)]
 pub enum InstallCommand {
@@ -154,7 +156,8 @@ pub struct ContainerdArgs {
     /// Where the base runtime spec (containerd's default spec plus the kcache hooks) goes.
     #[arg(long, default_value = "/etc/kcache/containerd-base-spec.json")]
     base_spec: PathBuf,
-    /// Start the base spec from this OCI spec instead of `ctr oci spec`.
+    /// Start the base spec from this OCI spec (default: the runtime's existing
+    /// base_runtime_spec, else the --base-spec file of an earlier run, else `ctr oci spec`).
     #[arg(long)]
     base_spec_from: Option<PathBuf>,
     /// The kcache-hook binary the spec runs (prestart and poststop).
@@ -483,23 +486,28 @@ pub fn base_spec(default_spec: &[u8], hook: &Path) -> Result<String> {
             .iter()
             .any(|h| h.get("path").and_then(|p| p.as_str()) == Some(path.as_str()))
         {
-            list.push(serde_json::json!({"path": path, "args": [argv0, phase]}));
+            list.push(serde_json::json!({"path": path, "args": [argv0, phase], "timeout": HOOK_TIMEOUT_S}));
         }
     }
     Ok(serde_json::to_string_pretty(&spec)? + "\n")
 }
 
 fn flavor(a: &ContainerdArgs) -> Result<Flavor> {
-    if a.containerd_version != "auto" {
-        return Flavor::parse(&a.containerd_version);
+    detect_flavor(&a.containerd_version, &a.containerd_bin)
+}
+
+/// `version` (`auto`: what `containerd_bin --version` says) as a containerd line.
+pub fn detect_flavor(version: &str, containerd_bin: &Path) -> Result<Flavor> {
+    if version != "auto" {
+        return Flavor::parse(version);
     }
-    let out = Command::new(&a.containerd_bin)
+    let out = Command::new(containerd_bin)
         .arg("--version")
         .output()
         .with_context(|| {
             format!(
                 "cannot run `{} --version` to detect containerd's version: pass --containerd-version",
-                a.containerd_bin.display()
+                containerd_bin.display()
             )
         })?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -508,9 +516,32 @@ fn flavor(a: &ContainerdArgs) -> Result<Flavor> {
     Flavor::parse(v)
 }
 
-fn default_spec(a: &ContainerdArgs) -> Result<Vec<u8>> {
-    if let Some(f) = &a.base_spec_from {
-        return std::fs::read(f).with_context(|| format!("cannot read {}", f.display()));
+/// The `base_runtime_spec` config.toml already gives the runtime, when it is not kcache's: the
+/// node's own base spec, which kcache's must start from so its settings are kept.
+fn existing_base_spec(main: &DocumentMut, schema: i64, runtime: &str, ours: &Path) -> Option<PathBuf> {
+    let (plugin, runtimes) = if schema >= 3 {
+        (CRI_RUNTIME, ["containerd", "runtimes"])
+    } else {
+        (CRI_V2, ["containerd", "runtimes"])
+    };
+    let path = main
+        .get("plugins")?
+        .get(plugin)?
+        .get(runtimes[0])?
+        .get(runtimes[1])?
+        .get(runtime)?
+        .get("base_runtime_spec")?
+        .as_str()
+        .filter(|p| !p.is_empty())?;
+    (Path::new(path) != ours).then(|| PathBuf::from(path))
+}
+
+/// The spec kcache's base spec starts from: `--base-spec-from`, else `existing` (the node's own
+/// `base_runtime_spec`, or kcache's from an earlier run), else containerd's default
+/// (`ctr oci spec`).
+fn default_spec(a: &ContainerdArgs, existing: Option<&Path>) -> Result<Vec<u8>> {
+    if let Some(f) = a.base_spec_from.as_deref().or(existing) {
+        return std::fs::read(f).with_context(|| format!("cannot read the base spec to start from, {}", f.display()));
     }
     let out = Command::new(&a.ctr).args(["oci", "spec"]).output();
     match out {
@@ -612,6 +643,10 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
         }
     }
 
+    // Never lose a node's base spec: start from the runtime's own, else from the one an earlier
+    // run wrote (which holds what that run started from).
+    let existing_spec = existing_base_spec(&main, schema, &a.runtime, &a.base_spec)
+        .or_else(|| a.base_spec.is_file().then(|| a.base_spec.clone()));
     let mut changes = Vec::new();
     let mode_of = |p: &Path| {
         std::fs::metadata(p)
@@ -667,12 +702,14 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
             );
         }
         print!("{fragment}");
+        let from = match (&a.base_spec_from, &existing_spec) {
+            (None, Some(f)) if *f == a.base_spec => "the file as it is".into(),
+            (Some(f), _) | (None, Some(f)) => f.display().to_string(),
+            (None, None) => "containerd's default spec (`ctr oci spec`)".into(),
+        };
+        println!("\n# base runtime spec {}: {from} plus the hooks", a.base_spec.display());
         println!(
-            "\n# base runtime spec {}: containerd's default spec (`ctr oci spec`) plus the hooks",
-            a.base_spec.display()
-        );
-        println!(
-            "#   prestart/poststop: {{\"path\": \"{}\", \"args\": [\"kcache-hook\", \"prestart|poststop\"]}}",
+            "#   prestart/poststop: {{\"path\": \"{}\", \"args\": [\"kcache-hook\", \"prestart|poststop\"], \"timeout\": {HOOK_TIMEOUT_S}}}",
             a.hook_path.display()
         );
         if flavor.is_2x() {
@@ -688,7 +725,15 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
         return Ok(Outcome::Ok);
     }
 
-    let spec = base_spec(&default_spec(&a)?, &a.hook_path)?;
+    if let (None, Some(f)) = (&a.base_spec_from, &existing_spec) {
+        if *f != a.base_spec {
+            println!(
+                "base spec: starting from the runtime's existing base_runtime_spec {}",
+                f.display()
+            );
+        }
+    }
+    let spec = base_spec(&default_spec(&a, existing_spec.as_deref())?, &a.hook_path)?;
     changes.push(Change {
         old: std::fs::read_to_string(&a.base_spec).ok(),
         new: spec,
