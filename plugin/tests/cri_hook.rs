@@ -302,6 +302,11 @@ async fn an_annotated_pod_starts_warm_with_the_signed_cache() {
             .exists(),
         "a write must land in the upper dir, never in the verified cache"
     );
+    assert_eq!(
+        std::fs::read_to_string(container_dir.join(format!("upper/{KEY}/new_kernel.cubin"))).unwrap(),
+        "fresh\n",
+        "the container's write is in its own upper dir"
+    );
 
     // 4b. Not opted in: nothing mounted.
     let cold = pod("cold", &[]);
@@ -327,13 +332,23 @@ async fn an_annotated_pod_starts_warm_with_the_signed_cache() {
         .start_container(&bad_id, &bad, container("app", "echo should-not-run"))
         .await
         .unwrap_err();
-    assert!(err.message().contains("mistral"), "{}", err.message());
+    for part in [
+        "cache \"mistral\" (namespace kcache-e2e) is required (kcache.dev/cache-required) but cannot be mounted",
+        "no approved cache",
+    ] {
+        assert!(err.message().contains(part), "{part:?} missing in {}", err.message());
+    }
 
     // 5. Removing the pods: poststop unmounts, removes the container dir and the ref.
     for p in [&warm_id, &cold_id, &bad_id] {
         criapi.remove_pod(p).await.unwrap();
     }
     assert!(!container_dir.exists(), "{} left behind", container_dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&run.join("containers").to_string_lossy().into_owned()),
+        "no overlay of a container dir is left on the host:\n{mounts}"
+    );
     assert_eq!(
         std::fs::read_dir(store.join(hex).join("refs"))
             .map(|d| d.count())
