@@ -1,5 +1,6 @@
-//! Generates the containerd Snapshots service from the vendored, unchanged protos in `proto/`
-//! (see proto/README.md). protoc and the Google well-known types come from
+//! Generates the containerd Snapshots service (server and client) and the Kubernetes CRI clients
+//! (for `kcache doctor --canary`) from the vendored, unchanged protos in `proto/` (see
+//! proto/README.md). protoc and the Google well-known types come from
 //! protoc-bin-vendored: no protoc needs to be installed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -13,6 +14,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .compile_protos(
             &[std::path::PathBuf::from(snapshots)],
+            &[std::path::PathBuf::from("proto"), well_known.clone()],
+        )?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_protos(
+            &[std::path::PathBuf::from(
+                "proto/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto",
+            )],
             &[std::path::PathBuf::from("proto"), well_known],
         )?;
     Ok(())

@@ -21,3 +21,36 @@ pub mod containerd {
 }
 
 pub use containerd::{services::snapshots::v1 as snapshots, types};
+
+/// `runtime.v1`: the Kubernetes CRI, clients only.
+pub mod runtime {
+    /// `runtime.v1`
+    pub mod v1 {
+        tonic::include_proto!("runtime.v1");
+    }
+}
+
+/// The CRI ImageService over containerd's unix socket, as the kubelet speaks it.
+pub mod cri {
+    use std::path::{Path, PathBuf};
+
+    use hyper_util::rt::TokioIo;
+    use tokio::net::UnixStream;
+    use tonic::transport::{Channel, Endpoint};
+
+    pub use super::runtime::v1::{
+        image_service_client::ImageServiceClient, ImageSpec, PullImageRequest, RemoveImageRequest,
+    };
+
+    /// A gRPC channel to a unix socket (the authority is a placeholder; the path is what counts).
+    pub async fn unix_channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+        let path: PathBuf = socket.to_owned();
+        Endpoint::try_from("http://cri.invalid")
+            .expect("a static URI")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await
+    }
+}

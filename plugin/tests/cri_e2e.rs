@@ -144,6 +144,24 @@ impl World {
         pushed.digest
     }
 
+    /// `kcache doctor` against this node's containerd config `config` and kcached.
+    fn doctor(&self, config: std::path::PathBuf, extra: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kcache"))
+            .args(["doctor", "--config"])
+            .arg(config)
+            .arg("--containerd-bin")
+            .arg(kcache_tests::containerd::on_path("containerd").expect("containerd on PATH"))
+            .arg("--snapshotter-socket")
+            .arg(self.kcached.snapshotter_socket())
+            .arg("--api-socket")
+            .arg(self.kcached.api_socket())
+            .arg("--cri-socket")
+            .arg(self.containerd.address())
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
     fn pod(&self, name: &str) -> pb::PodSandboxConfig {
         cri::host_network_pod(name, &self.pods.join(name))
     }
@@ -314,6 +332,56 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
         .await
         .iter()
         .all(|i| i.kind != snap::Kind::Committed as i32 || i.labels.contains_key("kcache.dev/verified")));
+
+    // `kcache doctor` on this node: nothing lets a pull skip the gate, and a canary (unsigned,
+    // with a layer of its own) pulled through CRI is refused.
+    w.push("e2e/canary:v1", "canary", false).await;
+    let canary = w.image("e2e/canary:v1");
+    let out = w.doctor(w.containerd.config(), &["--canary", &canary]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    for line in [
+        "ok    cri-snapshotter",
+        "ok    snapshot-annotations",
+        "ok    policy-mode",
+        "ok    chain-check",
+        "0 problem(s)",
+    ] {
+        assert!(said.contains(line), "{line:?} missing in:\n{said}");
+    }
+    assert!(
+        said.contains(&format!(
+            "ok    canary                {canary} was refused: kcache: image {canary}"
+        )) && said.contains("denied by rule e2e-signed"),
+        "{said}"
+    );
+    assert!(!w.image_present(&canary).await);
+    // The same node with CRI's snapshot annotations off: the gate would see no image labels.
+    let off = w.pods.join("annotations-off.toml");
+    let config = std::fs::read_to_string(w.containerd.config()).unwrap();
+    std::fs::write(
+        &off,
+        config.replace(
+            "disable_snapshot_annotations = false",
+            "disable_snapshot_annotations = true",
+        ),
+    )
+    .unwrap();
+    let out = w.doctor(off, &[]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("FAIL  snapshot-annotations") && said.contains("1 problem(s)"),
+        "{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,8 +436,8 @@ async fn a_swapped_tag_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_index_pulls_by_tag_and_runs() {
-    let Some(w) = world("a_signed_index_pulls_by_tag_and_runs").await else {
+async fn a_signed_index_pulls_by_tag_or_by_its_digest_and_runs() {
+    let Some(w) = world("a_signed_index_pulls_by_tag_or_by_its_digest_and_runs").await else {
         return;
     };
     let platform = Image::busybox("from-index", &["/bin/busybox", "sleep", "3600"])
@@ -390,6 +458,39 @@ async fn a_signed_index_pulls_by_tag_and_runs() {
         "from-index",
     )
     .await;
+    // Pulled by the index's digest, as a pinned Deployment does: CRI labels the layers with
+    // `repo@sha256:<index>` and the platform manifest; the pinned index is what vouches for it.
+    let platform = Image::busybox("from-pinned-index", &["/bin/busybox", "sleep", "3600"])
+        .push(&w.reg, "e2e/multi:amd64-pinned")
+        .await;
+    let index = images::push_index(&w.reg, "e2e/multi:pinned", &platform).await;
+    w.sign("e2e/multi:pinned").await;
+    let image = w.image(&format!("e2e/multi@{index}"));
+    w.cri
+        .pull(&image, None)
+        .await
+        .expect("a signed index pulls by its digest");
+    w.run(
+        &pod,
+        &sandbox,
+        "pinned",
+        &image,
+        "cat /etc/kcache-e2e; sleep 30",
+        "from-pinned-index",
+    )
+    .await;
+    // The same platform manifest under an unsigned index gains nothing from the signed one.
+    let platform = Image::busybox("from-unsigned-index", &["/bin/busybox", "sleep", "3600"])
+        .push(&w.reg, "e2e/multi:amd64-unsigned")
+        .await;
+    let unsigned = images::push_index(&w.reg, "e2e/multi:unsigned", &platform).await;
+    let image = w.image(&format!("e2e/multi@{unsigned}"));
+    let err = w
+        .cri
+        .pull(&image, None)
+        .await
+        .expect_err("an unsigned index is refused");
+    assert_denied(&err, &image, &platform.digest);
     w.cri.remove_pod(&pod).await.unwrap();
 }
 

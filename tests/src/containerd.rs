@@ -237,6 +237,11 @@ impl Containerd {
         c
     }
 
+    /// The config file it runs with.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("containerd.toml")
+    }
+
     /// The gRPC socket (CRI and containerd's own services).
     pub fn address(&self) -> &Path {
         &self.address

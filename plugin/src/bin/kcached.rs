@@ -312,6 +312,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             verifier: Arc::clone(&verifier),
             metrics: Arc::clone(&metrics),
             layout: s.layout.clone(),
+            gate: api::GateStatus {
+                chain_check: s.gate.chain_check,
+                unlabeled: match s.gate.unlabeled {
+                    Unlabeled::Allow => "allow",
+                    Unlabeled::Deny => "deny",
+                }
+                .into(),
+            },
         });
         let api_socket = s.api_socket.clone();
         let st = Arc::clone(&state);

@@ -5,6 +5,7 @@
 //! | `POST /v1/verify` `{"image": REF, "digest": "sha256:…"\|null}` | the verdict, as `kcache verify --output json` prints it |
 //! | `GET /v1/policy` | [`PolicyStatus`] |
 //! | `GET /v1/caches` | the cache store's `state.json` ([`NodeCaches`]) |
+//! | `GET /v1/gate` | the snapshotter gate's settings ([`GateStatus`]) |
 //! | `GET /v1/health` | `ok` |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -112,6 +113,15 @@ impl VerifyResponse {
     }
 }
 
+/// The snapshotter gate's settings, for `kcache doctor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateStatus {
+    /// Whether container rootfs snapshots need a verified parent chain (enforce mode).
+    pub chain_check: bool,
+    /// `allow` or `deny`: unpacks without CRI image labels.
+    pub unlabeled: String,
+}
+
 #[derive(Serialize, Deserialize)]
 struct ErrorBody {
     error: String,
@@ -127,6 +137,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// The cache store.
     pub layout: StoreLayout,
+    /// The gate's settings.
+    pub gate: GateStatus,
 }
 
 type Body = Full<Bytes>;
@@ -164,6 +176,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, metrics_only: bool
         _ if metrics_only => error(StatusCode::NOT_FOUND, "only /metrics is served here"),
         (&Method::GET, "/v1/health") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/v1/policy") => json(StatusCode::OK, &state.policy.status()),
+        (&Method::GET, "/v1/gate") => json(StatusCode::OK, &state.gate),
         (&Method::GET, "/v1/caches") => {
             let layout = state.layout.clone();
             match tokio::task::spawn_blocking(move || layout.read_state()).await {
@@ -173,7 +186,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, metrics_only: bool
             }
         }
         (&Method::POST, "/v1/verify") => verify(&state, req).await,
-        (_, "/v1/verify" | "/v1/policy" | "/v1/caches" | "/v1/health" | "/metrics") => error(
+        (_, "/v1/verify" | "/v1/policy" | "/v1/gate" | "/v1/caches" | "/v1/health" | "/metrics") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),
@@ -181,7 +194,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, metrics_only: bool
     };
     let known = matches!(
         path.as_str(),
-        "/v1/verify" | "/v1/policy" | "/v1/caches" | "/v1/health" | "/metrics"
+        "/v1/verify" | "/v1/policy" | "/v1/gate" | "/v1/caches" | "/v1/health" | "/metrics"
     );
     state.metrics.inc(
         "kcache_api_requests_total",
@@ -396,6 +409,11 @@ impl Client {
     /// The policy in force.
     pub async fn policy(&self) -> Result<PolicyStatus, ApiError> {
         self.call_json(Method::GET, "/v1/policy", None).await
+    }
+
+    /// The snapshotter gate's settings.
+    pub async fn gate(&self) -> Result<GateStatus, ApiError> {
+        self.call_json(Method::GET, "/v1/gate", None).await
     }
 
     /// The node's approved caches.

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod cache_cmd;
 mod cache_store_cmd;
+mod doctor_cmd;
 mod install_cmd;
 mod policy_cmd;
 mod registry_args;
@@ -45,6 +46,9 @@ enum Command {
         #[command(subcommand)]
         command: install_cmd::InstallCommand,
     },
+    /// Check every way a pull on this node could skip verification (containerd's effective
+    /// config, kcached's mode, optionally a canary pulled through CRI); exit 1 on a problem.
+    Doctor(Box<doctor_cmd::DoctorArgs>),
     /// Policy tools: render it for CRI-O's verifier (containers/image).
     Policy {
         #[command(subcommand)]
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Cache { command } => cache_cmd::run(command),
         Command::Install { command } => install_cmd::run(command),
         Command::Policy { command } => policy_cmd::run(command),
+        Command::Doctor(a) => doctor_cmd::run(*a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
