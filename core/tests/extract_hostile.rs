@@ -305,6 +305,45 @@ fn too_many_entries_is_rejected() {
 }
 
 #[test]
+fn implied_parents_count_against_the_entry_limit() {
+    // 20 entries, each 60 levels deep under its own top dir: 1200 inodes from 20 entries.
+    let deep = |i: usize| format!("u{i}/{}f", "d/".repeat(58));
+    let mut t = Tar::new();
+    for i in 0..20 {
+        t.long_name(deep(i).as_bytes(), b"x");
+    }
+    let limits = ExtractLimits {
+        max_entries: 1000,
+        ..ExtractLimits::default()
+    };
+    assert!(matches!(
+        reject_with(&t.finish(), &limits),
+        ExtractError::TooManyEntries { limit: 1000 }
+    ));
+    // The count is exact: two entries of four dirs and a file plus a symlink are 11 inodes.
+    let mut t = Tar::new();
+    t.file("a0/b/c/d/f", b"x", 0o644);
+    t.file("a1/b/c/d/f", b"x", 0o644);
+    t.symlink("a0/b/c/d/l", "f");
+    let archive = t.finish();
+    let limits = ExtractLimits {
+        max_entries: 10,
+        ..ExtractLimits::default()
+    };
+    assert!(matches!(
+        reject_with(&archive, &limits),
+        ExtractError::TooManyEntries { limit: 10 }
+    ));
+    let env = Env::new();
+    let limits = ExtractLimits {
+        max_entries: 11,
+        ..ExtractLimits::default()
+    };
+    let report = extract_layer(&archive[..], false, &env.store, "layer", &limits).unwrap();
+    assert_eq!((report.dirs, report.files, report.symlinks), (8, 2, 1));
+}
+
+#[test]
 fn over_expected_bytes_is_rejected() {
     let mut t = Tar::new();
     t.file("a", &[1u8; 600], 0o644);

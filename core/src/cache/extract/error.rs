@@ -180,8 +180,9 @@ pub enum ExtractError {
         /// The declared size.
         expected: u64,
     },
-    /// More entries than [`ExtractLimits::max_entries`](super::ExtractLimits).
-    #[error("more than {limit} entries")]
+    /// More entries, or more inodes created (files, directories including those implied by a
+    /// deeper name, symlinks), than [`ExtractLimits::max_entries`](super::ExtractLimits).
+    #[error("more than {limit} entries or inodes (files, directories including implied parents, symlinks)")]
     TooManyEntries {
         /// The limit.
         limit: u64,

@@ -15,7 +15,8 @@
 //!   (see [`rules`]); nothing is ever created through a symlink or a file of the archive;
 //! - sizes: every file's data must be exactly its header's (PAX-aware) size, the stream must reach
 //!   the end-of-archive marker, and only zeros may follow it; total file data is bounded by
-//!   [`ExtractLimits::max_bytes`] and [`ExtractLimits::expected_bytes`], entries by
+//!   [`ExtractLimits::max_bytes`] and [`ExtractLimits::expected_bytes`], entries and the inodes
+//!   they create (directories implied by a deeper name included) by
 //!   [`ExtractLimits::max_entries`], headers before one entry by 1 MiB.
 //!
 //! Files get mode 0755 if any exec bit is set, else 0644; directories 0755. Ownership, mtimes and
@@ -52,7 +53,8 @@ pub use store::{extract_once, extract_once_checked, sweep_temp_dirs, ExtractOutc
 pub struct ExtractLimits {
     /// Total bytes of file data (default 8 GiB).
     pub max_bytes: u64,
-    /// Entries of any kind (default 1,000,000).
+    /// Entries of any kind, and inodes created: files, symlinks and directories, including
+    /// those implied by a deeper entry's name (default 1,000,000). Each is bounded on its own.
     pub max_entries: u64,
     /// Bytes in one entry name or link target (default 4096, Linux's `PATH_MAX`).
     pub max_path_len: usize,

@@ -186,6 +186,7 @@ impl<'a> Unpacker<'a> {
             EntryType::Symlink => {
                 self.no_data(size, "symlink")?;
                 check_link_target(&self.raw, &self.link, depth, self.limits)?;
+                self.reserve_inode()?;
                 rustix::fs::symlinkat(&self.link[..], self.root, &self.name[..])
                     .map_err(|e| self.io("create symlink", e.into()))?;
                 self.insert(Node::Symlink);
@@ -216,6 +217,7 @@ impl<'a> Unpacker<'a> {
         // Exec bit kept (any of the three), nothing else: 0755 or 0644.
         let mode = Mode::from_raw_mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 });
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        self.reserve_inode()?;
         let fd = rustix::fs::openat(self.root, &self.name[..], flags, mode).map_err(|e| self.io("create", e.into()))?;
         // The umask may have cleared bits the hook's readers need.
         rustix::fs::fchmod(&fd, mode).map_err(|e| self.io("chmod", e.into()))?;
@@ -290,12 +292,26 @@ impl<'a> Unpacker<'a> {
     }
 
     fn mkdir_at(&mut self, end: usize) -> Result<()> {
+        self.reserve_inode()?;
         let path = &self.name[..end];
         let mode = Mode::from_raw_mode(0o755);
         rustix::fs::mkdirat(self.root, path, mode).map_err(|e| self.io("create directory", e.into()))?;
         // Only our own directories lie on this path, so following is safe; undo the umask.
         rustix::fs::chmodat(self.root, path, mode, AtFlags::empty()).map_err(|e| self.io("chmod", e.into()))?;
         self.report.dirs += 1;
+        Ok(())
+    }
+
+    /// Checks that one more inode fits [`ExtractLimits::max_entries`]. Every inode counts, not
+    /// only entries: the directories a deep name implies are created too, so counting entries
+    /// alone would let `a0/b/c/.../f`, `a1/b/c/.../f`, ... make up to `max_depth` inodes each.
+    fn reserve_inode(&self) -> Result<()> {
+        let made = self.report.files + self.report.dirs + self.report.symlinks;
+        if made >= self.limits.max_entries {
+            return Err(ExtractError::TooManyEntries {
+                limit: self.limits.max_entries,
+            });
+        }
         Ok(())
     }
 
