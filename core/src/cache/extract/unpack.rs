@@ -126,6 +126,7 @@ impl<'a> Unpacker<'a> {
         self.raw.clear();
         self.raw.extend_from_slice(&entry.path_bytes());
         let depth = normalize_name(&self.raw, self.limits, &mut self.name)?;
+        check_pax_records(&mut entry, &self.raw)?;
         if mode & 0o7000 != 0 {
             return Err(ExtractError::SpecialBits {
                 entry: lossy(&self.raw),
@@ -379,6 +380,48 @@ impl<'a> Unpacker<'a> {
     }
 }
 
+/// Largest size a ustar header's 11 octal digits hold. Writers put a larger size in a PAX
+/// `size` record and something else (0, or the largest value) in the header field.
+const USTAR_SIZE_MAX: u64 = 0o777_7777_7777;
+
+/// Checks the PAX records that describe this entry (the tar crate parses them leniently):
+/// every record well formed; a `size` record a decimal number equal to the header's size field
+/// unless that field cannot hold it (a PAX size that differs lets the archive read as different
+/// entries to readers that do and do not honour it, whichever of the two is smaller); and no
+/// GNU sparse records (the PAX form of a sparse file, whose data starts with a sparse map).
+fn check_pax_records<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
+    let header = entry.header().entry_size().map_err(ExtractError::Malformed)?;
+    let Some(records) = entry.pax_extensions().map_err(ExtractError::Malformed)? else {
+        return Ok(());
+    };
+    for record in records {
+        let record = record.map_err(|e| {
+            ExtractError::Malformed(io::Error::new(
+                e.kind(),
+                format!("malformed PAX record for entry {:?}: {e}", lossy(raw)),
+            ))
+        })?;
+        let key = record.key_bytes();
+        if key == b"size" {
+            let value = record.value_bytes();
+            let pax = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+            if !pax.is_some_and(|pax| pax == header || pax > USTAR_SIZE_MAX) {
+                return Err(ExtractError::PaxSize {
+                    entry: lossy(raw),
+                    pax: lossy(value),
+                    header,
+                });
+            }
+        } else if key.starts_with(b"GNU.sparse.") {
+            return Err(ExtractError::UnsupportedType {
+                entry: lossy(raw),
+                kind: "GNU sparse file (PAX format)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn kind_name(kind: EntryType) -> String {
     match kind {
         EntryType::Char => "character device".into(),
@@ -386,6 +429,14 @@ fn kind_name(kind: EntryType) -> String {
         EntryType::Fifo => "fifo".into(),
         EntryType::Continuous => "contiguous file".into(),
         EntryType::GNUSparse => "GNU sparse file".into(),
-        other => format!("{:?}", other.as_byte() as char),
+        // Extension headers reach here only without a ustar or GNU magic (the tar crate
+        // applies them otherwise).
+        EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader => {
+            format!("'{}' (extension header in a non-ustar header)", kind.as_byte() as char)
+        }
+        other => match other.as_byte() {
+            b if b.is_ascii_graphic() => format!("'{}' (unknown)", b as char),
+            b => format!("{b:#04x} (unknown)"),
+        },
     }
 }
