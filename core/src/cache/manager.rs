@@ -52,8 +52,8 @@ use crate::{
         grp,
         meta::GpuInventory,
         store::{
-            CacheRecord, CacheState, CacheStatus, GpuMismatch, NodeCaches, StoreLayout, VerificationRecord, GRP_DIR,
-            LOCK_FILE, RECORD_FILE, TREE_DIR,
+            CacheRecord, CacheState, CacheStatus, GpuMismatch, NodeCaches, StoreLayout, VerificationRecord, LOCK_FILE,
+            RECORD_FILE, TREE_DIR,
         },
     },
     digest::Digest,
@@ -1286,10 +1286,12 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
         return Ok(Some(out));
     }
     let _lock = EntryLock::shared(layout, digest).map_err(PullError::store(&out))?;
-    let grp_root = layout.entry_dir(digest).join(GRP_DIR);
-    std::fs::create_dir_all(&grp_root).map_err(PullError::store(&grp_root))?;
-    let key = crate::cache::store::target_key(target);
-    let tmp = grp_root.join(format!(".tmp-{key}-{:x}", now_nanos()));
+    // The key may be several components (a long target): build the layer beside its final place.
+    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
+        return Err(PullError::store(&out)(io::Error::other("grp dir has no parent")));
+    };
+    std::fs::create_dir_all(parent).map_err(PullError::store(parent))?;
+    let tmp = parent.join(format!(".tmp-{}-{:x}", name.to_string_lossy(), now_nanos()));
     std::fs::create_dir(&tmp).map_err(PullError::store(&tmp))?;
     let src = layout.tree_dir(digest).join(&record.cache_subdir);
     let result = grp::rewrite_tree(&src, build_root, target, &tmp)
