@@ -205,6 +205,34 @@ pub struct Mounted {
     pub boot_id: Option<String>,
 }
 
+impl Mounted {
+    /// What prestart records now, in this boot, for `container` using `digest` at `target`:
+    /// the body of its `hook.json` and of the entry's `refs/<container>` (whose `boot_id` GC
+    /// reads to drop refs from an earlier boot).
+    pub fn now(
+        container: &str,
+        cache: &str,
+        namespace: Option<&str>,
+        digest: &kcache_core::digest::Digest,
+        target: &str,
+        pid: Option<i32>,
+    ) -> Self {
+        Self {
+            container: container.to_string(),
+            cache: cache.to_string(),
+            namespace: namespace.map(str::to_string),
+            digest: digest.to_string(),
+            target: target.to_string(),
+            at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            pid,
+            boot_id: boot_id(),
+        }
+    }
+}
+
 fn boot_id() -> Option<String> {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
@@ -352,19 +380,14 @@ fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Resul
     }
     let made = prepare_container_dir(&cdir, owner).map_err(|e| format!("{}: {e}", cdir.display()))?;
     let result = (|| {
-        let mounted = Mounted {
-            container: state.id.clone(),
-            cache: req.name.clone(),
-            namespace: req.namespace.clone(),
-            digest: sel.digest.to_string(),
-            target: target.path.clone(),
-            at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-            pid: Some(pid),
-            boot_id: boot,
-        };
+        let mounted = Mounted::now(
+            &state.id,
+            &req.name,
+            req.namespace.as_deref(),
+            &sel.digest,
+            &target.path,
+            Some(pid),
+        );
         let body = serde_json::to_vec(&mounted).map_err(|e| e.to_string())?;
         // Plain write, no fsync: /run does not outlive a reboot, and neither does the container.
         fs::OpenOptions::new()

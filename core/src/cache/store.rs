@@ -20,7 +20,7 @@
 //! atomically after every change. GC removes an entry that no approved cache points at and whose
 //! `refs/` is empty, holding `.lock` exclusively; the hook takes `.lock` shared, re-checks that
 //! `record.json` exists, then creates its ref file. So an entry is never removed under a
-//! container that uses it.
+//! container that uses it. The locks and the collector are in [`crate::cache::gc`].
 //!
 //! Plain std + serde: the hook uses this module with no other part of kcache-core.
 
