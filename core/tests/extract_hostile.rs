@@ -234,16 +234,121 @@ fn archive_without_end_marker_is_rejected() {
     assert!(matches!(reject(&archive), ExtractError::Truncated { .. }));
 }
 
+/// A PAX extended header's data: `<len> <key>=<value>\n` records.
+fn pax_records(records: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in records {
+        let body = format!(" {key}={value}\n");
+        // The length counts its own digits.
+        let mut len = body.len() + 1;
+        while format!("{len}").len() + body.len() != len {
+            len += 1;
+        }
+        out.extend_from_slice(format!("{len}{body}").as_bytes());
+    }
+    out
+}
+
 #[test]
 fn lying_pax_size_is_rejected() {
-    // PAX says 5000 bytes, the ustar header and the data say 10: the PAX size wins (as in GNU
-    // tar), eats the end marker and hits EOF.
+    // PAX says 5000 bytes, the ustar header and the data say 10: a PAX reader (GNU tar, the tar
+    // crate) would eat the end marker; a ustar reader would not. Refused before any data.
     let mut t = Tar::new();
     t.raw(b"././@PaxHeader", b'x', 0o644, b"13 size=5000\n", b"");
     t.raw(b"f", b'0', 0o644, b"0123456789", b"");
     assert!(matches!(
         reject(&t.finish()),
-        ExtractError::Truncated { expected: 5000, .. }
+        ExtractError::PaxSize { header: 10, pax, .. } if pax == "5000"
+    ));
+}
+
+#[test]
+fn pax_size_smaller_than_the_header_is_rejected() {
+    // ustar says 10, PAX says 5: both stay in block sync, but the file would be "01234" to a PAX
+    // reader and "0123456789" to a ustar one.
+    let mut t = Tar::new();
+    t.raw(b"././@PaxHeader", b'x', 0o644, &pax_records(&[("size", "5")]), b"");
+    t.raw(b"f", b'0', 0o644, b"0123456789", b"");
+    assert!(matches!(
+        reject(&t.finish()),
+        ExtractError::PaxSize { header: 10, pax, .. } if pax == "5"
+    ));
+    // The desync: 1024 bytes of data whose second block is a valid header. With the PAX size
+    // that block would be read as the next entry, one a ustar reader never sees.
+    let mut data = vec![b'a'; 512];
+    data.extend_from_slice(raw_header(b"smuggled", b'0', 0o644, 0, b"").as_bytes());
+    let mut t = Tar::new();
+    t.raw(b"././@PaxHeader", b'x', 0o644, &pax_records(&[("size", "5")]), b"");
+    t.raw(b"f", b'0', 0o644, &data, b"");
+    assert!(matches!(
+        reject(&t.finish()),
+        ExtractError::PaxSize { header: 1024, .. }
+    ));
+    // A size record that is not a number is not silently ignored either.
+    let mut t = Tar::new();
+    t.raw(b"././@PaxHeader", b'x', 0o644, &pax_records(&[("size", "5x")]), b"");
+    t.raw(b"f", b'0', 0o644, b"0123456789", b"");
+    assert!(matches!(reject(&t.finish()), ExtractError::PaxSize { .. }));
+}
+
+#[test]
+fn unknown_type_byte_is_rejected() {
+    let mut t = Tar::new();
+    t.raw(b"odd", b'Z', 0o644, b"", b"");
+    let err = reject(&t.finish());
+    assert!(
+        matches!(&err, ExtractError::UnsupportedType { kind, .. } if kind == "'Z' (unknown)"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "entry \"odd\": entry type 'Z' (unknown) is not allowed"
+    );
+    let mut t = Tar::new();
+    t.raw(b"odd", 0x80, 0o644, b"data", b"");
+    assert!(matches!(reject(&t.finish()), ExtractError::UnsupportedType { kind, .. } if kind == "0x80 (unknown)"));
+}
+
+#[test]
+fn contiguous_file_is_rejected() {
+    let mut t = Tar::new();
+    t.raw(b"c.cubin", b'7', 0o644, b"data", b"");
+    assert!(matches!(reject(&t.finish()), ExtractError::UnsupportedType { kind, .. } if kind == "contiguous file"));
+}
+
+#[test]
+fn gnu_sparse_file_is_rejected() {
+    // Old GNU format, the map in the header: 512 bytes of data at offset 3584 of a 4096-byte file
+    // (valid, so the tar crate accepts the header and the type rule decides).
+    let mut h = tar::Header::new_gnu();
+    h.set_path("holes.cubin").unwrap();
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_size(512);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.sparse[0].set_offset(3584);
+    gnu.sparse[0].set_length(512);
+    gnu.set_real_size(4096);
+    h.set_cksum();
+    let mut t = Tar::new();
+    t.append_raw(&h, &[7u8; 512]);
+    assert!(matches!(reject(&t.finish()), ExtractError::UnsupportedType { kind, .. } if kind == "GNU sparse file"));
+    // PAX format 1.0: a regular entry whose data starts with the sparse map.
+    let mut data = b"1\n3584\n512\n".to_vec();
+    data.resize(1024, 7);
+    let records = pax_records(&[
+        ("GNU.sparse.major", "1"),
+        ("GNU.sparse.minor", "0"),
+        ("GNU.sparse.name", "holes.cubin"),
+        ("GNU.sparse.realsize", "4096"),
+    ]);
+    let mut t = Tar::new();
+    t.raw(b"././@PaxHeader", b'x', 0o644, &records, b"");
+    t.raw(b"GNUSparseFile.0/holes.cubin", b'0', 0o644, &data, b"");
+    assert!(matches!(
+        reject(&t.finish()),
+        ExtractError::UnsupportedType { kind, .. } if kind == "GNU sparse file (PAX format)"
     ));
 }
 
@@ -302,6 +407,45 @@ fn too_many_entries_is_rejected() {
         reject_with(&t.finish(), &limits),
         ExtractError::TooManyEntries { limit: 3 }
     ));
+}
+
+#[test]
+fn implied_parents_count_against_the_entry_limit() {
+    // 20 entries, each 60 levels deep under its own top dir: 1200 inodes from 20 entries.
+    let deep = |i: usize| format!("u{i}/{}f", "d/".repeat(58));
+    let mut t = Tar::new();
+    for i in 0..20 {
+        t.long_name(deep(i).as_bytes(), b"x");
+    }
+    let limits = ExtractLimits {
+        max_entries: 1000,
+        ..ExtractLimits::default()
+    };
+    assert!(matches!(
+        reject_with(&t.finish(), &limits),
+        ExtractError::TooManyEntries { limit: 1000 }
+    ));
+    // The count is exact: two entries of four dirs and a file plus a symlink are 11 inodes.
+    let mut t = Tar::new();
+    t.file("a0/b/c/d/f", b"x", 0o644);
+    t.file("a1/b/c/d/f", b"x", 0o644);
+    t.symlink("a0/b/c/d/l", "f");
+    let archive = t.finish();
+    let limits = ExtractLimits {
+        max_entries: 10,
+        ..ExtractLimits::default()
+    };
+    assert!(matches!(
+        reject_with(&archive, &limits),
+        ExtractError::TooManyEntries { limit: 10 }
+    ));
+    let env = Env::new();
+    let limits = ExtractLimits {
+        max_entries: 11,
+        ..ExtractLimits::default()
+    };
+    let report = extract_layer(&archive[..], false, &env.store, "layer", &limits).unwrap();
+    assert_eq!((report.dirs, report.files, report.symlinks), (8, 2, 1));
 }
 
 #[test]

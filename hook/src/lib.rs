@@ -205,6 +205,34 @@ pub struct Mounted {
     pub boot_id: Option<String>,
 }
 
+impl Mounted {
+    /// What prestart records now, in this boot, for `container` using `digest` at `target`:
+    /// the body of its `hook.json` and of the entry's `refs/<container>` (whose `boot_id` GC
+    /// reads to drop refs from an earlier boot).
+    pub fn now(
+        container: &str,
+        cache: &str,
+        namespace: Option<&str>,
+        digest: &kcache_core::digest::Digest,
+        target: &str,
+        pid: Option<i32>,
+    ) -> Self {
+        Self {
+            container: container.to_string(),
+            cache: cache.to_string(),
+            namespace: namespace.map(str::to_string),
+            digest: digest.to_string(),
+            target: target.to_string(),
+            at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            pid,
+            boot_id: boot_id(),
+        }
+    }
+}
+
 fn boot_id() -> Option<String> {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()
@@ -352,19 +380,14 @@ fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Resul
     }
     let made = prepare_container_dir(&cdir, owner).map_err(|e| format!("{}: {e}", cdir.display()))?;
     let result = (|| {
-        let mounted = Mounted {
-            container: state.id.clone(),
-            cache: req.name.clone(),
-            namespace: req.namespace.clone(),
-            digest: sel.digest.to_string(),
-            target: target.path.clone(),
-            at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-            pid: Some(pid),
-            boot_id: boot,
-        };
+        let mounted = Mounted::now(
+            &state.id,
+            &req.name,
+            req.namespace.as_deref(),
+            &sel.digest,
+            &target.path,
+            Some(pid),
+        );
         let body = serde_json::to_vec(&mounted).map_err(|e| e.to_string())?;
         // Plain write, no fsync: /run does not outlive a reboot, and neither does the container.
         fs::OpenOptions::new()
@@ -434,18 +457,16 @@ fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Op
     if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
         return Ok(Some(dir));
     }
-    let parent = dir.parent().ok_or("grp dir has no parent")?;
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(format!("grp dir {} has no parent", dir.display()));
+    };
     let io = |e: io::Error| format!("__grp__ layer {}: {e}", dir.display());
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(parent)
         .map_err(io)?;
-    let tmp = parent.join(format!(
-        ".tmp-{}-{}",
-        kcache_core::cache::store::target_key(&target.path),
-        std::process::id()
-    ));
+    let tmp = parent.join(format!(".tmp-{}-{}", name.to_string_lossy(), std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::DirBuilder::new().mode(0o755).create(&tmp).map_err(io)?;
     let n = grp::rewrite_tree(&sel.cache_dir, build, &target.path, &tmp);
@@ -561,6 +582,44 @@ mod tests {
             &["--bogus"],
         ] {
             assert!(Options::parse(args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Layers are keyed by the whole target path: one made earlier for another target (by
+    /// another pod, whatever path it chose) is never the one a target gets.
+    #[test]
+    fn each_target_gets_its_own_grp_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::FakeStore::new(dir.path());
+        let digest = store.add_cache("llama", None, &[90], 1);
+        let record = store.layout.read_record(&digest).unwrap().unwrap();
+        let sel = Selected {
+            digest: digest.clone(),
+            cache_dir: store.layout.tree_dir(&digest).join(&record.cache_subdir),
+            record,
+            compatible_gpus: vec![],
+        };
+        let long = format!("/work/{}.triton/cache", "deep/".repeat(80));
+        let targets = ["/a/b", "/a+b", "/a%2Fb", "/a_b", "/a/b/c", &long];
+        let mut layers = Vec::new();
+        for path in targets {
+            let t = target::check(path, target::Source::Annotation).unwrap();
+            let layer = grp_layer(&store.layout, &sel, &t).unwrap().unwrap();
+            assert!(layer.starts_with(store.layout.entry_dir(&digest).join("grp")));
+            let grp = fs::read_to_string(layer.join(testing::KEY).join(testing::GRP_FILE)).unwrap();
+            assert!(
+                grp.contains(&format!("\"{path}/{}/add_kernel.json\"", testing::KEY)),
+                "{grp}"
+            );
+            assert_eq!(grp_layer(&store.layout, &sel, &t).unwrap().unwrap(), layer, "reused");
+            layers.push(layer);
+        }
+        let distinct: std::collections::BTreeSet<_> = layers.iter().collect();
+        assert_eq!(distinct.len(), targets.len());
+        for a in &layers {
+            for b in &layers {
+                assert!(a == b || !a.starts_with(b), "{} inside {}", a.display(), b.display());
+            }
         }
     }
 

@@ -2,9 +2,10 @@
 //! an entry under a container (see `kcache_core::cache::store`).
 //!
 //! The hook takes `<entry>/.lock` shared, re-checks that `record.json` exists (GC may have
-//! removed the entry while the hook waited), then writes `refs/<container-id>`. GC takes it
-//! exclusive, and removes the entry only when `refs/` is empty. poststop removes the ref file;
-//! it needs no lock (a ref only ever goes away).
+//! removed the entry while the hook waited), then writes `refs/<container-id>`. GC
+//! (`kcache_core::cache::gc::gc`, the one kcached and `kcache cache gc` run) takes it
+//! exclusive, and removes the entry only when `refs/` holds no live ref. poststop removes the
+//! ref file; it needs no lock (a ref only ever goes away).
 
 use std::{
     fs,
@@ -13,17 +14,11 @@ use std::{
     path::PathBuf,
 };
 
+pub use kcache_core::cache::gc::EntryLock;
 use kcache_core::{
     cache::store::{is_plain_name, StoreLayout},
     digest::Digest,
 };
-use rustix::fs::{flock, FlockOperation};
-
-/// A held `.lock` of one entry; unlocked on drop (close).
-#[derive(Debug)]
-pub struct EntryLock {
-    _file: fs::File,
-}
 
 /// Why a ref could not be taken or dropped.
 #[derive(Debug, thiserror::Error)]
@@ -48,30 +43,14 @@ fn io_err(path: PathBuf) -> impl FnOnce(io::Error) -> RefError {
     move |source| RefError::Io { path, source }
 }
 
-/// Locks an entry: shared for the hook, exclusive for GC. The entry dir must exist (the lock
-/// file is created in it if kcached has not yet).
-pub fn lock(layout: &StoreLayout, digest: &Digest, exclusive: bool) -> Result<EntryLock, RefError> {
-    let path = layout.lock_path(digest);
-    let file = match fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RefError::Gone(digest.clone())),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    let op = if exclusive {
-        FlockOperation::LockExclusive
-    } else {
-        FlockOperation::LockShared
-    };
-    flock(&file, op).map_err(|e| io_err(path)(e.into()))?;
-    Ok(EntryLock { _file: file })
+/// Locks an entry shared (see `kcache_core::cache::gc`); [`RefError::Gone`] when the entry is
+/// not there. Never creates the entry.
+pub fn lock(layout: &StoreLayout, digest: &Digest) -> Result<EntryLock, RefError> {
+    match EntryLock::shared_existing(layout, digest) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(RefError::Gone(digest.clone())),
+        Err(e) => Err(io_err(layout.lock_path(digest))(e)),
+    }
 }
 
 /// Adds `refs/<id>` to the entry, under the shared lock; `body` is what the file holds (for
@@ -82,7 +61,7 @@ pub fn add(layout: &StoreLayout, digest: &Digest, id: &str, body: &[u8]) -> Resu
     if !is_plain_name(id) {
         return Err(RefError::BadId(id.to_string()));
     }
-    let guard = lock(layout, digest, false)?;
+    let guard = lock(layout, digest)?;
     if !layout.record_path(digest).exists() {
         return Err(RefError::Gone(digest.clone()));
     }
@@ -139,33 +118,17 @@ pub fn list(layout: &StoreLayout, digest: &Digest) -> Result<Vec<String>, RefErr
     Ok(ids)
 }
 
-/// GC's side of the protocol, for one entry no approved cache points at any more: under the
-/// exclusive lock, remove the entry when no container holds it. Returns whether it was removed.
-/// (kcached's collector follows the same steps; the hook's tests use this one.)
-pub fn collect_if_unreferenced(layout: &StoreLayout, digest: &Digest) -> Result<bool, RefError> {
-    let entry = layout.entry_dir(digest);
-    let _guard = match lock(layout, digest, true) {
-        Ok(g) => g,
-        Err(RefError::Gone(_)) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if !list(layout, digest)?.is_empty() {
-        return Ok(false);
-    }
-    // The record goes first: a hook that gets the lock next sees the entry as gone.
-    match fs::remove_file(layout.record_path(digest)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(layout.record_path(digest))(e)),
-    }
-    fs::remove_dir_all(&entry).map_err(io_err(entry))?;
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
+    use kcache_core::cache::{gc::GcReport, store::CacheState};
+
     use super::*;
     use crate::testing::FakeStore;
+
+    /// The store's GC, as kcached runs it, against the approved state.
+    fn gc(store: &FakeStore) -> GcReport {
+        kcache_core::cache::gc::gc(&store.layout, &store.state(), false)
+    }
 
     #[test]
     fn refs_keep_an_entry_until_the_last_container_leaves() {
@@ -176,13 +139,16 @@ mod tests {
         drop(_g);
         add(&store.layout, &d, "c2", b"{}").unwrap();
         assert_eq!(list(&store.layout, &d).unwrap(), ["c1", "c2"]);
-        assert!(!collect_if_unreferenced(&store.layout, &d).unwrap());
+        assert_eq!(gc(&store).kept_approved, [d.to_string()]);
+        // No longer approved: garbage once unused.
+        store.approve("llama", None, None, CacheState::Pending);
+        assert_eq!(gc(&store).kept_in_use, [(d.to_string(), 2)]);
         assert!(remove(&store.layout, &d, "c1").unwrap());
         assert!(!remove(&store.layout, &d, "c1").unwrap());
-        assert!(!collect_if_unreferenced(&store.layout, &d).unwrap());
+        assert_eq!(gc(&store).kept_in_use, [(d.to_string(), 1)]);
         assert!(store.layout.tree_dir(&d).exists());
         assert!(remove(&store.layout, &d, "c2").unwrap());
-        assert!(collect_if_unreferenced(&store.layout, &d).unwrap());
+        assert_eq!(gc(&store).removed, [d.to_string()]);
         assert!(!store.layout.entry_dir(&d).exists());
         // A hook that comes after GC finds the entry gone, and creates nothing.
         assert!(matches!(add(&store.layout, &d, "c3", b"{}"), Err(RefError::Gone(_))));
@@ -190,21 +156,20 @@ mod tests {
     }
 
     #[test]
-    fn gc_waits_for_a_hook_holding_the_shared_lock() {
+    fn gc_skips_an_entry_while_a_hook_holds_its_lock() {
         let dir = tempfile::tempdir().unwrap();
         let store = FakeStore::new(dir.path());
         let d = store.add_cache("llama", None, &[90], 1);
-        let guard = lock(&store.layout, &d, false).unwrap();
-        let layout = store.layout.clone();
-        let d2 = d.clone();
-        let gc = std::thread::spawn(move || collect_if_unreferenced(&layout, &d2).unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(!gc.is_finished(), "GC must block on the shared lock");
+        store.approve("llama", None, None, CacheState::Pending);
+        // A hook between taking the lock and writing its ref: GC does not wait, and leaves it.
+        let guard = lock(&store.layout, &d).unwrap();
+        assert_eq!(gc(&store).busy, [d.to_string()]);
+        assert!(store.layout.record_path(&d).exists());
         // The hook adds its ref while it holds the lock (a second shared lock on a new fd).
-        let _g2 = add(&store.layout, &d, "c1", b"{}").unwrap();
+        let g2 = add(&store.layout, &d, "c1", b"{}").unwrap();
         drop(guard);
-        drop(_g2);
-        assert!(!gc.join().unwrap(), "the entry has a ref now");
+        drop(g2);
+        assert_eq!(gc(&store).kept_in_use, [(d.to_string(), 1)]);
         assert!(store.layout.record_path(&d).exists());
     }
 

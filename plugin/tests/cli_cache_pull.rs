@@ -8,7 +8,8 @@
 //! in a plain-tar layer, which extracts cleanly and is caught only by the digest); kill -9
 //! during extraction leaves no entry and a later pull succeeds; reconcile writes state.json with
 //! per-GPU compatibility and keeps the previous copy when a re-pull fails; GC honours refs/ and
-//! approved digests; the CLI's exit codes and JSON.
+//! approved digests; a tag moved to a new digest keeps the old copy while a container (a ref
+//! written by the hook's own code) uses it; the CLI's exit codes and JSON.
 
 use std::{
     path::{Path, PathBuf},
@@ -23,6 +24,7 @@ use kcache_core::{
         builder::{build_cache_layer, image_config_json, BuiltCache},
         extract::ExtractLimits,
         format::CacheKind,
+        gc,
         manager::{self, CacheManager, PullError, PullOutcome},
         meta::GpuInventory,
         store::{CacheState, StoreLayout},
@@ -34,6 +36,7 @@ use kcache_core::{
     signing::PrivateKey,
     verifier::Verifier,
 };
+use kcache_hook::{refs, Mounted};
 use kcache_tests::TestRegistry;
 
 const KEY_H100: &str = "QWJ3OZ3CR4HNZ6LOHG7LYCUUQYZFXAY6SY62SNYRVQHW3G4FOCLQ";
@@ -716,13 +719,111 @@ async fn kill_during_extraction_leaves_nothing_and_concurrent_cli_pulls_extract_
         incompatible_gpus: vec![],
         updated_at: 0,
     });
-    let report = manager::gc(&layout, &keep, false);
+    let report = gc::gc(&layout, &keep, false);
     assert!(report.temp_removed >= 1, "{report:?}");
     assert!(
         !visible(&entry).iter().any(|n| n.starts_with(".tmp")),
         "{:?}",
         visible(&entry)
     );
+}
+
+/// A tag that moves to a new digest while a container still uses the old one: reconcile pulls
+/// the new digest and points the state at it; GC (the store's, which kcached runs after every
+/// round and `kcache cache gc` runs) keeps the old entry while the hook's ref is there, drops a
+/// ref from an earlier boot, and removes the old entry once poststop dropped the last ref.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_change_keeps_the_old_copy_until_its_last_container_stops() {
+    let env = Env::new();
+    let (v1, v2) = (env.path("v1"), env.path("v2"));
+    sm90_only(&v1, 31);
+    sm90_only(&v2, 32);
+    let tag = "caches/moving:latest";
+    let first = env.push(tag, &v1, true).await;
+    env.sign(tag).await;
+    let list = vec![ApprovedCache {
+        name: "moving".into(),
+        namespace: Some("ml".into()),
+        image: env.image(tag),
+        source: PathBuf::from("test.yaml"),
+    }];
+    let mgr = env.manager("store");
+    let layout = mgr.layout().clone();
+    let inv = gpus();
+    let state = mgr.reconcile(&env.policy, 1, &list, &inv).await;
+    let current = |s: &kcache_core::cache::store::NodeCaches| s.lookup(Some("ml"), "moving").unwrap().clone();
+    assert_eq!(current(&state).state, CacheState::Ready);
+    assert_eq!(current(&state).digest.as_deref(), Some(first.digest.as_str()));
+
+    // A container starts on v1: its ref, as the hook's prestart writes it (this boot's id).
+    let pid = std::process::id() as i32;
+    let mounted = Mounted::now(
+        "c-old",
+        "moving",
+        Some("ml"),
+        &first.digest,
+        "/root/.triton/cache",
+        Some(pid),
+    );
+    drop(refs::add(&layout, &first.digest, "c-old", &serde_json::to_vec(&mounted).unwrap()).unwrap());
+    // And one left by a container of an earlier boot (no container outlives a reboot).
+    let mut stale = Mounted::now(
+        "c-reboot",
+        "moving",
+        Some("ml"),
+        &first.digest,
+        "/root/.triton/cache",
+        None,
+    );
+    stale.boot_id = Some("an-earlier-boot".into());
+    drop(refs::add(&layout, &first.digest, "c-reboot", &serde_json::to_vec(&stale).unwrap()).unwrap());
+
+    // The tag moves to v2.
+    let second = env.push(tag, &v2, true).await;
+    assert_ne!(first.digest, second.digest);
+    env.sign(tag).await;
+    let state = mgr.reconcile(&env.policy, 1, &list, &inv).await;
+    assert_eq!(current(&state).state, CacheState::Ready);
+    assert_eq!(current(&state).digest.as_deref(), Some(second.digest.as_str()));
+    assert!(layout.record_path(&first.digest).exists() && layout.record_path(&second.digest).exists());
+    assert_eq!(layout.read_state().unwrap(), state);
+
+    // `kcache cache gc --dry-run` reads that state.json and changes nothing.
+    let out = env.kcache(&["cache", "gc", "--dry-run", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        dry["kept_in_use"],
+        serde_json::json!([[first.digest.as_str(), 1]]),
+        "{dry}"
+    );
+    assert_eq!(refs::list(&layout, &first.digest).unwrap(), ["c-old", "c-reboot"]);
+    // The daemon's GC: the old copy is in use; the earlier boot's ref goes.
+    let report = mgr.gc(&state);
+    assert_eq!(report.kept_in_use, [(first.digest.to_string(), 1)], "{report:?}");
+    assert_eq!(report.kept_approved, [second.digest.to_string()]);
+    assert!(report.removed.is_empty() && report.errors.is_empty(), "{report:?}");
+    assert_eq!(refs::list(&layout, &first.digest).unwrap(), ["c-old"]);
+    assert!(layout.record_path(&first.digest).exists());
+
+    // The container stops: poststop drops its ref; the next GC removes the old copy only.
+    assert!(refs::remove(&layout, &first.digest, "c-old").unwrap());
+    let out = env.kcache(&["cache", "gc", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["removed"],
+        serde_json::json!([first.digest.as_str()]),
+        "{report}"
+    );
+    assert_eq!(report["kept_approved"], serde_json::json!([second.digest.as_str()]));
+    assert!(!layout.entry_dir(&first.digest).exists());
+    assert!(layout.record_path(&second.digest).exists());
+    let leftovers: Vec<_> = visible(layout.root())
+        .into_iter()
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 struct Held(Policy);

@@ -550,6 +550,16 @@ fn a_broken_policy_or_config_stops_the_start() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("config.toml") && err.contains("unlabeled"), "{err}");
+    for (cache, key) in [
+        ("max_entries = 0", "cache.max_entries"),
+        ("max_files = 10", "max_files"),
+    ] {
+        std::fs::write(d.join("config.toml"), format!("[cache]\n{cache}\n")).unwrap();
+        let out = run(&["--config", d.join("config.toml").to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("config.toml") && err.contains(key), "{err}");
+    }
     let out = run(&["--metrics-addr", "0.0.0.0:9464"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }

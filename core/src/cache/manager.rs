@@ -21,18 +21,14 @@
 //! of one digest in this process share one download (a per-digest lock); across processes the
 //! extraction lock makes the second wait and find the tree present.
 //!
-//! # Locks (see [`crate::cache::store`])
+//! # Locks and GC ([`crate::cache::gc`])
 //! A pull holds the entry's `.lock` shared from creating the entry dir until the record is
-//! written, like the hook adding a ref. GC takes it exclusively without waiting (a busy entry
-//! is skipped this round), checks `refs/` is empty and no approved cache points at the digest,
-//! renames the entry to a `.tmp-gc-` name (so a half-removed entry is never visible) and then
-//! removes it.
+//! written, like the hook adding a ref. GC ([`gc::gc`], after every round) takes it exclusively
+//! without waiting; it is the same function `kcache cache gc` runs.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    fs::{File, OpenOptions},
+    collections::HashMap,
     io::{self, Read},
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -41,19 +37,19 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use rustix::fs::FlockOperation;
 use serde::Serialize;
 
 use crate::{
     cache::{
         approved::{self, ApprovedCache},
-        extract::{extract_once_checked, sweep_temp_dirs, ExtractError, ExtractLimits, ExtractOutcome},
+        extract::{extract_once_checked, ExtractError, ExtractLimits, ExtractOutcome},
         format::{layer_compression, CacheImageMeta, LayerCompression},
+        gc::{self, gc_entry, now_nanos, EntryLock, GcReport},
         grp,
         meta::GpuInventory,
         store::{
-            CacheRecord, CacheState, CacheStatus, GpuMismatch, NodeCaches, StoreLayout, VerificationRecord, GRP_DIR,
-            LOCK_FILE, RECORD_FILE, TREE_DIR,
+            CacheRecord, CacheState, CacheStatus, GpuMismatch, NodeCaches, StoreLayout, VerificationRecord,
+            RECORD_FILE, TREE_DIR,
         },
     },
     digest::Digest,
@@ -70,8 +66,6 @@ const MAX_CONFIG_BYTES: usize = 1 << 20;
 const LAYER_OVERHEAD: u64 = 1 << 30;
 /// Room for the manifest dir on top of the size label (which counts the cache dir only).
 const MANIFEST_ROOM: u64 = 4 << 20;
-/// Name of the temp dirs GC renames entries to before removing them.
-const GC_PREFIX: &str = ".tmp-gc-";
 
 /// Where a pull is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -225,23 +219,6 @@ pub struct Stats {
     pub extractions: AtomicU64,
     /// Pulls that found the entry present.
     pub present: AtomicU64,
-}
-
-/// What GC did (or, dry, would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct GcReport {
-    /// Digests removed.
-    pub removed: Vec<String>,
-    /// Digests kept because an approved cache points at them.
-    pub kept_approved: Vec<String>,
-    /// Digests kept because containers use them (`refs/` not empty), with the count.
-    pub kept_in_use: Vec<(String, usize)>,
-    /// Digests skipped because a pull or the hook held the lock.
-    pub busy: Vec<String>,
-    /// Leftovers of interrupted extractions or removals deleted.
-    pub temp_removed: usize,
-    /// Problems (the entry stays).
-    pub errors: Vec<String>,
 }
 
 /// What one [`CacheManager::run_once`] did.
@@ -677,9 +654,9 @@ impl CacheManager {
         state
     }
 
-    /// Removes the entries `state` does not point at and no container uses; see [`gc`].
+    /// Removes the entries `state` does not point at and no container uses; see [`gc::gc`].
     pub fn gc(&self, state: &NodeCaches) -> GcReport {
-        gc(&self.layout, state, false)
+        gc::gc(&self.layout, state, false)
     }
 
     /// One round for the daemon: read caches.d (broken files are reported and their caches
@@ -694,7 +671,7 @@ impl CacheManager {
         let state = self.reconcile(policy, policy.generation, &approved, gpus).await;
         let gc = {
             let (layout, state) = (self.layout.clone(), state.clone());
-            tokio::task::spawn_blocking(move || gc(&layout, &state, false))
+            tokio::task::spawn_blocking(move || gc::gc(&layout, &state, false))
                 .await
                 .unwrap_or_else(|e| GcReport {
                     errors: vec![format!("gc task failed: {e}")],
@@ -1056,211 +1033,6 @@ fn count_tree(dir: &Path) -> io::Result<(u64, u64)> {
     Ok((files, bytes))
 }
 
-// ---- the entry lock ----
-
-/// `flock` on `<entry>/.lock`, released on drop.
-struct EntryLock {
-    _file: File,
-}
-
-impl EntryLock {
-    fn open(path: &Path) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-    }
-
-    /// Creates the entry dir if needed and locks it shared. Retries when GC renamed the entry
-    /// away between the open and the lock (the lock file is then no longer at its path).
-    fn shared(layout: &StoreLayout, digest: &Digest) -> io::Result<Self> {
-        let entry = layout.entry_dir(digest);
-        let path = layout.lock_path(digest);
-        for _ in 0..16 {
-            std::fs::create_dir_all(layout.root())?;
-            match std::fs::create_dir(&entry) {
-                Ok(()) => {}
-                // A concurrent pull that found our committed tree before we wrote the record
-                // wrote one already (the same facts); this pull still did the extraction.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-            let file = match Self::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            rustix::fs::flock(&file, FlockOperation::LockShared)?;
-            let held = file.metadata()?;
-            match std::fs::symlink_metadata(&path) {
-                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => return Ok(Self { _file: file }),
-                _ => continue,
-            }
-        }
-        Err(io::Error::other(format!("{} keeps being removed", entry.display())))
-    }
-
-    /// Locks an existing entry exclusively, without waiting; `None` when someone holds it.
-    fn try_exclusive(entry: &Path) -> io::Result<Option<Self>> {
-        let file = Self::open(&entry.join(LOCK_FILE))?;
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(Self { _file: file })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
-// ---- GC ----
-
-/// Removes the store entries that no cache in `state` points at and whose `refs/` is empty,
-/// each under its exclusive lock (busy entries are skipped); removes the leftovers of
-/// interrupted extractions and removals. `dry_run`: report only.
-pub fn gc(layout: &StoreLayout, state: &NodeCaches, dry_run: bool) -> GcReport {
-    let mut report = GcReport::default();
-    let wanted: BTreeSet<String> = state
-        .caches
-        .iter()
-        .filter_map(|c| c.digest.as_deref())
-        .filter_map(|d| Digest::parse(d).ok())
-        .map(|d| d.hex().to_string())
-        .collect();
-    let dir = match std::fs::read_dir(layout.root()) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return report,
-        Err(e) => {
-            report
-                .errors
-                .push(format!("cannot list {}: {e}", layout.root().display()));
-            return report;
-        }
-    };
-    for dirent in dir.flatten() {
-        let name = dirent.file_name().to_string_lossy().into_owned();
-        let path = dirent.path();
-        if !dirent.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        if name.starts_with(GC_PREFIX) {
-            // A removal that was interrupted: nobody uses a renamed entry.
-            if !dry_run {
-                match std::fs::remove_dir_all(&path) {
-                    Ok(()) => report.temp_removed += 1,
-                    Err(e) => report.errors.push(format!("cannot remove {}: {e}", path.display())),
-                }
-            }
-            continue;
-        }
-        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            continue;
-        }
-        let digest = format!("sha256:{name}");
-        if !dry_run {
-            match sweep_temp_dirs(&path) {
-                Ok(n) => report.temp_removed += n,
-                Err(e) => report.errors.push(format!("cannot sweep {}: {e}", path.display())),
-            }
-        }
-        if wanted.contains(&name) {
-            report.kept_approved.push(digest);
-            continue;
-        }
-        match gc_entry(layout, &path, &name, dry_run) {
-            Ok(GcEntry::Removed) => report.removed.push(digest),
-            Ok(GcEntry::InUse(n)) => report.kept_in_use.push((digest, n)),
-            Ok(GcEntry::Busy) => report.busy.push(digest),
-            Err(e) => report.errors.push(format!("{digest}: {e}")),
-        }
-    }
-    for (d, n) in &report.kept_in_use {
-        tracing::info!(digest = %d, refs = n, "unapproved cache kept: containers use it");
-    }
-    for d in &report.removed {
-        tracing::info!(digest = %d, dry_run, "removed unused cache");
-    }
-    report
-}
-
-fn current_boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_owned())
-}
-
-/// Counts the refs of running containers. A ref records the boot it was taken in (the hook
-/// writes `boot_id`); no container survives a reboot, so a ref from another boot is stale and
-/// is removed (unless `dry_run`). A ref without a readable boot id counts as live.
-fn live_refs(dir: &Path, boot: Option<&str>, dry_run: bool) -> io::Result<usize> {
-    #[derive(serde::Deserialize)]
-    struct Ref {
-        boot_id: Option<String>,
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let mut live = 0;
-    for entry in entries {
-        let entry = entry?;
-        let stale = match (boot, std::fs::read(entry.path())) {
-            (Some(now), Ok(body)) => serde_json::from_slice::<Ref>(&body)
-                .ok()
-                .and_then(|r| r.boot_id)
-                .is_some_and(|then| then.trim() != now.trim()),
-            _ => false,
-        };
-        if !stale {
-            live += 1;
-        } else if !dry_run {
-            tracing::info!(r#ref = %entry.path().display(), "dropping a container ref from an earlier boot");
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(live)
-}
-
-enum GcEntry {
-    Removed,
-    InUse(usize),
-    Busy,
-}
-
-fn gc_entry(layout: &StoreLayout, path: &Path, hex: &str, dry_run: bool) -> io::Result<GcEntry> {
-    let Some(lock) = EntryLock::try_exclusive(path)? else {
-        return Ok(GcEntry::Busy);
-    };
-    let refs = live_refs(
-        &path.join(crate::cache::store::REFS_DIR),
-        current_boot_id().as_deref(),
-        dry_run,
-    )?;
-    if refs > 0 {
-        return Ok(GcEntry::InUse(refs));
-    }
-    if dry_run {
-        return Ok(GcEntry::Removed);
-    }
-    let grave = layout.root().join(format!("{GC_PREFIX}{hex}-{:x}", now_nanos()));
-    std::fs::rename(path, &grave)?;
-    drop(lock);
-    if let Ok(d) = File::open(layout.root()) {
-        let _ = d.sync_all();
-    }
-    std::fs::remove_dir_all(&grave)?;
-    Ok(GcEntry::Removed)
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
 // ---- __grp__ ----
 
 /// See [`CacheManager::prepare_grp`].
@@ -1286,10 +1058,12 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
         return Ok(Some(out));
     }
     let _lock = EntryLock::shared(layout, digest).map_err(PullError::store(&out))?;
-    let grp_root = layout.entry_dir(digest).join(GRP_DIR);
-    std::fs::create_dir_all(&grp_root).map_err(PullError::store(&grp_root))?;
-    let key = crate::cache::store::target_key(target);
-    let tmp = grp_root.join(format!(".tmp-{key}-{:x}", now_nanos()));
+    // The key may be several components (a long target): build the layer beside its final place.
+    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
+        return Err(PullError::store(&out)(io::Error::other("grp dir has no parent")));
+    };
+    std::fs::create_dir_all(parent).map_err(PullError::store(parent))?;
+    let tmp = parent.join(format!(".tmp-{}-{:x}", name.to_string_lossy(), now_nanos()));
     std::fs::create_dir(&tmp).map_err(PullError::store(&tmp))?;
     let src = layout.tree_dir(digest).join(&record.cache_subdir);
     let result = grp::rewrite_tree(&src, build_root, target, &tmp)
@@ -1308,25 +1082,6 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn refs_from_an_earlier_boot_are_stale() {
-        let dir = tempfile::tempdir().unwrap();
-        let refs = dir.path();
-        std::fs::write(refs.join("now"), br#"{"boot_id":"b-now","pid":1}"#).unwrap();
-        std::fs::write(refs.join("old"), br#"{"boot_id":"b-old","pid":1}"#).unwrap();
-        std::fs::write(refs.join("opaque"), b"not json").unwrap();
-        assert_eq!(live_refs(refs, Some("b-now"), true).unwrap(), 2);
-        assert!(refs.join("old").exists(), "dry run removes nothing");
-        assert_eq!(live_refs(refs, Some("b-now\n"), false).unwrap(), 2);
-        assert!(!refs.join("old").exists() && refs.join("opaque").exists());
-        assert_eq!(
-            live_refs(refs, None, false).unwrap(),
-            2,
-            "no boot id here: every ref counts"
-        );
-        assert_eq!(live_refs(&refs.join("missing"), Some("b"), false).unwrap(), 0);
-    }
 
     #[test]
     fn index_platform_choice() {
@@ -1350,11 +1105,5 @@ mod tests {
         ]});
         assert!(choose_platform(&none).unwrap_err().contains("no manifest for linux/"));
         assert!(choose_platform(&serde_json::json!({"manifests": []})).is_err());
-    }
-
-    #[test]
-    fn gc_of_a_missing_store_is_empty() {
-        let layout = StoreLayout::new("/nonexistent/kcache-store", "/nonexistent/run");
-        assert_eq!(gc(&layout, &NodeCaches::default(), false), GcReport::default());
     }
 }

@@ -4,11 +4,13 @@
 //! - [`format`](mod@format): the image's labels and layer layout ([`format::CacheImageMeta`]).
 //! - [`triton`]: scanning a Triton cache directory (targets, kernels, manifest).
 //! - [`store`]: the node store layout kcached writes and the hook reads.
+//! - [`gc`]: the entry locks and the garbage collector (kcached, `kcache cache gc`, the hook's
+//!   tests: one implementation).
 //! - [`grp`]: rewriting Triton's `__grp__*.json` absolute paths for another mount path.
 //! - `builder` (feature `cache`): a deterministic tar.gz layer + image config from a cache dir.
 //! - `extract` (feature `cache`): unpacks a cache image layer into the store, safely.
 //! - `approved` and `manager` (features `verify` + `cache`): caches.d, and the kcached side
-//!   that pulls approved caches into the store, tracks them in `state.json` and collects garbage.
+//!   that pulls approved caches into the store, tracks them in `state.json` and runs [`gc`].
 //!
 //! Everything but `builder` and `extract` is plain serde and std, so the hook can use it.
 
@@ -19,6 +21,7 @@ pub mod builder;
 #[cfg(feature = "cache")]
 pub mod extract;
 pub mod format;
+pub mod gc;
 pub mod grp;
 #[cfg(all(feature = "verify", feature = "cache"))]
 pub mod manager;

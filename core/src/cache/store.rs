@@ -6,7 +6,8 @@
 //!   <sha256-hex>/                         one verified cache image, by manifest digest
 //!     record.json                         CacheRecord: image, metadata, verification record
 //!     tree/                               the extracted layer (io.triton.cache/..., read-only)
-//!     grp/<target-key>/                   __grp__ rewrite for one mount path (an overlay lower)
+//!     grp/<target-key>/                   __grp__ rewrite for one mount path (an overlay lower;
+//!                                         made by the hook or kcached; see target_key)
 //!     refs/<container-id>                 one file per running container using it (the hook)
 //!     .lock                               flock: shared by the hook while it adds a ref,
 //!                                         exclusive by GC while it checks refs and removes
@@ -19,7 +20,7 @@
 //! atomically after every change. GC removes an entry that no approved cache points at and whose
 //! `refs/` is empty, holding `.lock` exclusively; the hook takes `.lock` shared, re-checks that
 //! `record.json` exists, then creates its ref file. So an entry is never removed under a
-//! container that uses it.
+//! container that uses it. The locks and the collector are in [`crate::cache::gc`].
 //!
 //! Plain std + serde: the hook uses this module with no other part of kcache-core.
 
@@ -122,7 +123,7 @@ impl StoreLayout {
     }
 
     /// `<root>/<hex>/grp/<key>`: the `__grp__` rewrite of this entry for `target` (the absolute
-    /// cache path inside the container).
+    /// cache path inside the container); `<key>` is [`target_key`], one or more components.
     pub fn grp_dir(&self, digest: &Digest, target: &str) -> PathBuf {
         self.entry_dir(digest).join(GRP_DIR).join(target_key(target))
     }
@@ -151,15 +152,46 @@ impl StoreLayout {
     }
 }
 
-/// A stable, short name for a target path: 16 hex digits of FNV-1a 64 (no crypto needed: the
-/// key only separates rewrites of one entry, all of which kcached made itself).
-pub fn target_key(target: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in target.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// Most bytes of one component of a [`target_key`] (a name may have 255; the rest leaves room
+/// for the `.tmp-<name>-<suffix>` dirs a layer is built in).
+const KEY_COMPONENT_MAX: usize = 200;
+
+/// Where the `__grp__` rewrite for `target` lives under an entry's `grp/`: the target path
+/// itself, escaped (`[A-Za-z0-9._-]` kept, `/` written `+`, every other byte `%XX`), so two
+/// different targets never share a layer.
+///
+/// The target comes from the pod (`kcache.dev/cache-path`, or its env), and the layer is made
+/// by whoever needs it first: mostly the hook, at the prestart of a container with that target
+/// (or the manager's `prepare_grp`, on kcached's side). Every later container with the same
+/// key reuses it, so a key that pods can make collide (a short non-cryptographic hash such as
+/// FNV-1a) would let one pod prepare the `child_paths` another pod's container mounts. An
+/// injective encoding needs no hash, so no crypto in the hook (which links none).
+///
+/// A long path is cut into several components of at most 200 bytes: the last starts with `p`,
+/// the ones before it with `n`. So every key is a plain relative path, and a layer dir (whose
+/// last component starts with `p`) is never the parent of another layer.
+pub fn target_key(target: &str) -> PathBuf {
+    use std::fmt::Write as _;
+    let mut parts = vec![String::from("p")];
+    let mut token = String::with_capacity(3);
+    for b in target.bytes() {
+        token.clear();
+        match b {
+            b'/' => token.push('+'),
+            b if b.is_ascii_alphanumeric() || b"._-".contains(&b) => token.push(char::from(b)),
+            b => {
+                let _ = write!(token, "%{b:02X}");
+            }
+        }
+        let last = parts.last_mut().expect("parts is never empty");
+        if last.len() + token.len() > KEY_COMPONENT_MAX {
+            last.replace_range(..1, "n");
+            parts.push(format!("p{token}"));
+        } else {
+            last.push_str(&token);
+        }
     }
-    format!("{h:016x}")
+    parts.iter().collect()
 }
 
 /// One path component that is safe to join: not empty, not `.`/`..`, no `/`, no NUL, at most
@@ -379,8 +411,72 @@ mod tests {
         let l = StoreLayout::new("/s", "/r");
         assert_eq!(l.container_dir("c1"), Some(PathBuf::from("/r/containers/c1")));
         assert_eq!(l.container_dir("../x"), None);
-        assert_eq!(target_key("/root/.triton/cache").len(), 16);
-        assert_ne!(target_key("/a"), target_key("/b"));
+    }
+
+    #[test]
+    fn target_keys_are_the_escaped_path() {
+        assert_eq!(target_key("/root/.triton/cache"), Path::new("p+root+.triton+cache"));
+        assert_eq!(target_key("/a b/+x%/é"), Path::new("p+a%20b+%2Bx%25+%C3%A9"));
+        let l = StoreLayout::new("/s", "/r");
+        let d = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        assert_eq!(
+            l.grp_dir(&d, "/home/u/.triton/cache"),
+            Path::new("/s").join("ab".repeat(32)).join("grp/p+home+u+.triton+cache")
+        );
+    }
+
+    #[test]
+    fn long_targets_nest_and_no_layer_holds_another() {
+        let long = format!("/{}/cache", "x".repeat(450));
+        let key = target_key(&long);
+        let comps: Vec<&str> = key.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(comps.len(), 3, "{comps:?}");
+        assert!(comps[..2]
+            .iter()
+            .all(|c| c.starts_with('n') && c.len() == KEY_COMPONENT_MAX));
+        assert!(comps[2].starts_with('p'));
+        assert!(comps.iter().all(|c| is_plain_name(c)));
+        let joined: String = comps.iter().map(|c| &c[1..]).collect();
+        assert_eq!(joined, long.replace('/', "+"));
+        // A path as long as a whole component is a layer of its own, not a parent of the longer
+        // one's layer.
+        let short = &long[..KEY_COMPONENT_MAX - 1];
+        assert_eq!(target_key(short).iter().count(), 1);
+        assert!(!target_key(&long).starts_with(target_key(short)));
+        // The longest target the hook accepts fits.
+        let longest = format!("/{}", "%".repeat(4095));
+        assert!(target_key(&longest).iter().all(|c| c.len() <= KEY_COMPONENT_MAX));
+    }
+
+    /// Path pieces that an escape or a cut could confuse.
+    fn piece() -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "/",
+            "+",
+            "%",
+            "%2F",
+            "%2B",
+            "a",
+            "p",
+            "n",
+            ".",
+            "é",
+            "x".repeat(97).leak(),
+        ])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn different_targets_never_share_a_key(
+            a in proptest::collection::vec(piece(), 0..12),
+            b in proptest::collection::vec(piece(), 0..12),
+        ) {
+            let (a, b) = (a.concat(), b.concat());
+            let (ka, kb) = (target_key(&a), target_key(&b));
+            proptest::prop_assert_eq!(a == b, ka == kb, "{:?} {:?}", ka, kb);
+            // Nor is one layer inside another.
+            proptest::prop_assert!(a == b || (!ka.starts_with(&kb) && !kb.starts_with(&ka)));
+        }
     }
 
     #[test]

@@ -97,6 +97,7 @@ struct Settings {
     root: PathBuf,
     layout: StoreLayout,
     caches_dir: PathBuf,
+    extract_limits: ExtractLimits,
     cache_resync: Duration,
     registry: RegistryConfig,
     verdict_cache: CacheConfig,
@@ -126,6 +127,10 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             bail!("--metrics-addr {addr}: metrics are served on loopback addresses only");
         }
     }
+    let extract_limits = file
+        .cache
+        .extract_limits()
+        .with_context(|| path.display().to_string())?;
     let mut insecure = file.registry.insecure;
     insecure.extend(args.insecure);
     let defaults = CacheConfig::default();
@@ -148,6 +153,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
             pick(args.run_dir, file.run_dir, kcache_core::cache::store::DEFAULT_RUN_DIR),
         ),
         caches_dir: pick(args.caches_dir, file.caches_dir, "/etc/kcache/caches.d"),
+        extract_limits,
         cache_resync: Duration::from_secs(file.cache_resync_seconds.unwrap_or(300).max(5)),
         registry: RegistryConfig {
             insecure,
@@ -279,7 +285,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             s.layout.clone(),
             Arc::clone(&client),
             Arc::clone(&verifier),
-            ExtractLimits::default(),
+            s.extract_limits.clone(),
         ));
         let (p, m, stop) = (Arc::clone(policy), Arc::clone(&metrics), stopped());
         let (caches_dir, resync) = (s.caches_dir.clone(), s.cache_resync);

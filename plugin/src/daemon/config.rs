@@ -32,6 +32,10 @@
 //!
 //! [image_verifier]                          # kcache-image-verifier (containerd 2.x bindir)
 //! deadline_ms = 8000                        # below containerd's per_verifier_timeout (10 s)
+//!
+//! [cache]                                   # limits on extracting one cache image layer
+//! max_bytes = 8589934592                    # file data (default 8 GiB)
+//! max_entries = 1000000                     # tar entries, and inodes created (implied dirs too)
 //! ```
 
 use std::{
@@ -39,6 +43,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use kcache_core::cache::extract::ExtractLimits;
 use serde::Deserialize;
 
 use super::gate::Unlabeled;
@@ -83,6 +88,39 @@ pub struct FileConfig {
     /// The containerd 2.x image verifier binary.
     #[serde(default)]
     pub image_verifier: ImageVerifierSection,
+    /// The cache manager's extraction limits.
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: limits on one cache image layer, as [`ExtractLimits`] names them. Unset keys keep
+/// the defaults; a cache over a limit is refused (state `failed`, with the reason).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Total bytes of file data ([`ExtractLimits::max_bytes`]).
+    pub max_bytes: Option<u64>,
+    /// Tar entries, and inodes created ([`ExtractLimits::max_entries`]).
+    pub max_entries: Option<u64>,
+}
+
+impl CacheSection {
+    /// The defaults with what the file sets. Zero is an error: it would refuse every cache.
+    pub fn extract_limits(&self) -> Result<ExtractLimits, ConfigError> {
+        let defaults = ExtractLimits::default();
+        let positive = |key: &'static str, value: Option<u64>, default: u64| match value {
+            Some(0) => Err(ConfigError::Invalid {
+                key,
+                reason: "must be at least 1".into(),
+            }),
+            v => Ok(v.unwrap_or(default)),
+        };
+        Ok(ExtractLimits {
+            max_bytes: positive("cache.max_bytes", self.max_bytes, defaults.max_bytes)?,
+            max_entries: positive("cache.max_entries", self.max_entries, defaults.max_entries)?,
+            ..defaults
+        })
+    }
 }
 
 /// `[image_verifier]`: read by `kcache-image-verifier` only.
@@ -150,6 +188,14 @@ pub enum ConfigError {
         /// Why (with line and column).
         source: toml::de::Error,
     },
+    /// A value the file may hold but that makes no sense.
+    #[error("config key {key}: {reason}")]
+    Invalid {
+        /// The key (`section.key`).
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl FileConfig {
@@ -190,6 +236,28 @@ mod tests {
         assert_eq!(c.metrics_addr.unwrap().port(), 9464);
         assert_eq!(c.verdict_cache.capacity, Some(10000));
         assert_eq!(c.image_verifier.deadline_ms, Some(8000));
+        // The example spells out the defaults.
+        assert_eq!(c.cache.extract_limits().unwrap(), ExtractLimits::default());
+    }
+
+    #[test]
+    fn cache_limits_override_the_defaults_one_by_one() {
+        let c: FileConfig = toml::from_str("[cache]\nmax_entries = 5000\n").unwrap();
+        let limits = c.cache.extract_limits().unwrap();
+        assert_eq!(limits.max_entries, 5000);
+        assert_eq!(limits.max_bytes, ExtractLimits::default().max_bytes);
+        let c: FileConfig = toml::from_str("[cache]\nmax_bytes = 17179869184\n").unwrap();
+        assert_eq!(c.cache.extract_limits().unwrap().max_bytes, 16 << 30);
+        assert_eq!(
+            FileConfig::default().cache.extract_limits().unwrap(),
+            ExtractLimits::default()
+        );
+        let c: FileConfig = toml::from_str("[cache]\nmax_entries = 0\n").unwrap();
+        let err = c.cache.extract_limits().unwrap_err().to_string();
+        assert!(err.contains("cache.max_entries") && err.contains("at least 1"), "{err}");
+        let err = toml::from_str::<FileConfig>("[cache]\nmax_files = 10\n").unwrap_err();
+        assert!(err.to_string().contains("max_files"), "{err}");
+        assert!(toml::from_str::<FileConfig>("[cache]\nmax_bytes = -1\n").is_err());
     }
 
     #[test]

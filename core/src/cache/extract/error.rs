@@ -114,6 +114,18 @@ pub enum ExtractError {
         /// Its target.
         target: String,
     },
+    /// A PAX `size` record that is not a number, or differs from the header's size field where
+    /// that field could hold it (the archive would read as different entries to readers that
+    /// honour PAX and readers that do not).
+    #[error("entry {entry:?}: PAX size record {pax:?} does not match the header's size {header}")]
+    PaxSize {
+        /// The entry.
+        entry: String,
+        /// The record's value, as written.
+        pax: String,
+        /// The ustar header's size field.
+        header: u64,
+    },
     /// A hard link (all are rejected: a cache never needs them).
     #[error("entry {entry:?}: hard links are not allowed (target {target:?})")]
     Hardlink {
@@ -180,8 +192,9 @@ pub enum ExtractError {
         /// The declared size.
         expected: u64,
     },
-    /// More entries than [`ExtractLimits::max_entries`](super::ExtractLimits).
-    #[error("more than {limit} entries")]
+    /// More entries, or more inodes created (files, directories including those implied by a
+    /// deeper name, symlinks), than [`ExtractLimits::max_entries`](super::ExtractLimits).
+    #[error("more than {limit} entries or inodes (files, directories including implied parents, symlinks)")]
     TooManyEntries {
         /// The limit.
         limit: u64,

@@ -9,13 +9,16 @@
 //!   bytes and [`ExtractLimits::max_depth`] levels; the same normalized path never twice;
 //! - only regular files, directories and symlinks. Hard links are all rejected (a cache never
 //!   needs them, and rejecting them all leaves no "points inside?" question); devices, fifos,
-//!   sparse and contiguous files too. PAX global headers are ignored;
+//!   sparse (GNU `S`, or PAX `GNU.sparse.*` records) and contiguous files, and unknown type
+//!   bytes too. PAX global headers are ignored;
 //! - setuid, setgid and sticky bits are rejected, not stripped: a cache builder never sets them;
 //! - symlinks: relative targets whose `..` components all lead and do not climb above the root
 //!   (see [`rules`]); nothing is ever created through a symlink or a file of the archive;
-//! - sizes: every file's data must be exactly its header's (PAX-aware) size, the stream must reach
-//!   the end-of-archive marker, and only zeros may follow it; total file data is bounded by
-//!   [`ExtractLimits::max_bytes`] and [`ExtractLimits::expected_bytes`], entries by
+//! - sizes: every file's data must be exactly its header's (PAX-aware) size, a PAX `size` record
+//!   must equal the ustar size field unless that field cannot hold it (above 8 GiB - 1), the
+//!   stream must reach the end-of-archive marker, and only zeros may follow it; total file data
+//!   is bounded by [`ExtractLimits::max_bytes`] and [`ExtractLimits::expected_bytes`], entries
+//!   and the inodes they create (directories implied by a deeper name included) by
 //!   [`ExtractLimits::max_entries`], headers before one entry by 1 MiB.
 //!
 //! Files get mode 0755 if any exec bit is set, else 0644; directories 0755. Ownership, mtimes and
@@ -52,7 +55,8 @@ pub use store::{extract_once, extract_once_checked, sweep_temp_dirs, ExtractOutc
 pub struct ExtractLimits {
     /// Total bytes of file data (default 8 GiB).
     pub max_bytes: u64,
-    /// Entries of any kind (default 1,000,000).
+    /// Entries of any kind, and inodes created: files, symlinks and directories, including
+    /// those implied by a deeper entry's name (default 1,000,000). Each is bounded on its own.
     pub max_entries: u64,
     /// Bytes in one entry name or link target (default 4096, Linux's `PATH_MAX`).
     pub max_path_len: usize,

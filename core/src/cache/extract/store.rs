@@ -1,22 +1,19 @@
-//! The store side: temp dirs, the final rename, the start-up sweep and the per-name lock.
+//! The store side: temp dirs, the final rename, and extracting a name once under its lock
+//! (the lock and the start-up sweep live in [`crate::cache::gc`], which the hook links too).
 
 use std::{
-    fs::{DirBuilder, File, OpenOptions},
+    fs::{DirBuilder, File},
     hash::{BuildHasher, Hasher},
     io::{self, Read},
-    os::{
-        fd::OwnedFd,
-        unix::fs::{DirBuilderExt, OpenOptionsExt},
-    },
+    os::{fd::OwnedFd, unix::fs::DirBuilderExt},
     path::{Path, PathBuf},
 };
 
-use rustix::fs::{FlockOperation, Mode, OFlags, RenameFlags, CWD};
+use rustix::fs::{Mode, OFlags, RenameFlags, CWD};
 
 use super::{extract_layer_checked, ExtractError, ExtractLimits, ExtractReport, Result};
-
-const TEMP_PREFIX: &str = ".tmp-";
-const LOCK_PREFIX: &str = ".lock-";
+pub use crate::cache::gc::sweep_temp_dirs;
+use crate::cache::gc::{NameLock, TEMP_PREFIX};
 
 /// The final name must be one plain name; a leading `.` is reserved for our temp and lock files.
 pub(crate) fn check_final_name(name: &str) -> Result<()> {
@@ -132,39 +129,6 @@ impl Drop for TempDir {
     }
 }
 
-/// Removes the `.tmp-*` dirs an interrupted extraction left in `dest_parent`; returns how many.
-///
-/// Skips those whose name is locked by a running [`extract_once`], so it is safe next to it.
-/// Plain [`extract_layer`] calls take no lock: sweep before starting them (at daemon start-up).
-pub fn sweep_temp_dirs(dest_parent: &Path) -> io::Result<usize> {
-    let mut removed = 0;
-    for dirent in std::fs::read_dir(dest_parent)? {
-        let dirent = dirent?;
-        let file_name = dirent.file_name();
-        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
-            continue;
-        };
-        let final_name = rest.rsplit_once('-').map_or(rest, |(name, _)| name);
-        let lock = match NameLock::try_acquire(dest_parent, final_name) {
-            Ok(Some(lock)) => lock,
-            Ok(None) => continue, // An extraction is running.
-            Err(err) => {
-                tracing::warn!(name = final_name, %err, "cannot lock; not sweeping");
-                continue;
-            }
-        };
-        let path = dirent.path();
-        match dirent.file_type()?.is_dir() {
-            true => std::fs::remove_dir_all(&path)?,
-            false => std::fs::remove_file(&path)?,
-        }
-        drop(lock);
-        tracing::info!(path = %path.display(), "removed leftover of an interrupted extraction");
-        removed += 1;
-    }
-    Ok(removed)
-}
-
 /// What [`extract_once`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtractOutcome {
@@ -201,7 +165,11 @@ pub fn extract_once_checked<R: Read>(
     if final_path.symlink_metadata().is_ok() {
         return Ok(ExtractOutcome::AlreadyPresent);
     }
-    let _lock = NameLock::acquire(dest_parent, final_name)?;
+    let _lock = NameLock::acquire(dest_parent, final_name).map_err(|source| ExtractError::Io {
+        op: "lock",
+        path: NameLock::path(dest_parent, final_name),
+        source,
+    })?;
     if final_path.symlink_metadata().is_ok() {
         return Ok(ExtractOutcome::AlreadyPresent);
     }
@@ -210,48 +178,5 @@ pub fn extract_once_checked<R: Read>(
         Ok(report) => Ok(ExtractOutcome::Extracted(report)),
         Err(ExtractError::AlreadyExists(_)) => Ok(ExtractOutcome::AlreadyPresent),
         Err(e) => Err(e),
-    }
-}
-
-/// An `flock` on `.lock-<name>`, released on drop. Lock files stay: unlinking one would let a
-/// later process lock a new file while an old holder still runs.
-struct NameLock {
-    _file: File,
-}
-
-impl NameLock {
-    fn open(dest_parent: &Path, name: &str) -> io::Result<File> {
-        let path = dest_parent.join(format!("{LOCK_PREFIX}{name}"));
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-    }
-
-    fn acquire(dest_parent: &Path, name: &str) -> Result<Self> {
-        let path = || dest_parent.join(format!("{LOCK_PREFIX}{name}"));
-        let file = Self::open(dest_parent, name).map_err(|source| ExtractError::Io {
-            op: "open",
-            path: path(),
-            source,
-        })?;
-        rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| ExtractError::Io {
-            op: "lock",
-            path: path(),
-            source: e.into(),
-        })?;
-        Ok(Self { _file: file })
-    }
-
-    fn try_acquire(dest_parent: &Path, name: &str) -> io::Result<Option<Self>> {
-        let file = Self::open(dest_parent, name)?;
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(Self { _file: file })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
     }
 }

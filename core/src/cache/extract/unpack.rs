@@ -126,6 +126,7 @@ impl<'a> Unpacker<'a> {
         self.raw.clear();
         self.raw.extend_from_slice(&entry.path_bytes());
         let depth = normalize_name(&self.raw, self.limits, &mut self.name)?;
+        check_pax_records(&mut entry, &self.raw)?;
         if mode & 0o7000 != 0 {
             return Err(ExtractError::SpecialBits {
                 entry: lossy(&self.raw),
@@ -186,6 +187,7 @@ impl<'a> Unpacker<'a> {
             EntryType::Symlink => {
                 self.no_data(size, "symlink")?;
                 check_link_target(&self.raw, &self.link, depth, self.limits)?;
+                self.reserve_inode()?;
                 rustix::fs::symlinkat(&self.link[..], self.root, &self.name[..])
                     .map_err(|e| self.io("create symlink", e.into()))?;
                 self.insert(Node::Symlink);
@@ -216,6 +218,7 @@ impl<'a> Unpacker<'a> {
         // Exec bit kept (any of the three), nothing else: 0755 or 0644.
         let mode = Mode::from_raw_mode(if mode & 0o111 != 0 { 0o755 } else { 0o644 });
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        self.reserve_inode()?;
         let fd = rustix::fs::openat(self.root, &self.name[..], flags, mode).map_err(|e| self.io("create", e.into()))?;
         // The umask may have cleared bits the hook's readers need.
         rustix::fs::fchmod(&fd, mode).map_err(|e| self.io("chmod", e.into()))?;
@@ -290,12 +293,26 @@ impl<'a> Unpacker<'a> {
     }
 
     fn mkdir_at(&mut self, end: usize) -> Result<()> {
+        self.reserve_inode()?;
         let path = &self.name[..end];
         let mode = Mode::from_raw_mode(0o755);
         rustix::fs::mkdirat(self.root, path, mode).map_err(|e| self.io("create directory", e.into()))?;
         // Only our own directories lie on this path, so following is safe; undo the umask.
         rustix::fs::chmodat(self.root, path, mode, AtFlags::empty()).map_err(|e| self.io("chmod", e.into()))?;
         self.report.dirs += 1;
+        Ok(())
+    }
+
+    /// Checks that one more inode fits [`ExtractLimits::max_entries`]. Every inode counts, not
+    /// only entries: the directories a deep name implies are created too, so counting entries
+    /// alone would let `a0/b/c/.../f`, `a1/b/c/.../f`, ... make up to `max_depth` inodes each.
+    fn reserve_inode(&self) -> Result<()> {
+        let made = self.report.files + self.report.dirs + self.report.symlinks;
+        if made >= self.limits.max_entries {
+            return Err(ExtractError::TooManyEntries {
+                limit: self.limits.max_entries,
+            });
+        }
         Ok(())
     }
 
@@ -363,6 +380,48 @@ impl<'a> Unpacker<'a> {
     }
 }
 
+/// Largest size a ustar header's 11 octal digits hold. Writers put a larger size in a PAX
+/// `size` record and something else (0, or the largest value) in the header field.
+const USTAR_SIZE_MAX: u64 = 0o777_7777_7777;
+
+/// Checks the PAX records that describe this entry (the tar crate parses them leniently):
+/// every record well formed; a `size` record a decimal number equal to the header's size field
+/// unless that field cannot hold it (a PAX size that differs lets the archive read as different
+/// entries to readers that do and do not honour it, whichever of the two is smaller); and no
+/// GNU sparse records (the PAX form of a sparse file, whose data starts with a sparse map).
+fn check_pax_records<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<()> {
+    let header = entry.header().entry_size().map_err(ExtractError::Malformed)?;
+    let Some(records) = entry.pax_extensions().map_err(ExtractError::Malformed)? else {
+        return Ok(());
+    };
+    for record in records {
+        let record = record.map_err(|e| {
+            ExtractError::Malformed(io::Error::new(
+                e.kind(),
+                format!("malformed PAX record for entry {:?}: {e}", lossy(raw)),
+            ))
+        })?;
+        let key = record.key_bytes();
+        if key == b"size" {
+            let value = record.value_bytes();
+            let pax = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+            if !pax.is_some_and(|pax| pax == header || pax > USTAR_SIZE_MAX) {
+                return Err(ExtractError::PaxSize {
+                    entry: lossy(raw),
+                    pax: lossy(value),
+                    header,
+                });
+            }
+        } else if key.starts_with(b"GNU.sparse.") {
+            return Err(ExtractError::UnsupportedType {
+                entry: lossy(raw),
+                kind: "GNU sparse file (PAX format)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn kind_name(kind: EntryType) -> String {
     match kind {
         EntryType::Char => "character device".into(),
@@ -370,6 +429,14 @@ fn kind_name(kind: EntryType) -> String {
         EntryType::Fifo => "fifo".into(),
         EntryType::Continuous => "contiguous file".into(),
         EntryType::GNUSparse => "GNU sparse file".into(),
-        other => format!("{:?}", other.as_byte() as char),
+        // Extension headers reach here only without a ustar or GNU magic (the tar crate
+        // applies them otherwise).
+        EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader => {
+            format!("'{}' (extension header in a non-ustar header)", kind.as_byte() as char)
+        }
+        other => match other.as_byte() {
+            b if b.is_ascii_graphic() => format!("'{}' (unknown)", b as char),
+            b => format!("{b:#04x} (unknown)"),
+        },
     }
 }

@@ -1,6 +1,7 @@
 //! `kcache cache pull|ls|inspect|gc`: the node's cache store, through the same manager kcached
-//! runs. `pull` does not touch `state.json` (kcached owns it); `gc` removes what `state.json`
-//! does not point at, so an entry pulled by hand and not approved in caches.d is collected.
+//! runs. `pull` does not touch `state.json` (kcached owns it); `gc` (kcached's own collector,
+//! `kcache_core::cache::gc`) removes what `state.json` does not point at, so an entry pulled by
+//! hand and not approved in caches.d is collected.
 
 use std::{
     io::{IsTerminal, Write},
@@ -15,6 +16,7 @@ use kcache_core::{
     cache::{
         approved::{self, DEFAULT_CACHES_DIR},
         extract::ExtractLimits,
+        gc,
         manager::{self, CacheManager, Phase, Progress, PullError},
         meta::GpuInventory,
         store::{self, CacheRecord, NodeCaches, StoreLayout},
@@ -463,7 +465,7 @@ pub struct GcArgs {
 pub fn gc(a: GcArgs) -> Result<Outcome> {
     let layout = a.store.layout();
     let state: NodeCaches = layout.read_state()?;
-    let report = manager::gc(&layout, &state, a.dry_run);
+    let report = gc::gc(&layout, &state, a.dry_run);
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => {
