@@ -421,18 +421,18 @@ fn prepare_container_dir(cdir: &Path, owner: (u32, u32)) -> io::Result<PathBuf> 
 }
 
 /// The `__grp__` rewrite for `target`: `<entry>/grp/<key>/`, made once per entry and target
-/// (through a temp dir and one rename) while the caller holds the entry's shared lock. `None`
-/// when nothing needs rewriting (same path as the build, or the build root is not recorded).
+/// (through a temp dir and one rename) while the caller holds the entry's shared lock. The root
+/// the paths move from is the one the group files name ([`grp::infer_root`]), never the image's
+/// label. `None` when nothing needs rewriting (the cache is mounted where Triton wrote it, or
+/// names no root); the empty dir stays as the record that this was worked out.
 fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Option<PathBuf>, String> {
-    let Some(build) = sel.record.build_cache_root.as_deref() else {
-        return Ok(None);
-    };
-    if build.trim_end_matches('/') == target.path {
-        return Ok(None);
-    }
     let dir = layout.grp_dir(&sel.digest, &target.path);
+    let used = |dir: PathBuf| {
+        let nonempty = fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+        nonempty.then_some(dir)
+    };
     if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-        return Ok(Some(dir));
+        return Ok(used(dir));
     }
     let parent = dir.parent().ok_or("grp dir has no parent")?;
     let io = |e: io::Error| format!("__grp__ layer {}: {e}", dir.display());
@@ -448,18 +448,14 @@ fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Op
     ));
     let _ = fs::remove_dir_all(&tmp);
     fs::DirBuilder::new().mode(0o755).create(&tmp).map_err(io)?;
-    let n = grp::rewrite_tree(&sel.cache_dir, build, &target.path, &tmp);
-    let n = match n {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(format!(
-                "cannot rewrite the __grp__ files for {}: {}",
-                target.path,
-                error_chain(&e)
-            ));
-        }
-    };
+    if let Err(e) = grp::rewrite_tree(&sel.cache_dir, &target.path, &tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(format!(
+            "cannot rewrite the __grp__ files for {}: {}",
+            target.path,
+            error_chain(&e)
+        ));
+    }
     if let Err(e) = fs::rename(&tmp, &dir) {
         let _ = fs::remove_dir_all(&tmp);
         // Another hook made it first.
@@ -467,8 +463,7 @@ fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Op
             return Err(io(e));
         }
     }
-    let _ = n;
-    Ok(Some(dir))
+    Ok(used(dir))
 }
 
 /// poststop: undo what prestart did for `id`. Missing pieces are fine (prestart skipped, or a

@@ -13,7 +13,7 @@ use common::*;
 use kcache_core::cache::store::{CacheState, GRP_DIR};
 use kcache_hook::{
     refs,
-    testing::{FakeStore, BUILD_ROOT, FILES, GRP_FILE, KEY},
+    testing::{CacheSpec, FakeStore, BUILD_ROOT, FILES, GRP_FILE, KEY},
 };
 use serde_json::{json, Value};
 
@@ -572,5 +572,90 @@ fn a_user_namespaced_container_owns_its_upper_dir_through_the_mapping() {
     assert!(
         stdout.contains("add_kernel.json of cache 1") && stdout.contains("ADDED"),
         "{stdout}"
+    );
+}
+
+/// The `__grp__` child paths of a cache as the container sees them at `target`: (paths that
+/// exist, paths that do not), from [`probe_script`]'s output.
+fn children_seen(stdout: &str) -> (Vec<&str>, Vec<&str>) {
+    let pick = |tag: &str| {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .collect::<Vec<&str>>()
+    };
+    (pick("CHILD_OK "), pick("CHILD_MISSING "))
+}
+
+/// Caches whose image does not say where Triton wrote them: one copied elsewhere before
+/// `kcache cache build` (the label names the copy; the `__grp__` files name Triton's dir) and a
+/// plain MCV/GKM image (no label). Mounted at yet another path, both get child paths that exist
+/// there. Group files that disagree on the root are refused with the reason.
+#[test]
+fn group_paths_are_relocated_from_the_dir_the_group_files_name() {
+    let Some(e) = env() else { return };
+    let triton_dir = "/root/.triton/cache";
+    for (n, name, label) in [(1, "copied", Some("/tmp/copied-cache")), (2, "mcv", None)] {
+        let spec = CacheSpec {
+            grp_root: triton_dir,
+            label,
+            ..CacheSpec::default()
+        };
+        e.store.add_cache_with(name, None, n, spec);
+    }
+    let target = "/home/u/.triton/cache";
+    for name in ["copied", "mcv"] {
+        let b = e.bundle(&format!("b-{name}"));
+        fs::create_dir_all(b.rootfs.join("home/u")).unwrap();
+        b.write_spec(
+            &probe_script(target),
+            &["HOME=/home/u"],
+            &[("kcache.dev/cache", name), ("kcache.dev/cache-required", "true")],
+            kcache_hooks(&e.store, None),
+        );
+        let out = e.runc.run(&b, &format!("c-{name}"));
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{name}: {stdout}\n{stderr}");
+        let (ok, missing) = children_seen(&stdout);
+        assert!(missing.is_empty(), "{name}: {stdout}");
+        assert_eq!(ok.len(), FILES.len(), "{name}: {stdout}");
+        for f in FILES {
+            assert!(
+                ok.contains(&format!("{target}/{KEY}/{f}").as_str()),
+                "{name}: {f}: {ok:?}"
+            );
+        }
+    }
+
+    // Two group files that name different roots: no rewrite is right for both.
+    let digest = e.store.add_cache_with(
+        "mixed",
+        None,
+        3,
+        CacheSpec {
+            grp_root: triton_dir,
+            ..CacheSpec::default()
+        },
+    );
+    let other = e.store.layout.tree_dir(&digest).join("io.triton.cache/OTHERKEY");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(
+        other.join("__grp__k.json"),
+        r#"{"child_paths": {"k.json": "/opt/cache/OTHERKEY/k.json"}}"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = run_without_cache(
+        &e,
+        "mixed",
+        &[("kcache.dev/cache", "mixed"), ("kcache.dev/cache-required", "true")],
+        &["HOME=/home/u"],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot rewrite the __grp__ files for /home/u/.triton/cache")
+            && stderr.contains("disagree on the cache dir Triton wrote them in")
+            && stderr.contains("/opt/cache")
+            && stderr.contains(triton_dir),
+        "{stderr}"
     );
 }

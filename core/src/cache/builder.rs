@@ -4,6 +4,11 @@
 //! uid/gid 0, no user names, modes normalized to 0755 (dirs and files with an exec bit) or 0644,
 //! holding `io.triton.cache/<the cache>` and `io.triton.manifest/manifest.json` (vLLM:
 //! `io.vllm.*`). The same directory always gives the same bytes, so the same digests.
+//!
+//! The `cache.kcache.dev/build-cache-root` label is the dir the cache's `__grp__` files say
+//! Triton wrote it in ([`grp::infer_root`]), which is not the directory built from when the
+//! cache was copied or moved first, or is reached through a symlink: then the build warns
+//! ([`BuiltCache::warnings`]). Only without any `__grp__` child path is it the directory itself.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 use crate::{
     cache::{
         format::{self, CacheKind, LABEL_BUILD_CACHE_ROOT, LABEL_TRITON_VERSION},
+        grp::{self, GrpError},
         meta::CacheSummary,
         triton::{self, ScanError},
     },
@@ -43,6 +49,9 @@ pub enum BuildError {
     /// The cache could not be scanned.
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// The `__grp__` files cannot be read, or disagree on where the cache was.
+    #[error(transparent)]
+    Grp(#[from] GrpError),
     /// No kernel metadata found: not a Triton cache.
     #[error("no triton kernel metadata found under {0}")]
     Empty(PathBuf),
@@ -78,6 +87,8 @@ pub struct BuiltCache {
     pub layer_digest: Digest,
     /// Size of the gzip stream.
     pub layer_size: u64,
+    /// What the caller should tell the user (the image is built all the same).
+    pub warnings: Vec<String>,
 }
 
 /// A writer that hashes and counts what passes through.
@@ -128,6 +139,21 @@ pub fn build_cache_layer(dir: &Path, kind: CacheKind, out: impl Write) -> Result
     if scan.kernels.is_empty() {
         return Err(BuildError::Empty(root));
     }
+    let mut warnings = Vec::new();
+    let build_root = match grp::infer_root(&root)? {
+        Some(g) => {
+            if g.root != root_str {
+                warnings.push(format!(
+                    "the __grp__ files point into {} ({} for one), not {root_str}: the cache was copied or moved \
+                     after Triton wrote it, or is reached through a symlink; labelling {} as the build cache root, \
+                     the dir nodes rewrite the paths from",
+                    g.root, g.file, g.root
+                ));
+            }
+            g.root
+        }
+        None => root_str,
+    };
 
     let gz = GzEncoder::new(HashWriter::new(out), Compression::default());
     let mut tar = tar::Builder::new(HashWriter::new(gz));
@@ -207,7 +233,7 @@ pub fn build_cache_layer(dir: &Path, kind: CacheKind, out: impl Write) -> Result
     labels.insert(kind.summary_label(), format::summary_label(&summary));
     labels.insert(kind.entry_count_label(), scan.entry_count().to_string());
     labels.insert(kind.size_label(), scan.size_bytes().to_string());
-    labels.insert(LABEL_BUILD_CACHE_ROOT.to_string(), root_str);
+    labels.insert(LABEL_BUILD_CACHE_ROOT.to_string(), build_root);
     if let Some(v) = scan.triton_version() {
         labels.insert(LABEL_TRITON_VERSION.to_string(), v);
     }
@@ -220,6 +246,7 @@ pub fn build_cache_layer(dir: &Path, kind: CacheKind, out: impl Write) -> Result
         diff_id,
         layer_digest: gz_out.digest(),
         layer_size: gz_out.count,
+        warnings,
     })
 }
 
@@ -299,6 +326,7 @@ mod tests {
         assert_eq!(meta.cache_size_bytes, Some(built.size_bytes));
         let root = fs::canonicalize(dir.path()).unwrap();
         assert_eq!(meta.build_cache_root.as_deref(), root.to_str());
+        assert!(built.warnings.is_empty(), "{:?}", built.warnings);
         assert_eq!(meta.triton_version.as_deref(), Some("3.3.1"));
         let config: serde_json::Value = serde_json::from_slice(&image_config_json(&built)).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][0], built.diff_id.to_string());
@@ -367,6 +395,50 @@ mod tests {
                 .kind,
             CacheKind::Vllm
         );
+    }
+
+    /// Triton wrote the cache in one dir; it was copied to another before the build. The label
+    /// names Triton's dir (what the `__grp__` paths hold), and the build says so.
+    #[test]
+    fn a_copied_cache_is_labelled_with_the_dir_its_group_files_name() {
+        let orig = tempfile::tempdir().unwrap();
+        fixtures::write_cache(orig.path());
+        let orig_root = orig.path().to_str().unwrap().to_string();
+        let copy = tempfile::tempdir().unwrap();
+        fixtures::copy_tree(orig.path(), copy.path());
+        drop(orig);
+        let built = build_cache_layer(copy.path(), CacheKind::Triton, io::sink()).unwrap();
+        assert_eq!(built.labels[LABEL_BUILD_CACHE_ROOT], orig_root);
+        let copy_root = fs::canonicalize(copy.path()).unwrap();
+        assert_eq!(built.warnings.len(), 1, "{:?}", built.warnings);
+        let w = &built.warnings[0];
+        assert!(
+            w.contains(&format!("point into {orig_root} ")) && w.contains(copy_root.to_str().unwrap()),
+            "{w}"
+        );
+
+        // Through a symlink to the dir Triton wrote: the label is the path Triton used.
+        let real = tempfile::tempdir().unwrap();
+        let link = real.path().join("link");
+        let target = real.path().join("cache");
+        fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        fixtures::write_cache(&link);
+        let built = build_cache_layer(&link, CacheKind::Triton, io::sink()).unwrap();
+        assert_eq!(built.labels[LABEL_BUILD_CACHE_ROOT], link.to_str().unwrap());
+        assert_eq!(built.warnings.len(), 1);
+
+        // Group files that disagree: no image, and the reason names them.
+        let bad = tempfile::tempdir().unwrap();
+        fixtures::write_cache(bad.path());
+        let grp = bad.path().join(KEY_MI300).join("__grp__add_kernel.json");
+        let other = fs::read_to_string(&grp)
+            .unwrap()
+            .replace(bad.path().to_str().unwrap(), "/elsewhere/cache");
+        fs::write(&grp, other).unwrap();
+        let err = build_cache_layer(bad.path(), CacheKind::Triton, io::sink()).unwrap_err();
+        assert!(matches!(err, BuildError::Grp(GrpError::Inconsistent { .. })), "{err}");
+        assert!(err.to_string().contains("/elsewhere/cache"), "{err}");
     }
 
     #[test]

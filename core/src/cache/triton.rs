@@ -312,6 +312,21 @@ pub(crate) mod fixtures {
         .unwrap();
     }
 
+    /// `cp -r` of a tree of plain files and dirs (a cache copied before it is built into an
+    /// image: its `__grp__` files still name the dir Triton wrote them in).
+    pub fn copy_tree(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dest = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &dest);
+            } else {
+                fs::copy(e.path(), dest).unwrap();
+            }
+        }
+    }
+
     /// Writes the cache under `root` (which should be absolute, as Triton's is).
     pub fn write_cache(root: &Path) {
         kernel(

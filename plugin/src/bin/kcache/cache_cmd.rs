@@ -112,6 +112,9 @@ fn build(a: BuildArgs) -> Result<Outcome> {
     let kind = if a.vllm { CacheKind::Vllm } else { CacheKind::Triton };
     let built = build_cache_layer(&a.dir, kind, std::io::BufWriter::new(file))
         .with_context(|| format!("cannot build a cache image from {}", a.dir.display()))?;
+    for w in &built.warnings {
+        eprintln!("warning: {w}");
+    }
     let config = image_config_json(&built);
     let config_digest = kcache_core::digest::Digest::sha256_of(&config);
     let manifest = serde_json::json!({
