@@ -10,10 +10,11 @@
 //! - **prestart**: no `kcache.dev/cache` annotation: exit 0 at once, touching nothing. Otherwise
 //!   resolve the name in the node store ([`select`]), choose the target path ([`target`]), make
 //!   `/run/kcache/containers/<id>/{upper,work}`, add a ref to the entry ([`refs`]), prepare the
-//!   `__grp__` rewrite layer, enter the container's mount namespace and mount the overlay
-//!   ([`mount`]). When anything fails the container starts without the cache and the reason is
-//!   logged, unless `kcache.dev/cache-required: "true"`: then the start fails with a message
-//!   naming the cache and the reason.
+//!   `__grp__` rewrite layer, enter the container's mount namespace, check the container's
+//!   Triton against the one the cache was built with when it records one ([`triton`]) and
+//!   mount the overlay ([`mount`]). When anything fails the container starts without the cache
+//!   and the reason is logged, unless `kcache.dev/cache-required: "true"`: then the start fails
+//!   with a message naming the cache and the reason.
 //! - **poststop**: detach any leftover overlay using the container's upper dir, drop the ref and
 //!   remove `/run/kcache/containers/<id>`.
 //!
@@ -34,6 +35,7 @@ pub mod select;
 pub mod target;
 #[doc(hidden)]
 pub mod testing;
+pub mod triton;
 
 use std::{
     fs,
@@ -277,7 +279,7 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
             return Err(msg);
         }
     };
-    match try_mount(opts, state, spec, req) {
+    match try_mount(opts, state, spec, req, log) {
         Ok((_, target, true)) => {
             log.line(&format!(
                 "{} is already mounted at {} (a second prestart call for this container)",
@@ -316,7 +318,13 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
 
 /// Everything prestart does; on error, nothing it made is left behind. `true`: an earlier call
 /// for this very container (same pid, same boot) already mounted it.
-fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Result<(Selected, Target, bool), String> {
+fn try_mount(
+    opts: &Options,
+    state: &State,
+    spec: &Spec,
+    req: &Request,
+    log: &mut Log,
+) -> Result<(Selected, Target, bool), String> {
     let layout = &opts.layout;
     req.check().map_err(|e| e.to_string())?;
     let node = layout
@@ -386,6 +394,18 @@ fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Resul
         };
         mount::enter_namespace(pid).map_err(|e| e.to_string())?;
         let root = mount::open_rootfs(&rootfs).map_err(|e| e.to_string())?;
+        if let Some(built) = sel.record.requirements.triton_version.as_deref() {
+            match triton::compare(&req.name, built, &triton::find(&root, spec.env()))? {
+                triton::Checked::Same(found) => {
+                    log.line(&format!("Triton {built} at {} matches the cache", found.path))
+                }
+                triton::Checked::NotFound => log.line(&format!(
+                    "the cache was built with Triton {built}; no triton/__init__.py found in the container \
+                     (VIRTUAL_ENV, /usr/local/lib/python3.*, /usr/lib/python3*, /usr/lib64/python3.*, \
+                     /opt/conda/lib/python3.*), so the Triton version could not be checked"
+                )),
+            }
+        }
         let fd = mount::resolve_target(&root, &target, owner).map_err(|e| e.to_string())?;
         mount::mount_overlay(&fd, &layers).map_err(|e| e.to_string())
     })();

@@ -659,3 +659,91 @@ fn group_paths_are_relocated_from_the_dir_the_group_files_name() {
         "{stderr}"
     );
 }
+
+/// Writes a Triton package with `version` into a bundle's rootfs at `<pkgs>/triton`.
+fn fake_triton(b: &Bundle, pkgs: &str, version: &str) {
+    let dir = b.rootfs.join(pkgs).join("triton");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("__init__.py"),
+        format!("\"\"\"isort:skip_file\"\"\"\n__version__ = '{version}'\n\nfrom .runtime import autotune\n"),
+    )
+    .unwrap();
+}
+
+/// A cache built with Triton 3.1.0. A container with Triton 3.0.0 does not get it (a required
+/// one does not start, with the reason); one whose venv has 3.1.0 does, even with an older
+/// system Triton beside it; one without any Triton gets it, with a note that nothing was checked.
+#[test]
+fn the_containers_triton_must_be_the_one_the_cache_was_built_with() {
+    let Some(e) = env() else { return };
+    let spec = CacheSpec {
+        triton_version: Some("3.1.0"),
+        ..CacheSpec::default()
+    };
+    let digest = e.store.add_cache_with("llama", None, 1, spec);
+    let script = format!("[ -e /root/.triton/cache/{KEY}/add_kernel.json ] && echo HAS_CACHE || echo NO_CACHE");
+    let run = |name: &str, required: &str, env: &[&str], tritons: &[(&str, &str)]| {
+        let b = e.bundle(name);
+        for (pkgs, version) in tritons {
+            fake_triton(&b, pkgs, version);
+        }
+        b.write_spec(
+            &script,
+            env,
+            &[("kcache.dev/cache", "llama"), ("kcache.dev/cache-required", required)],
+            kcache_hooks(&e.store, None),
+        );
+        let out = e.runc.run(&b, name);
+        let (stdout, stderr) = text(&out);
+        assert!(
+            !e.store.containers_dir().join(name).exists(),
+            "{name}: container dir left"
+        );
+        (out.status.success(), stdout, stderr.replace("\\\"", "\""))
+    };
+    let old = [("usr/local/lib/python3.11/site-packages", "3.0.0")];
+    let reason = "cache \"llama\" was built with Triton 3.1.0, the container has Triton 3.0.0 \
+                  (/usr/local/lib/python3.11/site-packages/triton): every kernel would miss";
+
+    let (ok, stdout, stderr) = run("tv-required", "true", &["HOME=/root"], &old);
+    assert!(!ok, "started: {stdout}");
+    let want = format!(
+        "kcache-hook: cache \"llama\" (no pod namespace) is required (kcache.dev/cache-required) but cannot be mounted: {reason}"
+    );
+    assert!(stderr.contains(&want), "runc said:\n{stderr}\nwant: {want}");
+
+    let (ok, stdout, stderr) = run("tv-optional", "false", &["HOME=/root"], &old);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "NO_CACHE");
+    let log = hook_log(&e.store);
+    assert!(
+        log.contains(&format!(
+            "starting without cache \"llama\" (no pod namespace): {reason}"
+        )),
+        "{log}"
+    );
+
+    let venv = [
+        ("usr/local/lib/python3.11/site-packages", "3.0.0"),
+        ("opt/venv/lib/python3.12/site-packages", "3.1.0"),
+    ];
+    let (ok, stdout, stderr) = run("tv-same", "true", &["HOME=/root", "VIRTUAL_ENV=/opt/venv"], &venv);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "HAS_CACHE");
+    assert!(
+        hook_log(&e.store).contains("Triton 3.1.0 at /opt/venv/lib/python3.12/site-packages/triton matches the cache"),
+        "{}",
+        hook_log(&e.store)
+    );
+
+    let (ok, stdout, stderr) = run("tv-none", "true", &["HOME=/root"], &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "HAS_CACHE");
+    assert!(
+        hook_log(&e.store).contains("the cache was built with Triton 3.1.0; no triton/__init__.py found"),
+        "{}",
+        hook_log(&e.store)
+    );
+    assert!(refs::list(&e.store.layout, &digest).unwrap().is_empty());
+}
