@@ -747,3 +747,125 @@ fn the_containers_triton_must_be_the_one_the_cache_was_built_with() {
     );
     assert!(refs::list(&e.store.layout, &digest).unwrap().is_empty());
 }
+
+/// `kcache.dev/cache-path` puts the cache at that path (normalised), whatever the env says.
+#[test]
+fn the_path_annotation_puts_the_cache_there() {
+    let Some(e) = env() else { return };
+    let digest = e.store.add_cache("llama", None, &[90], 1);
+    let b = e.bundle("b-path");
+    let target = "/models/triton-cache";
+    b.write_spec(
+        &format!(
+            "{} [ -e /root/.triton ] && echo HOME_CACHE; [ -e /env-cache ] && echo ENV_CACHE; true",
+            probe_script(target)
+        ),
+        &["HOME=/root", "TRITON_CACHE_DIR=/env-cache"],
+        &[
+            ("kcache.dev/cache", "llama"),
+            ("kcache.dev/cache-path", "/models//triton-cache/"),
+            ("kcache.dev/cache-required", "true"),
+        ],
+        kcache_hooks(&e.store, None),
+    );
+    let out = e.runc.run(&b, "c-path");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for f in FILES {
+        assert!(stdout.contains(&format!("{f} of cache 1")), "{f}: {stdout}");
+    }
+    let (ok, missing) = children_seen(&stdout);
+    assert!(missing.is_empty() && ok.len() == FILES.len(), "{stdout}");
+    assert!(ok.iter().all(|p| p.starts_with(&format!("{target}/{KEY}/"))), "{ok:?}");
+    assert!(stdout.contains("WROTE") && stdout.contains("APPENDED"), "{stdout}");
+    let mounts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("MOUNT ")).collect();
+    assert!(
+        mounts.len() == 1 && mounts[0].contains(&format!(" {target} ")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("HOME_CACHE") && !stdout.contains("ENV_CACHE"),
+        "{stdout}"
+    );
+    assert!(b.rootfs.join("models/triton-cache").is_dir());
+    assert!(!b.rootfs.join("env-cache").exists() && !b.rootfs.join("root/.triton").exists());
+    assert!(
+        hook_log(&e.store).contains(&format!("at {target} (from kcache.dev/cache-path)")),
+        "{}",
+        hook_log(&e.store)
+    );
+    assert!(e.store.layout.grp_dir(&digest, target).is_dir());
+}
+
+/// A vLLM cache goes to the container's `VLLM_CACHE_ROOT` (not `TRITON_CACHE_DIR`), with its
+/// `__grp__` paths moved there from the dir it was built in.
+#[test]
+fn a_vllm_cache_goes_to_vllm_cache_root() {
+    let Some(e) = env() else { return };
+    let built_in = "/root/.cache/vllm";
+    let spec = CacheSpec {
+        kind: "vllm",
+        grp_root: built_in,
+        label: Some(built_in),
+        ..CacheSpec::default()
+    };
+    let digest = e.store.add_cache_with("qwen", None, 1, spec);
+    let cache_tree = e.store.layout.tree_dir(&digest).join("io.vllm.cache");
+    assert!(cache_tree.join(KEY).is_dir());
+    let b = e.bundle("b-vllm");
+    let target = "/data/vllm-cache";
+    b.write_spec(
+        &format!(
+            "{} [ -e /triton-elsewhere ] && echo TRITON_DIR; [ -e /root/.cache ] && echo HOME_CACHE; true",
+            probe_script(target)
+        ),
+        &[
+            "HOME=/root",
+            "VLLM_CACHE_ROOT=/data/vllm-cache",
+            "TRITON_CACHE_DIR=/triton-elsewhere",
+        ],
+        &[("kcache.dev/cache", "qwen"), ("kcache.dev/cache-required", "true")],
+        kcache_hooks(&e.store, None),
+    );
+    let out = e.runc.run(&b, "c-vllm");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for f in FILES {
+        assert!(stdout.contains(&format!("{f} of cache 1")), "{f}: {stdout}");
+    }
+    let (ok, missing) = children_seen(&stdout);
+    assert!(missing.is_empty() && ok.len() == FILES.len(), "{stdout}");
+    assert!(ok.iter().all(|p| p.starts_with(&format!("{target}/{KEY}/"))), "{ok:?}");
+    assert!(!stdout.contains(built_in), "{stdout}");
+    let mounts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("MOUNT ")).collect();
+    assert!(
+        mounts.len() == 1 && mounts[0].contains(&format!(" {target} ")),
+        "{stdout}"
+    );
+    let grp = e.store.layout.grp_dir(&digest, target);
+    assert!(
+        mounts[0].contains(&format!("lowerdir={}:{}", grp.display(), cache_tree.display())),
+        "{}",
+        mounts[0]
+    );
+    assert!(
+        !stdout.contains("TRITON_DIR") && !stdout.contains("HOME_CACHE"),
+        "{stdout}"
+    );
+    assert!(
+        hook_log(&e.store).contains(&format!("at {target} (from $VLLM_CACHE_ROOT)")),
+        "{}",
+        hook_log(&e.store)
+    );
+    assert_eq!(
+        tree(&cache_tree),
+        [
+            KEY.to_string(),
+            format!("{KEY}/{GRP_FILE}"),
+            format!("{KEY}/{}", FILES[1]),
+            format!("{KEY}/{}", FILES[0]),
+            format!("{KEY}/{}", FILES[2]),
+        ],
+        "the read-only cache is unchanged"
+    );
+}
