@@ -10,10 +10,11 @@
 //! - **prestart**: no `kcache.dev/cache` annotation: exit 0 at once, touching nothing. Otherwise
 //!   resolve the name in the node store ([`select`]), choose the target path ([`target`]), make
 //!   `/run/kcache/containers/<id>/{upper,work}`, add a ref to the entry ([`refs`]), prepare the
-//!   `__grp__` rewrite layer, enter the container's mount namespace and mount the overlay
-//!   ([`mount`]). When anything fails the container starts without the cache and the reason is
-//!   logged, unless `kcache.dev/cache-required: "true"`: then the start fails with a message
-//!   naming the cache and the reason.
+//!   `__grp__` rewrite layer, enter the container's mount namespace, check the container's
+//!   Triton against the one the cache was built with when it records one ([`triton`]) and
+//!   mount the overlay ([`mount`]). When anything fails the container starts without the cache
+//!   and the reason is logged, unless `kcache.dev/cache-required: "true"`: then the start fails
+//!   with a message naming the cache and the reason.
 //! - **poststop**: detach any leftover overlay using the container's upper dir, drop the ref and
 //!   remove `/run/kcache/containers/<id>`.
 //!
@@ -34,6 +35,7 @@ pub mod select;
 pub mod target;
 #[doc(hidden)]
 pub mod testing;
+pub mod triton;
 
 use std::{
     fs,
@@ -305,7 +307,7 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
             return Err(msg);
         }
     };
-    match try_mount(opts, state, spec, req) {
+    match try_mount(opts, state, spec, req, log) {
         Ok((_, target, true)) => {
             log.line(&format!(
                 "{} is already mounted at {} (a second prestart call for this container)",
@@ -344,7 +346,13 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
 
 /// Everything prestart does; on error, nothing it made is left behind. `true`: an earlier call
 /// for this very container (same pid, same boot) already mounted it.
-fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Result<(Selected, Target, bool), String> {
+fn try_mount(
+    opts: &Options,
+    state: &State,
+    spec: &Spec,
+    req: &Request,
+    log: &mut Log,
+) -> Result<(Selected, Target, bool), String> {
     let layout = &opts.layout;
     req.check().map_err(|e| e.to_string())?;
     let node = layout
@@ -409,6 +417,18 @@ fn try_mount(opts: &Options, state: &State, spec: &Spec, req: &Request) -> Resul
         };
         mount::enter_namespace(pid).map_err(|e| e.to_string())?;
         let root = mount::open_rootfs(&rootfs).map_err(|e| e.to_string())?;
+        if let Some(built) = sel.record.requirements.triton_version.as_deref() {
+            match triton::compare(&req.name, built, &triton::find(&root, spec.env()))? {
+                triton::Checked::Same(found) => {
+                    log.line(&format!("Triton {built} at {} matches the cache", found.path))
+                }
+                triton::Checked::NotFound => log.line(&format!(
+                    "the cache was built with Triton {built}; no triton/__init__.py found in the container \
+                     (VIRTUAL_ENV, /usr/local/lib/python3.*, /usr/lib/python3*, /usr/lib64/python3.*, \
+                     /opt/conda/lib/python3.*), so the Triton version could not be checked"
+                )),
+            }
+        }
         let fd = mount::resolve_target(&root, &target, owner).map_err(|e| e.to_string())?;
         mount::mount_overlay(&fd, &layers).map_err(|e| e.to_string())
     })();
@@ -444,18 +464,18 @@ fn prepare_container_dir(cdir: &Path, owner: (u32, u32)) -> io::Result<PathBuf> 
 }
 
 /// The `__grp__` rewrite for `target`: `<entry>/grp/<key>/`, made once per entry and target
-/// (through a temp dir and one rename) while the caller holds the entry's shared lock. `None`
-/// when nothing needs rewriting (same path as the build, or the build root is not recorded).
+/// (through a temp dir and one rename) while the caller holds the entry's shared lock. The root
+/// the paths move from is the one the group files name ([`grp::infer_root`]), never the image's
+/// label. `None` when nothing needs rewriting (the cache is mounted where Triton wrote it, or
+/// names no root); the empty dir stays as the record that this was worked out.
 fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Option<PathBuf>, String> {
-    let Some(build) = sel.record.build_cache_root.as_deref() else {
-        return Ok(None);
-    };
-    if build.trim_end_matches('/') == target.path {
-        return Ok(None);
-    }
     let dir = layout.grp_dir(&sel.digest, &target.path);
+    let used = |dir: PathBuf| {
+        let nonempty = fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+        nonempty.then_some(dir)
+    };
     if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-        return Ok(Some(dir));
+        return Ok(used(dir));
     }
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return Err(format!("grp dir {} has no parent", dir.display()));
@@ -469,18 +489,14 @@ fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Op
     let tmp = parent.join(format!(".tmp-{}-{}", name.to_string_lossy(), std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::DirBuilder::new().mode(0o755).create(&tmp).map_err(io)?;
-    let n = grp::rewrite_tree(&sel.cache_dir, build, &target.path, &tmp);
-    let n = match n {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(format!(
-                "cannot rewrite the __grp__ files for {}: {}",
-                target.path,
-                error_chain(&e)
-            ));
-        }
-    };
+    if let Err(e) = grp::rewrite_tree(&sel.cache_dir, &target.path, &tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(format!(
+            "cannot rewrite the __grp__ files for {}: {}",
+            target.path,
+            error_chain(&e)
+        ));
+    }
     if let Err(e) = fs::rename(&tmp, &dir) {
         let _ = fs::remove_dir_all(&tmp);
         // Another hook made it first.
@@ -488,8 +504,7 @@ fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Op
             return Err(io(e));
         }
     }
-    let _ = n;
-    Ok(Some(dir))
+    Ok(used(dir))
 }
 
 /// poststop: undo what prestart did for `id`. Missing pieces are fine (prestart skipped, or a

@@ -26,6 +26,34 @@ pub const GRP_FILE: &str = "__grp__add_kernel.json";
 /// Where the fixture caches were "built".
 pub const BUILD_ROOT: &str = "/build/.triton/cache";
 
+/// How [`FakeStore::add_cache_with`] makes an entry; [`Default`] is what
+/// [`FakeStore::add_cache`] makes.
+#[derive(Debug, Clone)]
+pub struct CacheSpec<'a> {
+    /// One CUDA target per compute capability.
+    pub archs: &'a [u32],
+    /// The dir the `__grp__` child paths name (where Triton wrote the cache).
+    pub grp_root: &'a str,
+    /// The record's build-cache-root (from the image label); `None`: an image without it.
+    pub label: Option<&'a str>,
+    /// The Triton version the record says the cache was built with.
+    pub triton_version: Option<&'a str>,
+    /// `triton` or `vllm` (kept under `io.vllm.cache`).
+    pub kind: &'a str,
+}
+
+impl Default for CacheSpec<'_> {
+    fn default() -> Self {
+        Self {
+            archs: &[90],
+            grp_root: BUILD_ROOT,
+            label: Some(BUILD_ROOT),
+            triton_version: None,
+            kind: "triton",
+        }
+    }
+}
+
 /// A store under one directory: `<base>/store` and `<base>/run`.
 #[derive(Debug, Clone)]
 pub struct FakeStore {
@@ -96,15 +124,34 @@ impl FakeStore {
     /// Adds an extracted, verified cache entry with kernels for `archs`, approved as `name` (in
     /// `namespace`, or cluster-wide) and ready. `n` makes the digest unique. Returns the digest.
     pub fn add_cache(&self, name: &str, namespace: Option<&str>, archs: &[u32], n: u32) -> Digest {
+        self.add_cache_with(
+            name,
+            namespace,
+            n,
+            CacheSpec {
+                archs,
+                ..CacheSpec::default()
+            },
+        )
+    }
+
+    /// [`FakeStore::add_cache`] as `spec` says.
+    pub fn add_cache_with(&self, name: &str, namespace: Option<&str>, n: u32, spec: CacheSpec<'_>) -> Digest {
         let digest = Digest::parse(&format!("sha256:{n:064x}")).expect("fixture digest");
-        let cache = self.layout.tree_dir(&digest).join("io.triton.cache");
+        let subdir = if spec.kind == "vllm" {
+            "io.vllm.cache"
+        } else {
+            "io.triton.cache"
+        };
+        let cache = self.layout.tree_dir(&digest).join(subdir);
         let kdir = cache.join(KEY);
         for f in FILES {
             write(&kdir.join(f), format!("{f} of cache {n}\n").as_bytes());
         }
+        let root = spec.grp_root.trim_end_matches('/');
         let children: serde_json::Map<String, serde_json::Value> = FILES
             .iter()
-            .map(|f| (f.to_string(), format!("{BUILD_ROOT}/{KEY}/{f}").into()))
+            .map(|f| (f.to_string(), format!("{root}/{KEY}/{f}").into()))
             .collect();
         write(
             &kdir.join(GRP_FILE),
@@ -113,8 +160,9 @@ impl FakeStore {
         let record = CacheRecord {
             digest: digest.to_string(),
             image: format!("registry.test/caches/{name}@{digest}"),
-            kind: "triton".into(),
-            targets: archs
+            kind: spec.kind.into(),
+            targets: spec
+                .archs
                 .iter()
                 .map(|cc| CacheTarget {
                     backend: Backend::Cuda,
@@ -122,9 +170,12 @@ impl FakeStore {
                     warp_size: 32,
                 })
                 .collect(),
-            requirements: CacheRequirements::default(),
-            build_cache_root: Some(BUILD_ROOT.into()),
-            cache_subdir: "io.triton.cache".into(),
+            requirements: CacheRequirements {
+                min_driver_version: None,
+                triton_version: spec.triton_version.map(Into::into),
+            },
+            build_cache_root: spec.label.map(Into::into),
+            cache_subdir: subdir.into(),
             files: 4,
             bytes: 100,
             extracted_at: 1,

@@ -13,7 +13,7 @@ use common::*;
 use kcache_core::cache::store::{CacheState, GRP_DIR};
 use kcache_hook::{
     refs,
-    testing::{FakeStore, BUILD_ROOT, FILES, GRP_FILE, KEY},
+    testing::{CacheSpec, FakeStore, BUILD_ROOT, FILES, GRP_FILE, KEY},
 };
 use serde_json::{json, Value};
 
@@ -579,5 +579,300 @@ fn a_user_namespaced_container_owns_its_upper_dir_through_the_mapping() {
     assert!(
         stdout.contains("add_kernel.json of cache 1") && stdout.contains("ADDED"),
         "{stdout}"
+    );
+}
+
+/// The `__grp__` child paths of a cache as the container sees them at `target`: (paths that
+/// exist, paths that do not), from [`probe_script`]'s output.
+fn children_seen(stdout: &str) -> (Vec<&str>, Vec<&str>) {
+    let pick = |tag: &str| {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .collect::<Vec<&str>>()
+    };
+    (pick("CHILD_OK "), pick("CHILD_MISSING "))
+}
+
+/// Caches whose image does not say where Triton wrote them: one copied elsewhere before
+/// `kcache cache build` (the label names the copy; the `__grp__` files name Triton's dir) and a
+/// plain MCV/GKM image (no label). Mounted at yet another path, both get child paths that exist
+/// there. Group files that disagree on the root are refused with the reason.
+#[test]
+fn group_paths_are_relocated_from_the_dir_the_group_files_name() {
+    let Some(e) = env() else { return };
+    let triton_dir = "/root/.triton/cache";
+    for (n, name, label) in [(1, "copied", Some("/tmp/copied-cache")), (2, "mcv", None)] {
+        let spec = CacheSpec {
+            grp_root: triton_dir,
+            label,
+            ..CacheSpec::default()
+        };
+        e.store.add_cache_with(name, None, n, spec);
+    }
+    let target = "/home/u/.triton/cache";
+    for name in ["copied", "mcv"] {
+        let b = e.bundle(&format!("b-{name}"));
+        fs::create_dir_all(b.rootfs.join("home/u")).unwrap();
+        b.write_spec(
+            &probe_script(target),
+            &["HOME=/home/u"],
+            &[("kcache.dev/cache", name), ("kcache.dev/cache-required", "true")],
+            kcache_hooks(&e.store, None),
+        );
+        let out = e.runc.run(&b, &format!("c-{name}"));
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{name}: {stdout}\n{stderr}");
+        let (ok, missing) = children_seen(&stdout);
+        assert!(missing.is_empty(), "{name}: {stdout}");
+        assert_eq!(ok.len(), FILES.len(), "{name}: {stdout}");
+        for f in FILES {
+            assert!(
+                ok.contains(&format!("{target}/{KEY}/{f}").as_str()),
+                "{name}: {f}: {ok:?}"
+            );
+        }
+    }
+
+    // Two group files that name different roots: no rewrite is right for both.
+    let digest = e.store.add_cache_with(
+        "mixed",
+        None,
+        3,
+        CacheSpec {
+            grp_root: triton_dir,
+            ..CacheSpec::default()
+        },
+    );
+    let other = e.store.layout.tree_dir(&digest).join("io.triton.cache/OTHERKEY");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(
+        other.join("__grp__k.json"),
+        r#"{"child_paths": {"k.json": "/opt/cache/OTHERKEY/k.json"}}"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = run_without_cache(
+        &e,
+        "mixed",
+        &[("kcache.dev/cache", "mixed"), ("kcache.dev/cache-required", "true")],
+        &["HOME=/home/u"],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot rewrite the __grp__ files for /home/u/.triton/cache")
+            && stderr.contains("disagree on the cache dir Triton wrote them in")
+            && stderr.contains("/opt/cache")
+            && stderr.contains(triton_dir),
+        "{stderr}"
+    );
+}
+
+/// Writes a Triton package with `version` into a bundle's rootfs at `<pkgs>/triton`.
+fn fake_triton(b: &Bundle, pkgs: &str, version: &str) {
+    let dir = b.rootfs.join(pkgs).join("triton");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("__init__.py"),
+        format!("\"\"\"isort:skip_file\"\"\"\n__version__ = '{version}'\n\nfrom .runtime import autotune\n"),
+    )
+    .unwrap();
+}
+
+/// A cache built with Triton 3.1.0. A container with Triton 3.0.0 does not get it (a required
+/// one does not start, with the reason); one whose venv has 3.1.0 does, even with an older
+/// system Triton beside it; one without any Triton gets it, with a note that nothing was checked.
+#[test]
+fn the_containers_triton_must_be_the_one_the_cache_was_built_with() {
+    let Some(e) = env() else { return };
+    let spec = CacheSpec {
+        triton_version: Some("3.1.0"),
+        ..CacheSpec::default()
+    };
+    let digest = e.store.add_cache_with("llama", None, 1, spec);
+    let script = format!("[ -e /root/.triton/cache/{KEY}/add_kernel.json ] && echo HAS_CACHE || echo NO_CACHE");
+    let run = |name: &str, required: &str, env: &[&str], tritons: &[(&str, &str)]| {
+        let b = e.bundle(name);
+        for (pkgs, version) in tritons {
+            fake_triton(&b, pkgs, version);
+        }
+        b.write_spec(
+            &script,
+            env,
+            &[("kcache.dev/cache", "llama"), ("kcache.dev/cache-required", required)],
+            kcache_hooks(&e.store, None),
+        );
+        let out = e.runc.run(&b, name);
+        let (stdout, stderr) = text(&out);
+        assert!(
+            !e.store.containers_dir().join(name).exists(),
+            "{name}: container dir left"
+        );
+        (out.status.success(), stdout, stderr.replace("\\\"", "\""))
+    };
+    let old = [("usr/local/lib/python3.11/site-packages", "3.0.0")];
+    let reason = "cache \"llama\" was built with Triton 3.1.0, the container has Triton 3.0.0 \
+                  (/usr/local/lib/python3.11/site-packages/triton): every kernel would miss";
+
+    let (ok, stdout, stderr) = run("tv-required", "true", &["HOME=/root"], &old);
+    assert!(!ok, "started: {stdout}");
+    let want = format!(
+        "kcache-hook: cache \"llama\" (no pod namespace) is required (kcache.dev/cache-required) but cannot be mounted: {reason}"
+    );
+    assert!(stderr.contains(&want), "runc said:\n{stderr}\nwant: {want}");
+
+    let (ok, stdout, stderr) = run("tv-optional", "false", &["HOME=/root"], &old);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "NO_CACHE");
+    let log = hook_log(&e.store);
+    assert!(
+        log.contains(&format!(
+            "starting without cache \"llama\" (no pod namespace): {reason}"
+        )),
+        "{log}"
+    );
+
+    let venv = [
+        ("usr/local/lib/python3.11/site-packages", "3.0.0"),
+        ("opt/venv/lib/python3.12/site-packages", "3.1.0"),
+    ];
+    let (ok, stdout, stderr) = run("tv-same", "true", &["HOME=/root", "VIRTUAL_ENV=/opt/venv"], &venv);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "HAS_CACHE");
+    assert!(
+        hook_log(&e.store).contains("Triton 3.1.0 at /opt/venv/lib/python3.12/site-packages/triton matches the cache"),
+        "{}",
+        hook_log(&e.store)
+    );
+
+    let (ok, stdout, stderr) = run("tv-none", "true", &["HOME=/root"], &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "HAS_CACHE");
+    assert!(
+        hook_log(&e.store).contains("the cache was built with Triton 3.1.0; no triton/__init__.py found"),
+        "{}",
+        hook_log(&e.store)
+    );
+    assert!(refs::list(&e.store.layout, &digest).unwrap().is_empty());
+}
+
+/// `kcache.dev/cache-path` puts the cache at that path (normalised), whatever the env says.
+#[test]
+fn the_path_annotation_puts_the_cache_there() {
+    let Some(e) = env() else { return };
+    let digest = e.store.add_cache("llama", None, &[90], 1);
+    let b = e.bundle("b-path");
+    let target = "/models/triton-cache";
+    b.write_spec(
+        &format!(
+            "{} [ -e /root/.triton ] && echo HOME_CACHE; [ -e /env-cache ] && echo ENV_CACHE; true",
+            probe_script(target)
+        ),
+        &["HOME=/root", "TRITON_CACHE_DIR=/env-cache"],
+        &[
+            ("kcache.dev/cache", "llama"),
+            ("kcache.dev/cache-path", "/models//triton-cache/"),
+            ("kcache.dev/cache-required", "true"),
+        ],
+        kcache_hooks(&e.store, None),
+    );
+    let out = e.runc.run(&b, "c-path");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for f in FILES {
+        assert!(stdout.contains(&format!("{f} of cache 1")), "{f}: {stdout}");
+    }
+    let (ok, missing) = children_seen(&stdout);
+    assert!(missing.is_empty() && ok.len() == FILES.len(), "{stdout}");
+    assert!(ok.iter().all(|p| p.starts_with(&format!("{target}/{KEY}/"))), "{ok:?}");
+    assert!(stdout.contains("WROTE") && stdout.contains("APPENDED"), "{stdout}");
+    let mounts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("MOUNT ")).collect();
+    assert!(
+        mounts.len() == 1 && mounts[0].contains(&format!(" {target} ")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("HOME_CACHE") && !stdout.contains("ENV_CACHE"),
+        "{stdout}"
+    );
+    assert!(b.rootfs.join("models/triton-cache").is_dir());
+    assert!(!b.rootfs.join("env-cache").exists() && !b.rootfs.join("root/.triton").exists());
+    assert!(
+        hook_log(&e.store).contains(&format!("at {target} (from kcache.dev/cache-path)")),
+        "{}",
+        hook_log(&e.store)
+    );
+    assert!(e.store.layout.grp_dir(&digest, target).is_dir());
+}
+
+/// A vLLM cache goes to the container's `VLLM_CACHE_ROOT` (not `TRITON_CACHE_DIR`), with its
+/// `__grp__` paths moved there from the dir it was built in.
+#[test]
+fn a_vllm_cache_goes_to_vllm_cache_root() {
+    let Some(e) = env() else { return };
+    let built_in = "/root/.cache/vllm";
+    let spec = CacheSpec {
+        kind: "vllm",
+        grp_root: built_in,
+        label: Some(built_in),
+        ..CacheSpec::default()
+    };
+    let digest = e.store.add_cache_with("qwen", None, 1, spec);
+    let cache_tree = e.store.layout.tree_dir(&digest).join("io.vllm.cache");
+    assert!(cache_tree.join(KEY).is_dir());
+    let b = e.bundle("b-vllm");
+    let target = "/data/vllm-cache";
+    b.write_spec(
+        &format!(
+            "{} [ -e /triton-elsewhere ] && echo TRITON_DIR; [ -e /root/.cache ] && echo HOME_CACHE; true",
+            probe_script(target)
+        ),
+        &[
+            "HOME=/root",
+            "VLLM_CACHE_ROOT=/data/vllm-cache",
+            "TRITON_CACHE_DIR=/triton-elsewhere",
+        ],
+        &[("kcache.dev/cache", "qwen"), ("kcache.dev/cache-required", "true")],
+        kcache_hooks(&e.store, None),
+    );
+    let out = e.runc.run(&b, "c-vllm");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for f in FILES {
+        assert!(stdout.contains(&format!("{f} of cache 1")), "{f}: {stdout}");
+    }
+    let (ok, missing) = children_seen(&stdout);
+    assert!(missing.is_empty() && ok.len() == FILES.len(), "{stdout}");
+    assert!(ok.iter().all(|p| p.starts_with(&format!("{target}/{KEY}/"))), "{ok:?}");
+    assert!(!stdout.contains(built_in), "{stdout}");
+    let mounts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("MOUNT ")).collect();
+    assert!(
+        mounts.len() == 1 && mounts[0].contains(&format!(" {target} ")),
+        "{stdout}"
+    );
+    let grp = e.store.layout.grp_dir(&digest, target);
+    assert!(
+        mounts[0].contains(&format!("lowerdir={}:{}", grp.display(), cache_tree.display())),
+        "{}",
+        mounts[0]
+    );
+    assert!(
+        !stdout.contains("TRITON_DIR") && !stdout.contains("HOME_CACHE"),
+        "{stdout}"
+    );
+    assert!(
+        hook_log(&e.store).contains(&format!("at {target} (from $VLLM_CACHE_ROOT)")),
+        "{}",
+        hook_log(&e.store)
+    );
+    assert_eq!(
+        tree(&cache_tree),
+        [
+            KEY.to_string(),
+            format!("{KEY}/{GRP_FILE}"),
+            format!("{KEY}/{}", FILES[1]),
+            format!("{KEY}/{}", FILES[0]),
+            format!("{KEY}/{}", FILES[2]),
+        ],
+        "the read-only cache is unchanged"
     );
 }

@@ -4,6 +4,11 @@
 //! uid/gid 0, no user names, modes normalized to 0755 (dirs and files with an exec bit) or 0644,
 //! holding `io.triton.cache/<the cache>` and `io.triton.manifest/manifest.json` (vLLM:
 //! `io.vllm.*`). The same directory always gives the same bytes, so the same digests.
+//!
+//! The `cache.kcache.dev/build-cache-root` label is the dir the cache's `__grp__` files say
+//! Triton wrote it in ([`grp::infer_root`]), which is not the directory built from when the
+//! cache was copied or moved first, or is reached through a symlink: then the build warns
+//! ([`BuiltCache::warnings`]). Only without any `__grp__` child path is it the directory itself.
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +23,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     cache::{
-        format::{self, CacheKind, LABEL_BUILD_CACHE_ROOT, LABEL_TRITON_VERSION},
+        format::{self, CacheKind, LABEL_BUILD_CACHE_ROOT, LABEL_DRIVER_VERSION, LABEL_TRITON_VERSION},
+        grp::{self, GrpError},
         meta::CacheSummary,
         triton::{self, ScanError},
     },
@@ -43,9 +49,15 @@ pub enum BuildError {
     /// The cache could not be scanned.
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// The `__grp__` files cannot be read, or disagree on where the cache was.
+    #[error(transparent)]
+    Grp(#[from] GrpError),
     /// No kernel metadata found: not a Triton cache.
     #[error("no triton kernel metadata found under {0}")]
     Empty(PathBuf),
+    /// A version given for the label is not one (or contradicts the kernels' metadata).
+    #[error("{0}")]
+    Version(String),
     /// A file could not be read or the layer written.
     #[error("failed to write cache layer entry {entry}")]
     Write {
@@ -78,6 +90,64 @@ pub struct BuiltCache {
     pub layer_digest: Digest,
     /// Size of the gzip stream.
     pub layer_size: u64,
+    /// What the caller should tell the user (the image is built all the same).
+    pub warnings: Vec<String>,
+}
+
+/// What the builder cannot read from the cache itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// The Triton version that compiled the kernels, for a cache whose metadata does not record
+    /// it (Triton before 3.x). It may not contradict a version the metadata records.
+    pub triton_version: Option<String>,
+    /// The driver version the cache was built with: nodes treat GPUs with an older driver as
+    /// incompatible. Nothing in a Triton cache records it.
+    pub driver_version: Option<String>,
+}
+
+/// Whether `v` looks like a version (Triton's `3.2.0+git4ce833eb`, NVIDIA's `550.54.15`).
+fn check_version(what: &str, v: &str) -> Result<String> {
+    let v = v.trim();
+    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+!-".contains(&b));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(BuildError::Version(format!(
+            "{what} {v:?} is not a version (letters, digits and . _ + ! -, at most 64)"
+        )))
+    }
+}
+
+/// The Triton version label: the one the kernels record, or the one given for kernels that
+/// record none. Kernels from several versions get none (and a warning): no one container
+/// Triton can hit them all.
+fn triton_label(recorded: &[String], given: Option<&str>, warnings: &mut Vec<String>) -> Result<Option<String>> {
+    let given = given.map(|v| check_version("Triton version", v)).transpose()?;
+    match (recorded, given) {
+        ([], Some(v)) => Ok(Some(v)),
+        ([], None) => {
+            warnings.push(
+                "no kernel records the Triton version that built it (Triton before 3.x?): without one, nodes \
+                 cannot check that a container's Triton can use the cache (kcache cache build --triton-version)"
+                    .into(),
+            );
+            Ok(None)
+        }
+        (rec, Some(v)) if rec.iter().any(|r| *r != v) => Err(BuildError::Version(format!(
+            "the kernels' metadata records Triton {}, not {v} as given: Triton's cache key is computed with \
+             the version that compiled them",
+            rec.join(", ")
+        ))),
+        ([one], _) => Ok(Some(one.clone())),
+        (many, _) => {
+            warnings.push(format!(
+                "the kernels were compiled by Triton {}: no triton-version label, so nodes do not check the \
+                 container's Triton (a container hits only the kernels of its own version; build one cache per version)",
+                many.join(", ")
+            ));
+            Ok(None)
+        }
+    }
 }
 
 /// A writer that hashes and counts what passes through.
@@ -116,6 +186,11 @@ impl<W: Write> Write for HashWriter<W> {
 
 /// Builds the layer for the cache in `dir` into `out` (a gzip stream).
 pub fn build_cache_layer(dir: &Path, kind: CacheKind, out: impl Write) -> Result<BuiltCache> {
+    build_cache_layer_with(dir, kind, &BuildOptions::default(), out)
+}
+
+/// [`build_cache_layer`], with what the cache does not record given in `opts`.
+pub fn build_cache_layer_with(dir: &Path, kind: CacheKind, opts: &BuildOptions, out: impl Write) -> Result<BuiltCache> {
     let root = fs::canonicalize(dir).map_err(|source| BuildError::Resolve {
         path: dir.to_path_buf(),
         source,
@@ -128,6 +203,27 @@ pub fn build_cache_layer(dir: &Path, kind: CacheKind, out: impl Write) -> Result
     if scan.kernels.is_empty() {
         return Err(BuildError::Empty(root));
     }
+    let mut warnings = Vec::new();
+    let triton_version = triton_label(&scan.triton_versions(), opts.triton_version.as_deref(), &mut warnings)?;
+    let driver_version = opts
+        .driver_version
+        .as_deref()
+        .map(|v| check_version("driver version", v))
+        .transpose()?;
+    let build_root = match grp::infer_root(&root)? {
+        Some(g) => {
+            if g.root != root_str {
+                warnings.push(format!(
+                    "the __grp__ files point into {} ({} for one), not {root_str}: the cache was copied or moved \
+                     after Triton wrote it, or is reached through a symlink; labelling {} as the build cache root, \
+                     the dir nodes rewrite the paths from",
+                    g.root, g.file, g.root
+                ));
+            }
+            g.root
+        }
+        None => root_str,
+    };
 
     let gz = GzEncoder::new(HashWriter::new(out), Compression::default());
     let mut tar = tar::Builder::new(HashWriter::new(gz));
@@ -207,9 +303,12 @@ pub fn build_cache_layer(dir: &Path, kind: CacheKind, out: impl Write) -> Result
     labels.insert(kind.summary_label(), format::summary_label(&summary));
     labels.insert(kind.entry_count_label(), scan.entry_count().to_string());
     labels.insert(kind.size_label(), scan.size_bytes().to_string());
-    labels.insert(LABEL_BUILD_CACHE_ROOT.to_string(), root_str);
-    if let Some(v) = scan.triton_version() {
+    labels.insert(LABEL_BUILD_CACHE_ROOT.to_string(), build_root);
+    if let Some(v) = triton_version {
         labels.insert(LABEL_TRITON_VERSION.to_string(), v);
+    }
+    if let Some(v) = driver_version {
+        labels.insert(LABEL_DRIVER_VERSION.to_string(), v);
     }
     Ok(BuiltCache {
         kind,
@@ -220,6 +319,7 @@ pub fn build_cache_layer(dir: &Path, kind: CacheKind, out: impl Write) -> Result
         diff_id,
         layer_digest: gz_out.digest(),
         layer_size: gz_out.count,
+        warnings,
     })
 }
 
@@ -299,6 +399,7 @@ mod tests {
         assert_eq!(meta.cache_size_bytes, Some(built.size_bytes));
         let root = fs::canonicalize(dir.path()).unwrap();
         assert_eq!(meta.build_cache_root.as_deref(), root.to_str());
+        assert!(built.warnings.is_empty(), "{:?}", built.warnings);
         assert_eq!(meta.triton_version.as_deref(), Some("3.3.1"));
         let config: serde_json::Value = serde_json::from_slice(&image_config_json(&built)).unwrap();
         assert_eq!(config["rootfs"]["diff_ids"][0], built.diff_id.to_string());
@@ -367,6 +468,122 @@ mod tests {
                 .kind,
             CacheKind::Vllm
         );
+    }
+
+    /// Triton wrote the cache in one dir; it was copied to another before the build. The label
+    /// names Triton's dir (what the `__grp__` paths hold), and the build says so.
+    #[test]
+    fn a_copied_cache_is_labelled_with_the_dir_its_group_files_name() {
+        let orig = tempfile::tempdir().unwrap();
+        fixtures::write_cache(orig.path());
+        let orig_root = orig.path().to_str().unwrap().to_string();
+        let copy = tempfile::tempdir().unwrap();
+        fixtures::copy_tree(orig.path(), copy.path());
+        drop(orig);
+        let built = build_cache_layer(copy.path(), CacheKind::Triton, io::sink()).unwrap();
+        assert_eq!(built.labels[LABEL_BUILD_CACHE_ROOT], orig_root);
+        let copy_root = fs::canonicalize(copy.path()).unwrap();
+        assert_eq!(built.warnings.len(), 1, "{:?}", built.warnings);
+        let w = &built.warnings[0];
+        assert!(
+            w.contains(&format!("point into {orig_root} ")) && w.contains(copy_root.to_str().unwrap()),
+            "{w}"
+        );
+
+        // Through a symlink to the dir Triton wrote: the label is the path Triton used.
+        let real = tempfile::tempdir().unwrap();
+        let link = real.path().join("link");
+        let target = real.path().join("cache");
+        fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        fixtures::write_cache(&link);
+        let built = build_cache_layer(&link, CacheKind::Triton, io::sink()).unwrap();
+        assert_eq!(built.labels[LABEL_BUILD_CACHE_ROOT], link.to_str().unwrap());
+        assert_eq!(built.warnings.len(), 1);
+
+        // Group files that disagree: no image, and the reason names them.
+        let bad = tempfile::tempdir().unwrap();
+        fixtures::write_cache(bad.path());
+        let grp = bad.path().join(KEY_MI300).join("__grp__add_kernel.json");
+        let other = fs::read_to_string(&grp)
+            .unwrap()
+            .replace(bad.path().to_str().unwrap(), "/elsewhere/cache");
+        fs::write(&grp, other).unwrap();
+        let err = build_cache_layer(bad.path(), CacheKind::Triton, io::sink()).unwrap_err();
+        assert!(matches!(err, BuildError::Grp(GrpError::Inconsistent { .. })), "{err}");
+        assert!(err.to_string().contains("/elsewhere/cache"), "{err}");
+    }
+
+    #[test]
+    fn versions_come_from_the_metadata_or_the_options() {
+        let build = |dir: &Path, triton: Option<&str>, driver: Option<&str>| {
+            let opts = BuildOptions {
+                triton_version: triton.map(Into::into),
+                driver_version: driver.map(Into::into),
+            };
+            build_cache_layer_with(dir, CacheKind::Triton, &opts, io::sink())
+        };
+        let label = |b: &BuiltCache, l: &str| b.labels.get(l).cloned();
+        let dir = tempfile::tempdir().unwrap();
+        fixtures::write_cache(dir.path());
+
+        // Recorded by the kernels (3.3.1); the same version given is fine, another is refused.
+        let b = build(dir.path(), None, Some("550.54.15")).unwrap();
+        assert_eq!(label(&b, LABEL_TRITON_VERSION).as_deref(), Some("3.3.1"));
+        assert_eq!(label(&b, LABEL_DRIVER_VERSION).as_deref(), Some("550.54.15"));
+        let meta = CacheImageMeta::from_config_json(&image_config_json(&b)).unwrap();
+        assert_eq!(meta.requirements().min_driver_version.as_deref(), Some("550.54.15"));
+        assert_eq!(meta.requirements().triton_version.as_deref(), Some("3.3.1"));
+        assert!(build(dir.path(), Some("3.3.1"), None).unwrap().warnings.is_empty());
+        let err = build(dir.path(), Some("3.1.0"), None).unwrap_err().to_string();
+        assert!(err.contains("records Triton 3.3.1, not 3.1.0"), "{err}");
+        assert!(build(dir.path(), None, Some("550 54")).is_err());
+        assert!(build(dir.path(), Some(""), None).is_err());
+
+        // Recorded by none (an older Triton): given, or a warning and no label.
+        let old = tempfile::tempdir().unwrap();
+        fixtures::write_cache(old.path());
+        for key in [KEY_H100, fixtures::KEY_A100] {
+            for e in fs::read_dir(old.path().join(key)).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "json") {
+                    let text = fs::read_to_string(&p)
+                        .unwrap()
+                        .replace(r#", "triton_version": "3.3.1""#, "");
+                    fs::write(&p, text).unwrap();
+                }
+            }
+        }
+        let b = build(old.path(), Some("3.0.0"), None).unwrap();
+        assert_eq!(label(&b, LABEL_TRITON_VERSION).as_deref(), Some("3.0.0"));
+        assert!(b.warnings.is_empty(), "{:?}", b.warnings);
+        let b = build(old.path(), None, None).unwrap();
+        assert_eq!(label(&b, LABEL_TRITON_VERSION), None);
+        assert!(
+            b.warnings.iter().any(|w| w.contains("--triton-version")),
+            "{:?}",
+            b.warnings
+        );
+
+        // Kernels from two Tritons: no label, and a warning naming both.
+        let p = old.path().join(KEY_H100).join("matmul_kernel.json");
+        let text = fs::read_to_string(&p)
+            .unwrap()
+            .replace(r#""name""#, r#""triton_version": "3.1.0", "name""#);
+        fs::write(&p, text).unwrap();
+        let p = old.path().join(fixtures::KEY_A100).join("add_kernel.json");
+        let text = fs::read_to_string(&p)
+            .unwrap()
+            .replace(r#""name""#, r#""triton_version": "3.2.0", "name""#);
+        fs::write(&p, text).unwrap();
+        let b = build(old.path(), None, None).unwrap();
+        assert_eq!(label(&b, LABEL_TRITON_VERSION), None);
+        assert!(
+            b.warnings.iter().any(|w| w.contains("Triton 3.1.0, 3.2.0")),
+            "{:?}",
+            b.warnings
+        );
+        assert!(build(old.path(), Some("3.1.0"), None).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! | `cache.triton.image/entry-count` | kernels in the cache, decimal |
 //! | `cache.triton.image/cache-size-bytes` | bytes of cache files, decimal |
 //! | `cache.kcache.dev/triton-version` | the Triton that built it (kcache) |
-//! | `cache.kcache.dev/build-cache-root` | the absolute cache dir at build time (kcache) |
+//! | `cache.kcache.dev/build-cache-root` | the dir Triton wrote the cache in, as its `__grp__` files name it (kcache; informational: nodes infer it from the files) |
 //! | `cache.kcache.dev/driver-version` | the driver it was built with, optional (kcache) |
 //!
 //! MCV writes `arch` as a string (`"90"`, `"gfx942"`; redhat-et/MCU `mcv/pkg/cache/triton.go`
@@ -31,7 +31,8 @@ use crate::{
 
 /// kcache label: the Triton version that built the cache.
 pub const LABEL_TRITON_VERSION: &str = "cache.kcache.dev/triton-version";
-/// kcache label: the absolute Triton cache dir at build time (what `__grp__` files point into).
+/// kcache label: the absolute dir Triton wrote the cache in (what its `__grp__` files point
+/// into). Informational: the node's rewrite infers the root from the files ([`super::grp`]).
 pub const LABEL_BUILD_CACHE_ROOT: &str = "cache.kcache.dev/build-cache-root";
 /// kcache label: the driver version the cache was built with.
 pub const LABEL_DRIVER_VERSION: &str = "cache.kcache.dev/driver-version";

@@ -7,9 +7,19 @@
 //! once the paths are rewritten for the mount path. kcache writes the rewritten files into a
 //! small directory, used as an extra overlay lower layer above the read-only cache.
 //!
-//! Paths under the build root are moved to the target root; other paths are left as they are
-//! (they point outside the cache, and Triton treats them as it would have). A path under the
-//! build root with a `..` component is refused: after rewriting it could name anything.
+//! **Which root.** The root the paths are moved from is read from the group files themselves
+//! ([`infer_root`]): Triton puts a group's children next to its group file, so a child
+//! `<root>/<dir>/<file>` of the group file at `<dir>/__grp__<name>.json` (relative to the cache
+//! dir) says the cache was `<root>` when Triton wrote it. That is the one source of truth: it is
+//! right for a cache copied elsewhere before `kcache cache build`, reached through a symlink, or
+//! packed by a tool that records no root (plain MCV/GKM images). The image's
+//! `cache.kcache.dev/build-cache-root` label (which `kcache cache build` sets from the same
+//! inference) is for people and other tools; the rewrite never reads it. Group files that point
+//! into different roots are an error naming two of them, never a partial rewrite.
+//!
+//! Paths under the root are moved to the target root; other paths are left as they are (they
+//! point outside the cache, and Triton treats them as it would have). A path under the root
+//! with a `..` component is refused: after rewriting it could name anything.
 
 use std::{
     fs, io,
@@ -62,6 +72,22 @@ pub enum GrpError {
     /// A group file is larger than any Triton writes.
     #[error("group file {0} is larger than {MAX_GRP_BYTES} bytes")]
     TooLarge(PathBuf),
+    /// Group files (or the children of one) point into different cache roots: no one rewrite
+    /// is right for all of them.
+    #[error(
+        "the __grp__ files disagree on the cache dir Triton wrote them in: {first_file} points into {first}, \
+         {other_file} into {other}; no single rewrite makes both hit"
+    )]
+    Inconsistent {
+        /// The root found first.
+        first: String,
+        /// The group file that named it, relative to the cache dir.
+        first_file: String,
+        /// Another root.
+        other: String,
+        /// The group file that named it.
+        other_file: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, GrpError>;
@@ -124,18 +150,143 @@ pub fn rewrite_grp(json: &[u8], build_root: &str, target_root: &str) -> Result<O
     serde_json::to_vec(&doc).map(Some).map_err(GrpError::Json)
 }
 
-/// Rewrites every group file under `cache_dir` (the directory that was `build_root` at build
-/// time), writing the changed ones into `out_dir` at the same relative path. Symlinks and other
-/// non-regular entries are skipped, never followed. Returns how many files were written.
-pub fn rewrite_tree(cache_dir: &Path, build_root: &str, target_root: &str, out_dir: &Path) -> Result<usize> {
-    normalize_root("build", build_root)?;
-    normalize_root("target", target_root)?;
-    let mut n = 0;
-    rewrite_dir(cache_dir, Path::new(""), build_root, target_root, out_dir, &mut n)?;
-    Ok(n)
+/// The cache root a child path names, for a group file in `rel_dir` (relative to the cache dir,
+/// `/`-separated): `<root>/<rel_dir>/<file>` gives `<root>` (`/` for a cache at the filesystem
+/// root). `None` for any other shape: a relative path, a `..` component, or a child that is not
+/// next to its group file (Triton never writes one; it points outside the cache).
+fn child_root(path: &str, rel_dir: &str) -> Option<String> {
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let (parent, file) = path.rsplit_once('/')?;
+    if file.is_empty() {
+        return None;
+    }
+    let root = if rel_dir.is_empty() {
+        parent
+    } else {
+        parent.strip_suffix(rel_dir)?.strip_suffix('/')?
+    };
+    Some(if root.is_empty() { "/".into() } else { root.to_string() })
 }
 
-fn rewrite_dir(dir: &Path, rel: &Path, build: &str, target: &str, out: &Path, n: &mut usize) -> Result<()> {
+/// The distinct cache roots the children of one group file name (see [`child_root`]); usually
+/// one, none when no child has Triton's shape (the remote cache's list form, paths elsewhere).
+pub fn grp_roots(json: &[u8], rel_dir: &str) -> Result<Vec<String>> {
+    let doc: serde_json::Value = serde_json::from_slice(json).map_err(GrpError::Json)?;
+    let mut roots: Vec<String> = Vec::new();
+    let children = doc.get("child_paths").and_then(|c| c.as_object());
+    for path in children.into_iter().flat_map(|c| c.values()).filter_map(|p| p.as_str()) {
+        if let Some(root) = child_root(path, rel_dir) {
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// Where the group files under a cache dir say Triton wrote the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InferredRoot {
+    /// The absolute root, as the child paths spell it (`/root/.triton/cache`).
+    pub root: String,
+    /// The first group file (in sorted walk order) that named it, relative to the cache dir.
+    pub file: String,
+}
+
+/// Infers the root the group files under `cache_dir` were written in: every group file whose
+/// children have Triton's shape must agree ([`GrpError::Inconsistent`] names two that do not).
+/// `None` when no group file has such a child (nothing to relocate).
+pub fn infer_root(cache_dir: &Path) -> Result<Option<InferredRoot>> {
+    let mut found: Option<InferredRoot> = None;
+    walk_grp(cache_dir, Path::new(""), &mut |rel, bytes| {
+        // A non-utf-8 dir cannot be spelled in the JSON strings: it names no root.
+        let Some(dir) = rel.parent().and_then(Path::to_str) else {
+            return Ok(());
+        };
+        let file = rel.display().to_string();
+        let roots = grp_roots(bytes, dir).map_err(|source| GrpError::File {
+            path: cache_dir.join(rel),
+            source: Box::new(source),
+        })?;
+        for root in roots {
+            match &found {
+                None => {
+                    found = Some(InferredRoot {
+                        root,
+                        file: file.clone(),
+                    })
+                }
+                Some(f) if f.root == root => {}
+                Some(f) => {
+                    return Err(GrpError::Inconsistent {
+                        first: f.root.clone(),
+                        first_file: f.file.clone(),
+                        other: root,
+                        other_file: file.clone(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// What [`rewrite_tree`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The root the group files were written in; `None`: no group file names one.
+    pub root: Option<InferredRoot>,
+    /// Group files written to the output dir (0 when the root is the target already).
+    pub files: usize,
+}
+
+/// Rewrites every group file under `cache_dir` for a cache mounted at `target_root`: the root
+/// comes from the files ([`infer_root`]), and the changed files are written into `out_dir` at
+/// the same relative path. Symlinks and other non-regular entries are skipped, never followed.
+pub fn rewrite_tree(cache_dir: &Path, target_root: &str, out_dir: &Path) -> Result<Rewritten> {
+    let target = normalize_root("target", target_root)?;
+    let Some(root) = infer_root(cache_dir)? else {
+        return Ok(Rewritten { root: None, files: 0 });
+    };
+    if normalize_root("build", &root.root)? == target {
+        return Ok(Rewritten {
+            root: Some(root),
+            files: 0,
+        });
+    }
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GrpError::Io { path, source }
+    };
+    let mut files = 0;
+    walk_grp(cache_dir, Path::new(""), &mut |rel, bytes| {
+        let rewritten = rewrite_grp(bytes, &root.root, target_root).map_err(|source| GrpError::File {
+            path: cache_dir.join(rel),
+            source: Box::new(source),
+        })?;
+        if let Some(new) = rewritten {
+            let dest = out_dir.join(rel);
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            fs::write(&dest, new).map_err(io_err(&dest))?;
+            files += 1;
+        }
+        Ok(())
+    })?;
+    Ok(Rewritten {
+        root: Some(root),
+        files,
+    })
+}
+
+/// Calls `f` with the path (relative to the walk's start) and the bytes of every group file
+/// under `dir`, in sorted order. Symlinks and other non-regular entries are skipped, never
+/// followed.
+fn walk_grp(dir: &Path, rel: &Path, f: &mut dyn FnMut(&Path, &[u8]) -> Result<()>) -> Result<()> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| GrpError::Io { path, source }
@@ -150,7 +301,7 @@ fn rewrite_dir(dir: &Path, rel: &Path, build: &str, target: &str, out: &Path, n:
         let ft = e.file_type().map_err(io_err(&path))?;
         let rel_child = rel.join(e.file_name());
         if ft.is_dir() {
-            rewrite_dir(&path, &rel_child, build, target, out, n)?;
+            walk_grp(&path, &rel_child, f)?;
             continue;
         }
         if !ft.is_file() || !e.file_name().to_str().is_some_and(is_grp_file) {
@@ -160,18 +311,7 @@ fn rewrite_dir(dir: &Path, rel: &Path, build: &str, target: &str, out: &Path, n:
             return Err(GrpError::TooLarge(path));
         }
         let bytes = fs::read(&path).map_err(io_err(&path))?;
-        let rewritten = rewrite_grp(&bytes, build, target).map_err(|source| GrpError::File {
-            path: path.clone(),
-            source: Box::new(source),
-        })?;
-        if let Some(new) = rewritten {
-            let dest = out.join(&rel_child);
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent).map_err(io_err(parent))?;
-            }
-            fs::write(&dest, new).map_err(io_err(&dest))?;
-            *n += 1;
-        }
+        f(&rel_child, &bytes)?;
     }
     Ok(())
 }
@@ -263,8 +403,9 @@ mod tests {
         std::os::unix::fs::symlink("/etc", cache.path().join("__grp__link.json")).unwrap();
 
         let out = tempfile::tempdir().unwrap();
-        let n = rewrite_tree(cache.path(), &root, "/home/user/.triton/cache", out.path()).unwrap();
-        assert_eq!(n, 3);
+        let done = rewrite_tree(cache.path(), "/home/user/.triton/cache", out.path()).unwrap();
+        assert_eq!(done.files, 3);
+        assert_eq!(done.root.unwrap().root, root);
         let key = crate::cache::triton::fixtures::KEY_MI300;
         let written = fs::read(out.path().join(key).join("__grp__add_kernel.json")).unwrap();
         let c = children(&written);
@@ -307,11 +448,137 @@ mod tests {
         fs::create_dir_all(cache.path().join("K")).unwrap();
         fs::write(
             cache.path().join("K/__grp__k.json"),
-            r#"{"child_paths": {"k.json": "/b/../x"}}"#,
+            r#"{"child_paths": {"k.json": "/b/K/k.json", "k.cubin": "/b/../x"}}"#,
         )
         .unwrap();
         let out = tempfile::tempdir().unwrap();
-        let err = rewrite_tree(cache.path(), "/b", "/t", out.path()).unwrap_err();
+        let err = rewrite_tree(cache.path(), "/t", out.path()).unwrap_err();
         assert!(err.to_string().contains("__grp__k.json"), "{err}");
+        assert!(matches!(&err, GrpError::File { source, .. } if matches!(**source, GrpError::Escape { .. })));
+
+        fs::write(cache.path().join("K/__grp__k.json"), "{").unwrap();
+        let err = infer_root(cache.path()).unwrap_err();
+        assert!(err.to_string().contains("__grp__k.json"), "{err}");
+    }
+
+    #[test]
+    fn a_child_path_names_its_root_only_in_tritons_shape() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("/root/.triton/cache/K/k.json", "K", Some("/root/.triton/cache")),
+            ("/K/k.json", "K", Some("/")),
+            (
+                "/v/torch_compile_cache/h/rank_0_0/triton_cache/K/k.json",
+                "torch_compile_cache/h/rank_0_0/triton_cache/K",
+                Some("/v"),
+            ),
+            ("/r/k.json", "", Some("/r")),
+            ("/r/OTHER/k.json", "K", None),
+            ("/r/xK/k.json", "K", None),
+            ("/r/K/", "K", None),
+            ("r/K/k.json", "K", None),
+            ("/r/../s/K/k.json", "K", None),
+            ("/usr/lib/libdevice.bc", "K", None),
+        ];
+        for (path, dir, want) in cases {
+            assert_eq!(child_root(path, dir).as_deref(), *want, "{path} in {dir}");
+        }
+        assert_eq!(
+            grp_roots(br#"{"child_paths": ["k.json"]}"#, "K").unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    /// A cache Triton wrote under /root/.triton/cache, copied to some other dir: the paths in
+    /// its group files still name Triton's dir, and that is the root the rewrite uses.
+    #[test]
+    fn a_copied_cache_is_rewritten_from_the_root_its_group_files_name() {
+        let orig = tempfile::tempdir().unwrap();
+        crate::cache::triton::fixtures::write_cache(orig.path());
+        let orig_root = orig.path().to_str().unwrap().to_string();
+        let copy = tempfile::tempdir().unwrap();
+        crate::cache::triton::fixtures::copy_tree(orig.path(), copy.path());
+        drop(orig);
+
+        let inferred = infer_root(copy.path()).unwrap().unwrap();
+        assert_eq!(inferred.root, orig_root);
+        assert_eq!(
+            inferred.file,
+            format!("{}/__grp__add_kernel.json", crate::cache::triton::fixtures::KEY_A100)
+        );
+
+        let out = tempfile::tempdir().unwrap();
+        let done = rewrite_tree(copy.path(), "/home/u/.triton/cache", out.path()).unwrap();
+        assert_eq!(done.files, 3);
+        let key = crate::cache::triton::fixtures::KEY_H100;
+        let c = children(&fs::read(out.path().join(key).join("__grp__matmul_kernel.json")).unwrap());
+        assert_eq!(c.len(), 6);
+        for (file, path) in &c {
+            assert_eq!(path.as_str().unwrap(), format!("/home/u/.triton/cache/{key}/{file}"));
+        }
+
+        // Mounted where Triton wrote it: nothing to rewrite, root still reported.
+        let out = tempfile::tempdir().unwrap();
+        let done = rewrite_tree(copy.path(), &format!("{orig_root}/"), out.path()).unwrap();
+        assert_eq!((done.files, done.root.map(|r| r.root)), (0, Some(orig_root)));
+        assert!(fs::read_dir(out.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn group_files_that_disagree_on_the_root_are_refused_with_both_named() {
+        let cache = tempfile::tempdir().unwrap();
+        for (key, root) in [("A", "/root/.triton/cache"), ("B", "/home/u/.triton/cache")] {
+            fs::create_dir_all(cache.path().join(key)).unwrap();
+            let grp = serde_json::json!({"child_paths": {"k.json": format!("{root}/{key}/k.json")}});
+            fs::write(cache.path().join(key).join("__grp__k.json"), grp.to_string()).unwrap();
+        }
+        let err = infer_root(cache.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, GrpError::Inconsistent { .. }), "{msg}");
+        for part in [
+            "A/__grp__k.json",
+            "/root/.triton/cache",
+            "B/__grp__k.json",
+            "/home/u/.triton/cache",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+        let out = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            rewrite_tree(cache.path(), "/t", out.path()),
+            Err(GrpError::Inconsistent { .. })
+        ));
+        assert!(fs::read_dir(out.path()).unwrap().next().is_none());
+
+        // Children of one file that disagree are refused too.
+        let one = tempfile::tempdir().unwrap();
+        fs::create_dir_all(one.path().join("K")).unwrap();
+        fs::write(
+            one.path().join("K/__grp__k.json"),
+            r#"{"child_paths": {"k.json": "/a/K/k.json", "k.cubin": "/b/K/k.cubin"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(infer_root(one.path()), Err(GrpError::Inconsistent { .. })));
+    }
+
+    #[test]
+    fn a_vllm_cache_root_is_inferred_through_its_nested_triton_caches() {
+        let cache = tempfile::tempdir().unwrap();
+        let rel = "torch_compile_cache/d4ec7c2a7d/rank_0_0/triton_cache/HMTT";
+        fs::create_dir_all(cache.path().join(rel)).unwrap();
+        let grp = serde_json::json!({"child_paths": {"k.json": format!("/root/.cache/vllm/{rel}/k.json")}});
+        fs::write(cache.path().join(rel).join("__grp__k.json"), grp.to_string()).unwrap();
+        assert_eq!(infer_root(cache.path()).unwrap().unwrap().root, "/root/.cache/vllm");
+        let out = tempfile::tempdir().unwrap();
+        assert_eq!(rewrite_tree(cache.path(), "/models/vllm", out.path()).unwrap().files, 1);
+        let c = children(&fs::read(out.path().join(rel).join("__grp__k.json")).unwrap());
+        assert_eq!(c["k.json"], format!("/models/vllm/{rel}/k.json"));
+
+        // No group file with Triton's shape: nothing to infer, nothing written.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(infer_root(empty.path()).unwrap(), None);
+        assert_eq!(
+            rewrite_tree(empty.path(), "/t", out.path()).unwrap(),
+            Rewritten { root: None, files: 0 }
+        );
     }
 }

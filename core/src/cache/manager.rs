@@ -755,7 +755,8 @@ impl CacheManager {
 
     /// Precomputes the `__grp__` rewrite of `digest` for the cache mounted at `target`
     /// (`<entry>/grp/<key>/`, an overlay lower layer above `tree/<cache_subdir>`), once; returns
-    /// its path, or `None` when the image records no build path or needs no rewrite.
+    /// its path, or `None` when it needs no rewrite (the root its `__grp__` files name, see
+    /// [`grp::infer_root`], is `target` already, or they name none).
     pub fn prepare_grp(&self, digest: &Digest, target: &str) -> Result<Option<PathBuf>, PullError> {
         prepare_grp(&self.layout, digest, target)
     }
@@ -1047,15 +1048,13 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
             path: layout.record_path(digest),
             source: io::Error::new(io::ErrorKind::NotFound, format!("{RECORD_FILE} not found")),
         })?;
-    let Some(build_root) = record.build_cache_root.as_deref() else {
-        return Ok(None);
-    };
-    if build_root.trim_end_matches('/') == target.trim_end_matches('/') {
-        return Ok(None);
-    }
     let out = layout.grp_dir(digest, target);
+    let used = |out: PathBuf| {
+        let nonempty = std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
+        nonempty.then_some(out)
+    };
     if out.is_dir() {
-        return Ok(Some(out));
+        return Ok(used(out));
     }
     let _lock = EntryLock::shared(layout, digest).map_err(PullError::store(&out))?;
     // The key may be several components (a long target): build the layer beside its final place.
@@ -1066,7 +1065,7 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
     let tmp = parent.join(format!(".tmp-{}-{:x}", name.to_string_lossy(), now_nanos()));
     std::fs::create_dir(&tmp).map_err(PullError::store(&tmp))?;
     let src = layout.tree_dir(digest).join(&record.cache_subdir);
-    let result = grp::rewrite_tree(&src, build_root, target, &tmp)
+    let result = grp::rewrite_tree(&src, target, &tmp)
         .map_err(|e| PullError::store(&out)(io::Error::other(chain(&e))))
         .and_then(|_| match std::fs::rename(&tmp, &out) {
             Ok(()) => Ok(()),
@@ -1076,7 +1075,7 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
     if result.is_err() || tmp.exists() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    result.map(|()| Some(out))
+    result.map(|()| used(out))
 }
 
 #[cfg(test)]

@@ -325,7 +325,8 @@ pub struct CacheRecord {
     /// Driver and Triton version, where the image records them.
     #[serde(default)]
     pub requirements: CacheRequirements,
-    /// The absolute cache path the image was built at (for the `__grp__` rewrite), if known.
+    /// The image's build-cache-root label, if any: for people (`kcache cache inspect`). The
+    /// `__grp__` rewrite reads the root from the group files themselves ([`crate::cache::grp`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_cache_root: Option<String>,
     /// The dir under `tree/` that holds the kernels (`io.triton.cache` or `io.vllm.cache`).

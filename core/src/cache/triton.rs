@@ -134,6 +134,14 @@ impl TritonScan {
         self.kernels.iter().find_map(|k| k.triton_version.clone())
     }
 
+    /// Every Triton version the kernels record, sorted, each once.
+    pub fn triton_versions(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.kernels.iter().filter_map(|k| k.triton_version.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// `io.triton.manifest/manifest.json`, in MCV's shape (`{"triton": [entries]}`, entries with
     /// `hash`, `backend`, `arch` as a string, `warp_size`, `ptx_version`, `num_stages`,
     /// `num_warps`), plus kcache's `name` and `path` per entry. MCV's `dummy_key` is not written.
@@ -267,8 +275,10 @@ fn kernel_from_metadata(path: &str, file_name: &str, bytes: &[u8]) -> Option<Ker
 pub(crate) mod fixtures {
     //! A realistic Triton cache: two CUDA kernels (sm_90, sm_80), one HIP kernel (gfx942), with
     //! `__grp__` files pointing at absolute paths under the cache root, as Triton 3.x writes them.
-    //! Triton itself does not write `triton_version` into the metadata; the CUDA kernels here carry
-    //! one, as a cache warmed by a tool that records it would, to test that it is picked up.
+    //! Triton 3.x records its `__version__` in each kernel's metadata (`compile()` in
+    //! python/triton/compiler/compiler.py: `metadata["triton_version"] = __version__`); the CUDA
+    //! kernels here carry it, the HIP one does not (as from an older Triton), so the scan must
+    //! take it from the kernels that have it.
     use std::{fs, path::Path};
 
     /// Key dirs as Triton names them (base32 of a sha256, 52 chars).
@@ -310,6 +320,21 @@ pub(crate) mod fixtures {
             serde_json::to_vec(&grp).unwrap(),
         )
         .unwrap();
+    }
+
+    /// `cp -r` of a tree of plain files and dirs (a cache copied before it is built into an
+    /// image: its `__grp__` files still name the dir Triton wrote them in).
+    pub fn copy_tree(from: &Path, to: &Path) {
+        fs::create_dir_all(to).unwrap();
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dest = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &dest);
+            } else {
+                fs::copy(e.path(), dest).unwrap();
+            }
+        }
     }
 
     /// Writes the cache under `root` (which should be absolute, as Triton's is).
@@ -380,6 +405,7 @@ mod tests {
             ]
         );
         assert_eq!(scan.triton_version().as_deref(), Some("3.3.1"));
+        assert_eq!(scan.triton_versions(), ["3.3.1"]);
         // 3 kernels x (6 files + __grp__) + the launcher; the tmp.pid_ dir is skipped.
         assert_eq!(scan.files.len(), 22);
         assert!(scan.files.iter().all(|(p, _)| !p.contains("tmp.pid_")));

@@ -18,8 +18,10 @@ pub struct CacheRequirements {
     /// driver are incompatible. `None`: not recorded, not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_driver_version: Option<String>,
-    /// The Triton version that built the cache. Not a GPU property: the hook compares it with the
-    /// container's Triton when it can; here it is only carried along.
+    /// The Triton version that built the cache. Not a GPU property, so not checked here: the
+    /// hook compares it with the Triton it finds in the container (kcache-hook's `triton`
+    /// module) and does not mount the cache when they differ, since Triton's cache key includes
+    /// its version and every kernel would miss. `None`: not recorded, not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triton_version: Option<String>,
 }

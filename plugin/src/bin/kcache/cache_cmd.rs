@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use kcache_core::{
     cache::{
-        builder::{build_cache_layer, image_config_json},
+        builder::{build_cache_layer_with, image_config_json, BuildOptions},
         format::CacheKind,
     },
     cosign::sign::OCI_MANIFEST,
@@ -87,6 +87,14 @@ pub struct BuildArgs {
     /// Push the image to its registry.
     #[arg(long)]
     push: bool,
+    /// The Triton version that compiled the cache, when its kernel metadata does not record it
+    /// (Triton 3.x does; it may not be contradicted). Nodes compare it with the container's.
+    #[arg(long, value_name = "VERSION")]
+    triton_version: Option<String>,
+    /// The GPU driver version the cache was built with; nodes treat GPUs with an older driver as
+    /// incompatible. A cache does not record it.
+    #[arg(long, value_name = "VERSION")]
+    driver_version: Option<String>,
     /// Where to write layer.tar.gz, config.json and manifest.json.
     #[arg(long, default_value = "kcache-cache-image")]
     out: PathBuf,
@@ -110,8 +118,15 @@ fn build(a: BuildArgs) -> Result<Outcome> {
     let layer_path = a.out.join("layer.tar.gz");
     let file = std::fs::File::create(&layer_path).with_context(|| format!("cannot write {}", layer_path.display()))?;
     let kind = if a.vllm { CacheKind::Vllm } else { CacheKind::Triton };
-    let built = build_cache_layer(&a.dir, kind, std::io::BufWriter::new(file))
+    let opts = BuildOptions {
+        triton_version: a.triton_version.clone(),
+        driver_version: a.driver_version.clone(),
+    };
+    let built = build_cache_layer_with(&a.dir, kind, &opts, std::io::BufWriter::new(file))
         .with_context(|| format!("cannot build a cache image from {}", a.dir.display()))?;
+    for w in &built.warnings {
+        eprintln!("warning: {w}");
+    }
     let config = image_config_json(&built);
     let config_digest = kcache_core::digest::Digest::sha256_of(&config);
     let manifest = serde_json::json!({
