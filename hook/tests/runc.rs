@@ -594,6 +594,17 @@ fn children_seen(stdout: &str) -> (Vec<&str>, Vec<&str>) {
     (pick("CHILD_OK "), pick("CHILD_MISSING "))
 }
 
+/// [`probe_script`]'s output shows cache 1 readable at `target`, with every `__grp__` child
+/// path there.
+fn assert_cache_seen_at(stdout: &str, target: &str) {
+    for f in FILES {
+        assert!(stdout.contains(&format!("{f} of cache 1")), "{f}: {stdout}");
+    }
+    let (ok, missing) = children_seen(stdout);
+    assert!(missing.is_empty() && ok.len() == FILES.len(), "{stdout}");
+    assert!(ok.iter().all(|p| p.starts_with(&format!("{target}/{KEY}/"))), "{ok:?}");
+}
+
 /// Caches whose image does not say where Triton wrote them: one copied elsewhere before
 /// `kcache cache build` (the label names the copy; the `__grp__` files name Triton's dir) and a
 /// plain MCV/GKM image (no label). Mounted at yet another path, both get child paths that exist
@@ -778,12 +789,7 @@ fn the_path_annotation_puts_the_cache_there() {
     let out = e.runc.run(&b, "c-path");
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for f in FILES {
-        assert!(stdout.contains(&format!("{f} of cache 1")), "{f}: {stdout}");
-    }
-    let (ok, missing) = children_seen(&stdout);
-    assert!(missing.is_empty() && ok.len() == FILES.len(), "{stdout}");
-    assert!(ok.iter().all(|p| p.starts_with(&format!("{target}/{KEY}/"))), "{ok:?}");
+    assert_cache_seen_at(&stdout, target);
     assert!(stdout.contains("WROTE") && stdout.contains("APPENDED"), "{stdout}");
     let mounts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("MOUNT ")).collect();
     assert!(
@@ -837,12 +843,7 @@ fn a_vllm_cache_goes_to_vllm_cache_root() {
     let out = e.runc.run(&b, "c-vllm");
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for f in FILES {
-        assert!(stdout.contains(&format!("{f} of cache 1")), "{f}: {stdout}");
-    }
-    let (ok, missing) = children_seen(&stdout);
-    assert!(missing.is_empty() && ok.len() == FILES.len(), "{stdout}");
-    assert!(ok.iter().all(|p| p.starts_with(&format!("{target}/{KEY}/"))), "{ok:?}");
+    assert_cache_seen_at(&stdout, target);
     assert!(!stdout.contains(built_in), "{stdout}");
     let mounts: Vec<&str> = stdout.lines().filter(|l| l.starts_with("MOUNT ")).collect();
     assert!(
