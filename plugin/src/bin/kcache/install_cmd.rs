@@ -914,6 +914,30 @@ mod tests {
     }
 
     #[test]
+    fn a_runtime_of_its_own_leaves_runc_without_the_hook() {
+        let mut d: DocumentMut = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
+            .parse()
+            .unwrap();
+        let t = Target {
+            runtime: "kcache".into(),
+            ..target(Flavor::V1)
+        };
+        apply(&mut d, &t).unwrap();
+        let v: toml::Value = toml::from_str(&d.to_string()).unwrap();
+        let runtimes = at(&v, &["plugins", CRI_V2, "containerd", "runtimes"]).unwrap();
+        assert_eq!(
+            runtimes["kcache"]["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2")
+        );
+        assert_eq!(
+            runtimes["kcache"]["base_runtime_spec"].as_str(),
+            Some("/etc/kcache/containerd-base-spec.json")
+        );
+        assert!(runtimes["runc"].get("base_runtime_spec").is_none(), "{runtimes:?}");
+        assert!(runtimes["runc"].get("pod_annotations").is_none(), "{runtimes:?}");
+    }
+
+    #[test]
     fn renders_2x() {
         for f in [Flavor::V2_0, Flavor::V2_1] {
             let v = render(f);
