@@ -410,6 +410,32 @@ async fn signed_cache_pulls_once_and_unsigned_is_denied() {
         "{stderr}"
     );
     assert!(visible(&store).is_empty(), "{:?}", visible(&store));
+
+    // kcached's `[cache]` limits bind the CLI too: a signed cache over max_entries is rejected
+    // (exit 1, naming the limit) and nothing is visible; a broken section is an error (exit 2).
+    let config = env.path("config.toml");
+    std::fs::write(&config, "[cache]\nmax_entries = 5\n").unwrap();
+    let pull_with = |config: &Path| {
+        let mut args = vec!["cache".to_string(), "pull".into(), image.clone()];
+        args.extend(env.registry_args());
+        Command::new(env!("CARGO_BIN_EXE_kcache"))
+            .args(&args)
+            .args(["--store", store.to_str().unwrap()])
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let out = pull_with(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("more than 5 entries or inodes"), "{stderr}");
+    assert!(visible(&store).is_empty(), "{:?}", visible(&store));
+    std::fs::write(&config, "[cache]\nmax_entries = 0\n").unwrap();
+    let out = pull_with(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cache.max_entries"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

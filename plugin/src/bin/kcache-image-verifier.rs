@@ -184,7 +184,7 @@ fn env(name: &str) -> Option<String> {
 fn settings() -> Result<Settings, String> {
     let (path, required) = match env("KCACHE_CONFIG") {
         Some(p) => (PathBuf::from(p), true),
-        None => (PathBuf::from("/etc/kcache/config.toml"), false),
+        None => (PathBuf::from(kcache_plugin::daemon::config::DEFAULT_CONFIG), false),
     };
     let file = FileConfig::load(&path, required).map_err(|e| e.to_string())?;
     let mut insecure = file.registry.insecure;

@@ -26,7 +26,7 @@ use kcache_core::{
 use kcache_plugin::{
     daemon::{
         api::{self, ApiState},
-        config::FileConfig,
+        config::{FileConfig, DEFAULT_CONFIG},
         gate::{Gate, GateConfig, Unlabeled},
         metrics::Metrics,
         policy_store::PolicyStore,
@@ -35,8 +35,6 @@ use kcache_plugin::{
 };
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
-
-const DEFAULT_CONFIG: &str = "/etc/kcache/config.toml";
 
 /// kcache node daemon: containerd proxy snapshotter with a verification gate, and the kcache API.
 #[derive(Debug, Parser)]

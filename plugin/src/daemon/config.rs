@@ -48,6 +48,9 @@ use serde::Deserialize;
 
 use super::gate::Unlabeled;
 
+/// Where kcached, kcache-image-verifier and `kcache cache pull` read the config from.
+pub const DEFAULT_CONFIG: &str = "/etc/kcache/config.toml";
+
 /// The config file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

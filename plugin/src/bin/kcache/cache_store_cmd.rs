@@ -26,6 +26,7 @@ use kcache_core::{
     registry::RegistryError,
     verifier::Verifier,
 };
+use kcache_plugin::daemon::config::{FileConfig, DEFAULT_CONFIG};
 use serde_json::json;
 
 use crate::{
@@ -65,11 +66,27 @@ pub struct PullArgs {
     caches_dir: PathBuf,
     #[command(flatten)]
     store: StoreArgs,
+    /// kcached's config file: its `[cache]` extraction limits apply here too (a missing default
+    /// file means the default limits).
+    #[arg(long, env = "KCACHE_CONFIG")]
+    config: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+/// The extraction limits of kcached's config, so a CLI pull extracts what the daemon would.
+fn extract_limits(config: Option<&Path>) -> Result<ExtractLimits> {
+    let (path, required) = match config {
+        Some(p) => (p, true),
+        None => (Path::new(DEFAULT_CONFIG), false),
+    };
+    let file = FileConfig::load(path, required)?;
+    file.cache
+        .extract_limits()
+        .with_context(|| format!("{}: [cache]", path.display()))
 }
 
 /// A name has no `/`, `:` or `@`; anything else is an image reference.
@@ -101,7 +118,8 @@ pub fn pull(a: PullArgs) -> Result<Outcome> {
     let policy = load_policy(&a.policy)?;
     let client = a.registry.client()?;
     let verifier = Arc::new(Verifier::new(client.clone()));
-    let mgr = CacheManager::new(a.store.layout(), client, verifier, ExtractLimits::default());
+    let limits = extract_limits(a.config.as_deref())?;
+    let mgr = CacheManager::new(a.store.layout(), client, verifier, limits);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
