@@ -23,7 +23,7 @@ use serde::Serialize;
 use toml::Value;
 
 use crate::{
-    install_cmd::{detect_flavor, Flavor, BINDIR, CRI_IMAGES, CRI_RUNTIME, CRI_V2, POD_ANNOTATIONS, VERIFIER_LINK},
+    install_cmd::{cri_tables, detect_flavor, Flavor, BINDIR, CRI_IMAGES, POD_ANNOTATIONS, VERIFIER_LINK},
     verify_cmd::Output,
     Outcome,
 };
@@ -119,17 +119,7 @@ pub fn check_config(dump: &Value, flavor: Flavor, socket: &str, runtime: &str) -
             "no [proxy_plugins.kcache] of type \"snapshot\": containerd cannot use kcached (kcache install containerd)",
         )),
     }
-    let (images, runtimes): (&[&str], &[&str]) = if flavor == Flavor::V1 {
-        (
-            &["plugins", CRI_V2, "containerd"],
-            &["plugins", CRI_V2, "containerd", "runtimes"],
-        )
-    } else {
-        (
-            &["plugins", CRI_IMAGES],
-            &["plugins", CRI_RUNTIME, "containerd", "runtimes"],
-        )
-    };
+    let (images, runtimes) = cri_tables(flavor.default_schema());
     let images_key = images.join(".");
     // CRI must unpack through the gate.
     match str_at(dump, &[images, &["snapshotter"]].concat()) {

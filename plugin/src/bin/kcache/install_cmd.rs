@@ -221,7 +221,7 @@ impl Flavor {
         self != Flavor::V1
     }
 
-    fn default_schema(self) -> i64 {
+    pub fn default_schema(self) -> i64 {
         if self.is_2x() {
             3
         } else {
@@ -321,6 +321,22 @@ fn set(t: &mut dyn TableLike, key: &str, v: impl Into<Value>) {
     }
 }
 
+/// Where CRI's image settings (snapshotter, snapshot annotations) and its runtime handlers are in
+/// a config of `schema` (2: containerd 1.x, 3: 2.x).
+pub fn cri_tables(schema: i64) -> (&'static [&'static str], &'static [&'static str]) {
+    if schema >= 3 {
+        (
+            &["plugins", CRI_IMAGES],
+            &["plugins", CRI_RUNTIME, "containerd", "runtimes"],
+        )
+    } else {
+        (
+            &["plugins", CRI_V2, "containerd"],
+            &["plugins", CRI_V2, "containerd", "runtimes"],
+        )
+    }
+}
+
 /// Sets kcache's keys in `doc` (the main config on 1.x, the drop-in on 2.x).
 pub fn apply(doc: &mut DocumentMut, t: &Target) -> Result<()> {
     let root = doc.as_table_mut();
@@ -334,27 +350,16 @@ pub fn apply(doc: &mut DocumentMut, t: &Target) -> Result<()> {
             set(e, "enable_remote_snapshot_annotations", "true");
         }
     }
-    let (images, runtimes): (Vec<&str>, Vec<&str>) = if t.schema >= 3 {
-        (
-            vec!["plugins", CRI_IMAGES],
-            vec!["plugins", CRI_RUNTIME, "containerd", "runtimes"],
-        )
-    } else {
-        (
-            vec!["plugins", CRI_V2, "containerd"],
-            vec!["plugins", CRI_V2, "containerd", "runtimes"],
-        )
-    };
+    let (images, runtimes) = cri_tables(t.schema);
     {
-        let i = table_at(root, &images, &mut created)?;
+        let i = table_at(root, images, &mut created)?;
         set(i, "snapshotter", "kcache");
         if t.flavor != Flavor::V2_1 {
             set(i, "disable_snapshot_annotations", false);
         }
     }
     {
-        let mut path = runtimes.clone();
-        path.push(t.runtime.as_str());
+        let path = [runtimes, &[t.runtime.as_str()]].concat();
         let r = table_at(root, &path, &mut created)?;
         if r.get("runtime_type").is_none() {
             set(r, "runtime_type", "io.containerd.runc.v2");
@@ -519,18 +524,11 @@ pub fn detect_flavor(version: &str, containerd_bin: &Path) -> Result<Flavor> {
 /// The `base_runtime_spec` config.toml already gives the runtime, when it is not kcache's: the
 /// node's own base spec, which kcache's must start from so its settings are kept.
 fn existing_base_spec(main: &DocumentMut, schema: i64, runtime: &str, ours: &Path) -> Option<PathBuf> {
-    let (plugin, runtimes) = if schema >= 3 {
-        (CRI_RUNTIME, ["containerd", "runtimes"])
-    } else {
-        (CRI_V2, ["containerd", "runtimes"])
-    };
-    let path = main
-        .get("plugins")?
-        .get(plugin)?
-        .get(runtimes[0])?
-        .get(runtimes[1])?
-        .get(runtime)?
-        .get("base_runtime_spec")?
+    let (_, runtimes) = cri_tables(schema);
+    let path = [runtimes, &[runtime, "base_runtime_spec"]]
+        .concat()
+        .iter()
+        .try_fold(main.as_item(), |item, key| item.get(key))?
         .as_str()
         .filter(|p| !p.is_empty())?;
     (Path::new(path) != ours).then(|| PathBuf::from(path))
