@@ -65,18 +65,19 @@ pub struct EntryLock {
     _file: File,
 }
 
-impl EntryLock {
-    fn open(path: &Path) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-    }
+/// Opens (creating) a lock file, never through a symlink.
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
 
+impl EntryLock {
     /// For a pull: creates the entry dir if needed and locks it shared. Retries when GC renamed
     /// the entry away between the open and the lock.
     pub fn shared(layout: &StoreLayout, digest: &Digest) -> io::Result<Self> {
@@ -116,7 +117,7 @@ impl EntryLock {
     /// `.lock` (GC renames the whole entry away before it unlocks). `None`: try again.
     fn try_shared(layout: &StoreLayout, digest: &Digest) -> io::Result<Option<Self>> {
         let path = layout.lock_path(digest);
-        let file = match Self::open(&path) {
+        let file = match open_lock_file(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -132,7 +133,7 @@ impl EntryLock {
     /// For GC: locks an existing entry dir exclusively, without waiting; `None` when someone
     /// holds it.
     pub fn try_exclusive(entry: &Path) -> io::Result<Option<Self>> {
-        let file = Self::open(&entry.join(LOCK_FILE))?;
+        let file = open_lock_file(&entry.join(LOCK_FILE))?;
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(Some(Self { _file: file })),
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
@@ -349,27 +350,17 @@ impl NameLock {
         dest_parent.join(format!("{LOCK_PREFIX}{name}"))
     }
 
-    fn open(dest_parent: &Path, name: &str) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(Self::path(dest_parent, name))
-    }
-
     /// Waits for the lock (an extraction).
     #[cfg(feature = "cache")]
     pub(crate) fn acquire(dest_parent: &Path, name: &str) -> io::Result<Self> {
-        let file = Self::open(dest_parent, name)?;
+        let file = open_lock_file(&Self::path(dest_parent, name))?;
         rustix::fs::flock(&file, FlockOperation::LockExclusive)?;
         Ok(Self { _file: file })
     }
 
     /// `None` when someone holds it.
     pub(crate) fn try_acquire(dest_parent: &Path, name: &str) -> io::Result<Option<Self>> {
-        let file = Self::open(dest_parent, name)?;
+        let file = open_lock_file(&Self::path(dest_parent, name))?;
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(Some(Self { _file: file })),
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
