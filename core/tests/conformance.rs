@@ -1,4 +1,4 @@
-//! The sigstore-conformance `bundle-verify` suite (../shared/fixtures): every case, in file and
+//! The sigstore-conformance `bundle-verify` suite (tests/fixtures): every case, in file and
 //! in `sha256:<hex>` digest mode, must agree with its expected outcome (`*_fail` = reject).
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ const DEFAULT_IDENTITY: &str = "https://github.com/sigstore-conformance/extremel
 const DEFAULT_ISSUER: &str = "https://token.actions.githubusercontent.com";
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
 fn read_trimmed(p: &Path) -> Option<String> {
@@ -64,7 +64,7 @@ fn run_case(dir: &Path, digest_mode: bool) -> Result<(), String> {
 fn every_conformance_case_agrees_with_its_expected_outcome_in_both_modes() {
     let suite = fixtures().join("sigstore-conformance/bundle-verify");
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&suite)
-        .expect("conformance suite present in ../shared/fixtures")
+        .expect("conformance suite present in tests/fixtures")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("bundle.sigstore.json").exists())
         .collect();

@@ -1,5 +1,5 @@
 //! Runs the built `kcache` binary exactly as the sigstore-conformance harness does, over every
-//! case of ../shared/fixtures/sigstore-conformance/bundle-verify, in file and digest modes.
+//! case of tests/fixtures/sigstore-conformance/bundle-verify, in file and digest modes.
 
 use std::{
     path::{Path, PathBuf},
@@ -7,7 +7,7 @@ use std::{
 };
 
 fn suite() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/sigstore-conformance/bundle-verify")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sigstore-conformance/bundle-verify")
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

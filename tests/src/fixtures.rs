@@ -1,4 +1,4 @@
-//! The real cosign / Sigstore data in ../shared/fixtures, placed into a test registry the way
+//! The real cosign / Sigstore data in tests/fixtures, placed into a test registry the way
 //! cosign would have pushed it.
 
 use std::path::PathBuf;
@@ -12,11 +12,11 @@ use serde_json::{json, Value};
 
 use crate::TestRegistry;
 
-/// `../shared/fixtures` (beside the checkout), or `$KCACHE_FIXTURES`.
+/// `tests/fixtures` (beside the checkout), or `$KCACHE_FIXTURES`.
 pub fn dir() -> PathBuf {
     std::env::var_os("KCACHE_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"))
 }
 
 /// Reads a fixture file.
@@ -24,7 +24,7 @@ pub fn read(rel: &str) -> Vec<u8> {
     let p = dir().join(rel);
     std::fs::read(&p).unwrap_or_else(|e| {
         panic!(
-            "fixture {} missing ({e}); ../shared/fixtures must sit beside the checkout",
+            "fixture {} missing ({e}); tests/fixtures is part of the checkout",
             p.display()
         )
     })

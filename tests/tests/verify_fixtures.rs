@@ -1,4 +1,4 @@
-//! The real cosign fixtures (../shared/fixtures), pushed byte-exact into a real docker-registry
+//! The real cosign fixtures (tests/fixtures), pushed byte-exact into a real docker-registry
 //! on loopback and verified through the whole pipeline: registry, policy, signatures.
 
 use kcache_core::{cosign::Format, policy::Policy, sigstore::SignerInfo, verifier::Verifier};

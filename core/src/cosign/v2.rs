@@ -246,7 +246,7 @@ mod tests {
     };
 
     fn fixtures() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cosign-v2-containers-image")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/cosign-v2-containers-image")
     }
     fn layer(dir: &str) -> SignatureLayer {
         from_containers_image_file(&std::fs::read(fixtures().join(dir).join("signature-1")).unwrap()).unwrap()

@@ -46,7 +46,7 @@ mod tests {
     fn fx(p: &str) -> Vec<u8> {
         std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/fixtures")
+                .join("../tests/fixtures")
                 .join(p),
         )
         .unwrap()

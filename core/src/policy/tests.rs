@@ -4,7 +4,7 @@ use rstest::rstest;
 
 use super::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 
 fn key_path() -> String {
     format!("{FIXTURES}/cosign-v2-containers-image/cosign.pub")

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::*;
 use crate::policy::{ImagePattern, PolicyError};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 const KEYS: &str = "/etc/kcache/crio/keys";
 
 fn key_path() -> String {
