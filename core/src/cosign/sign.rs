@@ -17,37 +17,13 @@ use crate::{digest::Digest, signing::PrivateKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// OCI image manifest media type.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index media type.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+use crate::registry::artifact::{image_manifest, push_image};
+pub use crate::registry::artifact::{Blob, OCI_INDEX, OCI_MANIFEST};
+
 /// cosign's payload layer media type.
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The OCI empty descriptor's media type and content.
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
-
-/// A blob to push, with its digest.
-#[derive(Debug, Clone)]
-pub struct Blob {
-    /// Bytes.
-    pub bytes: Vec<u8>,
-    /// Their sha256.
-    pub digest: Digest,
-}
-
-impl Blob {
-    /// Wraps bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self {
-            digest: Digest::sha256_of(&bytes),
-            bytes,
-        }
-    }
-
-    fn descriptor(&self, media_type: &str) -> Value {
-        json!({"mediaType": media_type, "digest": self.digest.as_str(), "size": self.bytes.len()})
-    }
-}
 
 /// Everything a v2 signature push needs.
 #[derive(Debug, Clone)]
@@ -56,8 +32,8 @@ pub struct V2Signature {
     pub payload: Blob,
     /// cosign's config blob.
     pub config: Blob,
-    /// The `.sig` manifest bytes.
-    pub manifest: Vec<u8>,
+    /// The `.sig` manifest.
+    pub manifest: Blob,
 }
 
 /// Signs `image` (named `reference`) cosign-v2 style. `existing` is the current `.sig`
@@ -94,14 +70,11 @@ pub fn sign_v2(
         .to_string()
         .into_bytes(),
     );
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config.descriptor("application/vnd.oci.image.config.v1+json"),
-        "layers": layers,
-    })
-    .to_string()
-    .into_bytes();
+    let manifest = image_manifest(
+        config.descriptor(crate::registry::artifact::OCI_CONFIG),
+        layers,
+        Default::default(),
+    );
     Ok(V2Signature {
         payload,
         config,
@@ -170,12 +143,8 @@ pub fn sign_v3(
     });
     let bundle = Blob::new(bundle.to_string().into_bytes());
     let config = Blob::new(b"{}".to_vec());
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
+    let extra = json!({
         "artifactType": super::v3::BUNDLE_ARTIFACT_TYPE,
-        "config": config.descriptor(OCI_EMPTY),
-        "layers": [bundle.descriptor(super::v3::BUNDLE_ARTIFACT_TYPE)],
         "subject": {"mediaType": media_type, "digest": image.as_str(), "size": size},
         "annotations": {
             ANNOTATION_BUNDLE_CONTENT: "dsse-envelope",
@@ -183,10 +152,18 @@ pub fn sign_v3(
             "org.opencontainers.image.created": created
         }
     });
+    let Value::Object(extra) = extra else {
+        return Err("the referrer's fields are an object".into());
+    };
+    let manifest = image_manifest(
+        config.descriptor(OCI_EMPTY),
+        vec![bundle.descriptor(super::v3::BUNDLE_ARTIFACT_TYPE)],
+        extra,
+    );
     Ok(V3Signature {
         bundle,
         config,
-        manifest: Blob::new(manifest.to_string().into_bytes()),
+        manifest,
     })
 }
 
@@ -266,9 +243,7 @@ pub async fn sign_and_push(
     let sig_tag = format!("{}.sig", digest.tag_prefix());
     let existing = optional(client.manifest(r, &sig_tag).await).await?;
     let s = sign_v2(key, &r.name(), &digest, existing.as_deref()).map_err(PushError::Build)?;
-    client.push_blob(r, &s.payload.bytes).await?;
-    client.push_blob(r, &s.config.bytes).await?;
-    client.push_manifest(r, &sig_tag, OCI_MANIFEST, &s.manifest).await?;
+    push_image(client, r, &sig_tag, &[&s.payload, &s.config], &s.manifest).await?;
     let mut referrer = None;
     if v3 {
         let media_type = if image.media_type.is_empty() {
@@ -278,11 +253,14 @@ pub async fn sign_and_push(
         };
         let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let b = sign_v3(key, &digest, &media_type, image.bytes.len() as u64, &created).map_err(PushError::Build)?;
-        client.push_blob(r, &b.bundle.bytes).await?;
-        client.push_blob(r, &b.config.bytes).await?;
-        client
-            .push_manifest(r, b.manifest.digest.as_str(), OCI_MANIFEST, &b.manifest.bytes)
-            .await?;
+        push_image(
+            client,
+            r,
+            b.manifest.digest.as_str(),
+            &[&b.bundle, &b.config],
+            &b.manifest,
+        )
+        .await?;
         if client.referrers(r, &digest, None).await?.is_none() {
             let tag = digest.tag_prefix();
             let existing = optional(client.manifest(r, &tag).await).await?;

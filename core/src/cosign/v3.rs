@@ -12,7 +12,9 @@
 
 use crate::{
     digest::Digest,
-    sigstore::{verify, Artifact, Bundle, Options, Signer, TrustedRoot, Verified, VerifyError},
+    sigstore::{
+        verify, verify::BundleErrorKind, Artifact, Bundle, Options, Signer, TrustedRoot, Verified, VerifyError,
+    },
 };
 
 /// Media type of a v0.3 bundle as an OCI artifact.
@@ -112,15 +114,14 @@ pub fn verify_bundle_for_image(
     opts: &Options,
 ) -> Result<Verified, VerifyError> {
     if bundle_json.len() > MAX_BUNDLE_BYTES {
-        return Err(VerifyError::Bundle(format!(
-            "bundle of {} bytes exceeds {MAX_BUNDLE_BYTES}",
-            bundle_json.len()
-        )));
+        return Err(BundleErrorKind::TooLarge {
+            size: bundle_json.len(),
+            max: MAX_BUNDLE_BYTES,
+        }
+        .into());
     }
     if image.algorithm() != "sha256" {
-        return Err(VerifyError::Bundle(format!(
-            "cannot verify a bundle over {image}: only sha256 digests"
-        )));
+        return Err(BundleErrorKind::UnsupportedDigest(image.to_string()).into());
     }
     let bundle = Bundle::from_json(bundle_json)?;
     let mut d = [0u8; 32];
