@@ -430,6 +430,67 @@ fn real_triton_caches_hit_in_a_runc_container_through_the_node_path() {
     let old_expected = dir.join("old.all.expected.json");
     fs::copy(old.expected_path("all"), &old_expected).unwrap();
     step("kcached settled");
+    // kcache cache ls / inspect on the real caches: kernels per target, Triton version, sizes.
+    let store_args = [
+        "--store",
+        layout.root().to_str().unwrap(),
+        "--run-dir",
+        layout.run_dir().to_str().unwrap(),
+    ];
+    let ls = ok(&kcache(&[&["cache", "ls"][..], &store_args].concat()));
+    assert!(
+        ls.contains(&format!(
+            "28 kernels, {}, triton {VERSION}, cuda:sm_80 7, cuda:sm_90 7, hip:gfx90a 7, hip:gfx942 7",
+            kcache_core::cache::summary::human_bytes(
+                kcache_core::cache::summary::summarize_dir(&all, 0).unwrap().bytes
+            )
+        )),
+        "{ls}"
+    );
+    assert!(ls.contains(&format!("triton {OTHER_VERSION}, ")), "{ls}");
+    assert!(ls.contains("2 kernels, ") && ls.contains("cuda:sm_90 2"), "{ls}");
+    let inspect = |name: &str| {
+        let out = ok(&kcache(
+            &[
+                &["cache", "inspect", name, "-n", NS, "--output", "json", "--gpus"][..],
+                &[dir.join("gpus.json").to_str().unwrap()],
+                &store_args,
+            ]
+            .concat(),
+        ));
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let i = inspect("triton");
+    let k = &i["kernels"];
+    assert_eq!(k["kernels"], 28);
+    assert_eq!(k["triton_versions"], json!([VERSION]));
+    let expected = cur.expected("all");
+    for t in k["targets"].as_array().unwrap() {
+        let n = expected["kernels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["target"] == t["target"])
+            .count();
+        assert_eq!(t["kernels"], n as u64, "{t}");
+    }
+    let names: Vec<(&str, u64)> = k["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["kernels"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [("bias_act_kernel", 12), ("matmul_kernel", 12), ("add_kernel", 4)]
+    );
+    let largest = k["largest"].as_array().unwrap();
+    assert_eq!(largest.len(), 5);
+    assert!(largest.iter().all(|l| l["name"] == "matmul_kernel"), "{largest:?}");
+    let h = inspect("triton-h100");
+    assert_eq!(h["compatible_gpus"], json!([]));
+    assert_eq!(h["incompatible_gpus"][0]["reason"], "cache has sm_90; GPU is sm_80");
+    assert_eq!(h["kernels"]["kernels"], 2);
     let node = Node {
         base: dir.join("node"),
         runc,
