@@ -603,3 +603,225 @@ fn real_triton_caches_hit_in_a_runc_container_through_the_node_path() {
     );
     drop(kcached);
 }
+
+/// The same hit through containerd's CRI, the way the kubelet drives it: kcached as the CRI
+/// snapshotter (enforce), kcache-hook in the base runtime spec from `kcache install containerd`,
+/// a pod annotated `kcache.dev/cache: triton` whose container has the venv and its Python
+/// mounted read-only (CRI mounts) and runs Triton's lookup at `TRITON_CACHE_DIR`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_triton_cache_hits_in_a_cri_pod() {
+    use kcache_core::{cosign::sign::sign_and_push, signing::PrivateKey};
+    use kcache_tests::{
+        containerd::{prerequisites as ctd_prerequisites, Containerd, ContainerdConfig, CriConfig},
+        cri::{self, pb, Cri},
+        images::Image,
+    };
+
+    let test = "real_triton_cache_hits_in_a_cri_pod";
+    let Some(programs) = ctd_prerequisites(test, &["runc", "containerd-shim-runc-v2"]) else {
+        return;
+    };
+    if prerequisites(test).is_none() {
+        return;
+    }
+    let Some(cur) = RealCaches::get(VERSION) else { return };
+    let hook = hook_binary();
+    let reg = TestRegistry::start();
+    let host = reg.host();
+    let tmp = tempfile::Builder::new().prefix("kc-tcri").tempdir_in("/tmp").unwrap();
+    let dir = tmp.path();
+    let key = PrivateKey::generate_p256();
+    fs::write(dir.join("cosign.pub"), key.public_key().to_pem()).unwrap();
+    fs::write(
+        dir.join("policy.yaml"),
+        format!(
+            "mode: enforce\ndefault: deny\nrules:\n  - name: e2e\n    images: [\"{host}/e2e/*\", \"{host}/caches/*\"]\n    authorities:\n      - key: {{path: cosign.pub}}\n    transparencyLog: off\n"
+        ),
+    )
+    .unwrap();
+    for (tag, marker) in [("e2e/pause:1", "pause"), ("e2e/app:1", "app")] {
+        Image::busybox(marker, &["/bin/busybox", "sleep", "3600"])
+            .push(&reg, tag)
+            .await;
+        sign_and_push(&reg.client(), &key, &reg.reference(tag), false)
+            .await
+            .unwrap();
+    }
+    let image = format!("{host}/caches/triton:{VERSION}");
+    let out = kcache(&[
+        "cache",
+        "build",
+        cur.set("all").to_str().unwrap(),
+        "--image",
+        &image,
+        "--push",
+        "--insecure-registry",
+        &host,
+        "--out",
+        dir.join("img").to_str().unwrap(),
+    ]);
+    ok(&out);
+    sign_and_push(
+        &reg.client(),
+        &key,
+        &reg.reference(&format!("caches/triton:{VERSION}")),
+        false,
+    )
+    .await
+    .unwrap();
+    let caches_d = dir.join("caches.d");
+    fs::create_dir_all(&caches_d).unwrap();
+    fs::write(
+        caches_d.join("triton.yaml"),
+        format!("name: triton\nnamespace: kcache-e2e\nimage: {image}\n"),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("gpus.json"),
+        r#"{"source":"file","gpus":[{"id":"GPU-h100","index":0,"name":"NVIDIA H100","backend":"cuda","arch":90,"warp_size":32}]}"#,
+    )
+    .unwrap();
+    let kdir = dir.join("kcached");
+    let kcached = Kcached::start(
+        Path::new(env!("CARGO_BIN_EXE_kcached")),
+        &kdir,
+        KcachedConfig {
+            policy: Some(dir.join("policy.yaml")),
+            insecure: vec![host.clone()],
+            args: vec![
+                "--caches-dir".into(),
+                caches_d.to_string_lossy().into_owned(),
+                "--gpu-inventory".into(),
+                dir.join("gpus.json").to_string_lossy().into_owned(),
+            ],
+            ..KcachedConfig::default()
+        },
+    );
+    let layout = StoreLayout::new(kdir.join("caches"), kdir.join("run"));
+    let state = wait_settled(&layout, &["triton"], &kcached);
+    assert_eq!(state.caches[0].state, CacheState::Ready, "{:?}", state.caches[0]);
+
+    // containerd with the base runtime spec `kcache install containerd` writes.
+    let base_spec = dir.join("base-spec.json");
+    ok(&kcache(&[
+        "install",
+        "containerd",
+        "--write",
+        "--containerd-version",
+        "1.6",
+        "--config",
+        dir.join("installed.toml").to_str().unwrap(),
+        "--base-spec",
+        base_spec.to_str().unwrap(),
+        "--hook-path",
+        hook.to_str().unwrap(),
+    ]));
+    let mut spec: Value = serde_json::from_slice(&fs::read(&base_spec).unwrap()).unwrap();
+    for stage in ["prestart", "poststop"] {
+        for h in spec["hooks"][stage].as_array_mut().unwrap() {
+            if h["path"] == hook.to_str().unwrap() {
+                h["args"] = json!([
+                    "kcache-hook",
+                    "--store",
+                    layout.root(),
+                    "--run-dir",
+                    layout.run_dir(),
+                    "--log-file",
+                    dir.join("hook.log"),
+                    stage
+                ]);
+            }
+        }
+    }
+    fs::write(&base_spec, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    let containerd = Containerd::start(
+        &programs,
+        &dir.join("containerd"),
+        &ContainerdConfig {
+            kcache_socket: Some(kcached.snapshotter_socket()),
+            cri: Some(CriConfig {
+                sandbox_image: format!("{host}/e2e/pause:1"),
+                snapshotter: "kcache".into(),
+                plain_http: vec![host.clone()],
+                base_runtime_spec: Some(base_spec.clone()),
+                pod_annotations: vec!["kcache.dev/*".into()],
+            }),
+        },
+    );
+    let criapi = Cri::ready(&containerd).await;
+    let app = format!("{host}/e2e/app:1");
+    criapi.pull(&app, None).await.unwrap();
+    let logs = dir.join("pods");
+    fs::create_dir_all(logs.join("warm")).unwrap();
+    let mut pod = cri::host_network_pod("warm", &logs.join("warm"));
+    pod.annotations = [("kcache.dev/cache".to_string(), "triton".to_string())].into();
+    let pod_id = criapi.run_pod(&pod).await.unwrap();
+    let ro = |host_path: &Path, container_path: &Path| pb::Mount {
+        container_path: container_path.to_string_lossy().into_owned(),
+        host_path: host_path.to_string_lossy().into_owned(),
+        readonly: true,
+        ..Default::default()
+    };
+    let mut mounts = vec![
+        ro(Path::new("/usr"), Path::new("/usr")),
+        ro(&fs::canonicalize("/lib").unwrap(), Path::new("/lib")),
+        ro(&fs::canonicalize("/lib64").unwrap(), Path::new("/lib64")),
+        ro(&cur.program(), &Path::new(PROG_DIR).join("triton_caches.py")),
+        ro(
+            &cur.expected_path("all"),
+            &Path::new(PROG_DIR).join("all.expected.json"),
+        ),
+    ];
+    mounts.extend(cur.mounts().iter().map(|m| ro(m, m)));
+    let script = format!(
+        "{} > /tmp/report.json 2>/tmp/err; echo rc=$?; cat /tmp/report.json; echo CHECK-DONE; sleep 60",
+        check_cmd(&cur, "all.expected.json")
+    );
+    let mut c = cri::container("app", &app, &["/bin/sh", "-c", &script]);
+    c.envs = [
+        ("TRITON_CACHE_DIR", TARGET.to_string()),
+        ("VIRTUAL_ENV", cur.venv.to_string_lossy().into_owned()),
+        ("HOME", "/root".into()),
+        ("PYTHONDONTWRITEBYTECODE", "1".into()),
+    ]
+    .into_iter()
+    .map(|(key, value)| pb::KeyValue { key: key.into(), value })
+    .collect();
+    c.mounts = mounts;
+    let id = criapi.start_container(&pod_id, &pod, c).await.unwrap();
+    let log_path = logs.join("warm/app.log");
+    let start = Instant::now();
+    let content = loop {
+        // CRI log lines: `<time> <stream> <P|F> <content>`.
+        let content: String = fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if content.contains("CHECK-DONE") {
+            break content;
+        }
+        let status = criapi.container_status(&id).await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(120) && status.state != pb::ContainerState::ContainerExited as i32,
+            "container state {} ({}), log {content:?}\nhook log: {}",
+            status.state,
+            status.message,
+            fs::read_to_string(dir.join("hook.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(content.starts_with("rc=0\n"), "{content}");
+    let report = content.split("CHECK-DONE").next().unwrap();
+    assert_all_hit(&Report::parse(report), &cur.expected("all"), VERSION);
+    let hook_log = fs::read_to_string(dir.join("hook.log")).unwrap_or_default();
+    assert!(hook_log.contains("matches the cache"), "{hook_log}");
+    criapi.remove_pod(&pod_id).await.unwrap();
+    assert!(
+        fs::read_dir(layout.run_dir().join("containers")).map_or(0, |d| d.count()) == 0,
+        "poststop left a container dir"
+    );
+    drop(containerd);
+    drop(kcached);
+}
