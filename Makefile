@@ -1,7 +1,7 @@
 # kcache tasks. `make test` is what CI runs; `make demo` is the one-command demo.
 CARGO ?= cargo
 
-.PHONY: deps build release test test-hook-static test-unit lint demo bench
+.PHONY: deps build release test test-hook-static test-unit lint demo bench triton-caches
 
 DIST ?= $(or $(CARGO_TARGET_DIR),target)/dist
 
@@ -14,9 +14,15 @@ build:
 release:
 	bash scripts/build-release.sh $(DIST)
 
-test: deps
+test: deps triton-caches
 	$(CARGO) test --workspace --locked
 	$(MAKE) test-hook-static
+
+# Real Triton caches (PyPI wheel, no GPU), cached under ~/.cache/kcache-test/triton-<version>:
+# the version the tests' containers run, and another one (a cache that must miss).
+triton-caches:
+	bash scripts/triton-caches.sh 3.9.0 >/dev/null
+	bash scripts/triton-caches.sh 3.8.0 >/dev/null
 
 # The runc suite again, against the hook as it ships (release, statically linked).
 test-hook-static:

@@ -16,3 +16,11 @@ if ((${#missing[@]})); then
 fi
 # Debian's package starts a registry service on :5000 where systemd runs; tests start their own.
 command -v docker-registry >/dev/null
+# scripts/triton-caches.sh makes a venv with the triton wheel: python3 >= 3.10 with venv + ensurepip.
+if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 10)' 2>/dev/null; then
+  echo "deps: installing python3 python3-venv (for scripts/triton-caches.sh)" >&2
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends python3 python3-venv
+fi
