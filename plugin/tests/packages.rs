@@ -486,16 +486,16 @@ async fn the_packages_lint_clean_and_install_upgrade_remove_and_purge_on_a_node(
     let cdir = dir.join("containerd");
     fs::create_dir_all(&cdir).unwrap();
     let node = ContainerdConfig {
-        kcache_socket: None,
         cri: Some(CriConfig {
             sandbox_image: format!("{host}/e2e/pause:1"),
             snapshotter: "overlayfs".into(),
             plain_http: vec![host.clone()],
             ..CriConfig::default()
         }),
+        ..ContainerdConfig::default()
     };
     let ctd_config = dir.join("config.toml");
-    fs::write(&ctd_config, node.render(&cdir)).unwrap();
+    fs::write(&ctd_config, node.render(&programs, &cdir)).unwrap();
     let said = run_ok(
         Command::new("/usr/bin/kcache")
             .args(["install", "containerd", "--write", "--config"])
@@ -506,7 +506,7 @@ async fn the_packages_lint_clean_and_install_upgrade_remove_and_purge_on_a_node(
     assert!(spec.contains("/usr/libexec/kcache/kcache-hook"), "{spec}");
 
     installed.start_kcached(&dir.join("kcached.1.log"));
-    let mut containerd = Containerd::start_on(&programs, &cdir, &ctd_config);
+    let mut containerd = Containerd::start_on(&programs, &cdir, &ctd_config, &[]);
     let c = Cri::ready(&containerd).await;
     let logs = dir.join("pods");
     let app = format!("{host}/e2e/app:1");
@@ -596,7 +596,7 @@ async fn the_packages_lint_clean_and_install_upgrade_remove_and_purge_on_a_node(
     installed.stop_kcached();
     containerd.stop();
     drop(c);
-    let containerd = Containerd::start_on(&programs, &cdir, &ctd_config);
+    let containerd = Containerd::start_on(&programs, &cdir, &ctd_config, &[]);
     let c = Cri::ready(&containerd).await;
     c.pull(&format!("{host}/e2e/unsigned:1"), None)
         .await

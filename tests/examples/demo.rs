@@ -297,16 +297,16 @@ async fn run(bin: &Path, programs: &kcache_tests::containerd::Programs) {
     let cdir = work.join("containerd");
     std::fs::create_dir_all(&cdir).unwrap();
     let node = ContainerdConfig {
-        kcache_socket: None,
         cri: Some(CriConfig {
             sandbox_image: format!("{host}/demo/pause:1"),
             snapshotter: "overlayfs".into(),
             plain_http: vec![host.clone()],
             ..CriConfig::default()
         }),
+        ..ContainerdConfig::default()
     };
     let ctd_config = work.join("containerd.toml");
-    std::fs::write(&ctd_config, node.render(&cdir)).unwrap();
+    std::fs::write(&ctd_config, node.render(programs, &cdir)).unwrap();
     let base_spec = work.join("base-spec.json");
     d.kcache(
         &[
@@ -340,7 +340,7 @@ async fn run(bin: &Path, programs: &kcache_tests::containerd::Programs) {
         }
     }
     std::fs::write(&base_spec, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-    let mut containerd = Containerd::start_on(programs, &cdir, &ctd_config);
+    let mut containerd = Containerd::start_on(programs, &cdir, &ctd_config, &[]);
     let c = Cri::ready(&containerd).await;
     println!("containerd is up on $WORK/containerd/containerd.sock, with kcache as its CRI snapshotter");
 

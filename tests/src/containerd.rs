@@ -108,8 +108,8 @@ pub struct Containerd {
 
 impl ContainerdConfig {
     /// The config file for a containerd whose files are under `dir` (its socket:
-    /// `dir/containerd.sock`).
-    pub fn render(&self, dir: &Path) -> String {
+    /// `dir/containerd.sock`). `programs` names the containerd it is for.
+    pub fn render(&self, _programs: &Programs, dir: &Path) -> String {
         self.toml(dir, &dir.join("containerd.sock"))
     }
 
@@ -209,13 +209,14 @@ impl Containerd {
     pub fn start(programs: &Programs, dir: &Path, config: &ContainerdConfig) -> Self {
         let config_path = dir.join("containerd.toml");
         fs::create_dir_all(dir).expect("containerd dir");
-        fs::write(&config_path, config.render(dir)).expect("containerd config");
-        Self::start_on(programs, dir, &config_path)
+        fs::write(&config_path, config.render(programs, dir)).expect("containerd config");
+        Self::start_on(programs, dir, &config_path, &[])
     }
 
-    /// Starts containerd on a config file made elsewhere: [`ContainerdConfig::render`] for
-    /// `dir`, then changed (by `kcache install containerd`, say). Its files go under `dir`.
-    pub fn start_on(programs: &Programs, dir: &Path, config_path: &Path) -> Self {
+    /// Starts containerd on a config file made elsewhere ([`ContainerdConfig::render`] for
+    /// `dir`, then changed by `kcache install containerd`, say), with `env` added to its
+    /// environment. Its files go under `dir`.
+    pub fn start_on(programs: &Programs, dir: &Path, config_path: &Path, env: &[(String, String)]) -> Self {
         let address = dir.join("containerd.sock");
         fs::create_dir_all(dir.join("cni/bin")).expect("cni dir");
         fs::create_dir_all(dir.join("cni/conf")).expect("cni dir");
@@ -225,6 +226,7 @@ impl Containerd {
             .arg(config_path)
             .arg("--log-level")
             .arg("info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("containerd log"))
             .spawn()
