@@ -1,5 +1,7 @@
 //! kcache-core: every decision kcache makes lives here; the binaries only parse, wire up and exit.
 //!
+//! - [`api`]: the kcache API's wire types (verdicts, policy and gate status), defined once for
+//!   kcached and its clients; the typed client behind the `api-client` feature.
 //! - [`digest`]: content digests (`sha256:<hex>`), the identity of everything kcache verifies.
 //! - [`keys`]: public keys (ECDSA P-256/P-384, Ed25519, RSA) and signature checks.
 //! - [`signing`]: cosign-compatible key pairs and signing, for air-gapped users and tests.
@@ -11,6 +13,9 @@
 //! - [`verdict`]: the verdict cache shared by the daemon and the CLI.
 //! - [`cache`]: kernel cache images (GKM/MCV format, Triton metadata, `__grp__` relocation).
 //! - [`gpu`]: the node's GPUs (NVML, KFD sysfs, a pinned file) and cache compatibility.
+//! - [`refusal`]: the line every kcache refusal of an image carries (gate and image verifier).
+//! - [`containerd`]: containerd's configuration as kcache installs, checks and removes it
+//!   (feature `containerd`).
 //! - [`snapshot`]: the overlay snapshotter behind the containerd proxy snapshotter (feature
 //!   `snapshotter`).
 //!
@@ -21,10 +26,14 @@
 #![warn(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
+pub mod api;
 pub mod cache;
+#[cfg(feature = "containerd")]
+pub mod containerd;
 pub mod digest;
 pub mod fsutil;
 pub mod gpu;
+pub mod refusal;
 #[cfg(feature = "snapshotter")]
 pub mod snapshot;
 

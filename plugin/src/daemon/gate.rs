@@ -24,7 +24,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use kcache_core::{digest::Digest, policy::Mode, registry::Reference, verifier::Verifier};
+use kcache_core::{digest::Digest, policy::Mode, refusal::Refusal, registry::Reference, verifier::Verifier};
 use tonic::Status;
 
 use super::{metrics::Metrics, policy_store::PolicyStore};
@@ -42,26 +42,9 @@ pub const LABEL_VERIFIED_RULE: &str = "kcache.dev/verified-rule";
 /// Labels only the gate may set.
 pub const OWN_PREFIX: &str = "kcache.dev/";
 
-/// What to do with an unpack (a Prepare with `containerd.io/snapshot.ref`) that has no CRI
-/// image labels: a `ctr pull`, or CRI with snapshot annotations off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Unlabeled {
-    /// Let it unpack. Its snapshots are not marked verified, so in enforce mode no container
-    /// can run on them (the chain check).
-    Allow,
-    /// Refuse it (in enforce mode; warn mode logs it).
-    Deny,
-}
-
-/// The gate's settings.
-#[derive(Debug, Clone)]
-pub struct GateConfig {
-    /// Unpacks without CRI labels.
-    pub unlabeled: Unlabeled,
-    /// The parent-chain check for container rootfs snapshots (enforce mode only).
-    pub chain_check: bool,
-}
+/// The gate's settings, and what to do with an unpack that has no CRI image labels: API types
+/// (`/v1/gate` reports them).
+pub use kcache_core::api::{GateStatus as GateConfig, Unlabeled};
 
 /// The verification gate.
 pub struct Gate {
@@ -164,9 +147,13 @@ impl Gate {
                 1,
             );
             let rule = rule.unwrap_or("<none>");
-            Status::permission_denied(format!(
-                "kcache: image {image} ({digest}) denied by rule {rule}: {reason} (snapshot {key})"
-            ))
+            let refusal = Refusal {
+                image,
+                digest,
+                rule,
+                reason: &reason,
+            };
+            Status::permission_denied(format!("{refusal} (snapshot {key})"))
         };
         let reference = match Reference::parse(image) {
             Ok(r) => r,
@@ -188,21 +175,23 @@ impl Gate {
         };
         let start = Instant::now();
         let v = self.verifier.verify_digest(policy, &reference, &parsed).await;
-        let decision = decision_name(&v);
         self.metrics
-            .verdict(decision, v.rule.as_deref(), v.cached, start.elapsed());
+            .verdict(v.decision, v.rule.as_deref(), v.cached, start.elapsed());
         let rule = v.rule.as_deref().unwrap_or("<default>");
         if !v.permits() {
             self.metrics
                 .inc("kcache_denied_pulls_total", vec![("reason", "policy".into())], 1);
             tracing::warn!(%image, %digest, rule, reason = %v.reason, snapshot = key, "pull denied");
-            return Err(Status::permission_denied(format!(
-                "kcache: image {image} ({digest}) denied by rule {rule}: {}",
-                v.reason
-            )));
+            let refusal = Refusal {
+                image,
+                digest,
+                rule,
+                reason: &v.reason,
+            };
+            return Err(Status::permission_denied(refusal.to_string()));
         }
         match v.decision {
-            kcache_core::policy::Decision::Allow => {
+            kcache_core::api::Decision::Allow => {
                 tracing::debug!(%image, %digest, rule, cached = v.cached, "pull verified");
                 Ok(Admitted {
                     labels: vec![
@@ -265,16 +254,6 @@ impl Gate {
             "kcache: {op} {key} refused by the chain check: parent snapshot {parent} was never part of a verified pull \
              (enforce mode; pull the image through CRI so kcache can verify it)"
         )))
-    }
-}
-
-fn decision_name(v: &kcache_core::verifier::ImageVerdict) -> &'static str {
-    use kcache_core::policy::Decision;
-    match v.decision {
-        Decision::Allow => "allow",
-        Decision::Deny => "deny",
-        Decision::AllowWithWarning => "allow-with-warning",
-        Decision::Unchecked => "unchecked",
     }
 }
 
