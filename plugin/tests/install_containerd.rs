@@ -1,11 +1,14 @@
-//! E2E: `kcache install containerd --write` on a containerd 1.6 config, then a real containerd
-//! 1.6 started with it: the kcache proxy snapshotter is registered, the CRI plugin loads (with
-//! the generated base runtime spec), and `containerd config dump` shows the merged settings and
-//! the ones the config already had.
+//! E2E: `kcache install containerd --write` on a node's version 2 config (as a 1.x node has,
+//! and a node upgraded to 2.x keeps), then a real containerd (the harness's version,
+//! `KCACHE_CONTAINERD`) started with it: the kcache proxy snapshotter is registered, the CRI
+//! plugin loads (with the generated base runtime spec), and `containerd config dump` shows the
+//! merged settings and the ones the config already had (on 2.x in the migrated version 3
+//! layout, with kcache in the transfer service's unpack_config and the bindir verifier).
 //!
 //! Needs containerd, ctr and root (`apt-get install containerd runc`). Without them the test is
 //! skipped with a message, except under `CI=true`, where it fails.
 
+use kcache_tests::containerd::prerequisites;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -21,38 +24,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn requirements() -> Option<(PathBuf, PathBuf)> {
-    let problem = match (on_path("containerd"), on_path("ctr")) {
-        _ if !is_root() => "containerd needs root".to_owned(),
-        (Some(containerd), Some(ctr)) => return Some((containerd, ctr)),
-        _ => "containerd and ctr not found on PATH (apt-get install -y containerd runc)".to_owned(),
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true: this E2E test must run, but {problem}");
-    }
-    eprintln!("skipping the containerd install E2E test: {problem}");
-    None
 }
 
 fn wait_for(path: &Path, child: &mut Child, what: &str, log: &Path) {
@@ -90,10 +61,12 @@ fn backups(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn the_generated_config_is_accepted_by_containerd_1_6() {
-    let Some((containerd, ctr)) = requirements() else {
+fn the_generated_config_is_accepted_by_containerd() {
+    let Some(programs) = prerequisites("the_generated_config_is_accepted_by_containerd", &[]) else {
         return;
     };
+    let (containerd, ctr) = (programs.containerd.clone(), programs.ctr.clone());
+    let v2x = programs.flavor.is_2x();
     let tmp = tempfile::Builder::new().prefix("kc-inst").tempdir_in("/tmp").unwrap();
     let dir = tmp.path();
     let address = dir.join("containerd.sock");
@@ -116,6 +89,9 @@ state = "{state}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
 
+[plugins."io.containerd.nri.v1.nri"]
+  socket_path = "{nri}"
+
 [plugins."io.containerd.grpc.v1.cri"]
   # this machine needs it
   restrict_oom_score_adj = true
@@ -129,12 +105,17 @@ state = "{state}"
         opt = dir.join("opt").display(),
         address = address.display(),
         cni = dir.join("cni").display(),
+        nri = dir.join("nri.sock").display(),
     );
     fs::write(&config, &original).unwrap();
 
     let install = || {
         Command::new(env!("CARGO_BIN_EXE_kcache"))
-            .args(["install", "containerd", "--write", "--containerd-version", "1.6"])
+            .args(["install", "containerd", "--write", "--containerd-bin"])
+            .arg(&containerd)
+            .arg("--verifier-bin-dir")
+            .arg(dir.join("verifiers"))
+            .args(["--verifier-path", env!("CARGO_BIN_EXE_kcache-image-verifier")])
             .arg("--config")
             .arg(&config)
             .arg("--snapshotter-socket")
@@ -253,20 +234,53 @@ state = "{state}"
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let dump: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
-    let cri = &dump["plugins"]["io.containerd.grpc.v1.cri"];
-    assert_eq!(cri["containerd"]["snapshotter"].as_str(), Some("kcache"));
-    assert_eq!(cri["containerd"]["disable_snapshot_annotations"].as_bool(), Some(false));
+    // Where each setting lives: 1.x's CRI plugin, or 2.x's split (and migrated) one.
+    let plugins = &dump["plugins"];
+    let (images, runtime) = if v2x {
+        assert_eq!(dump["version"].as_integer(), Some(3), "2.x dumps the migrated layout");
+        (
+            &plugins["io.containerd.cri.v1.images"],
+            &plugins["io.containerd.cri.v1.runtime"],
+        )
+    } else {
+        let cri = &plugins["io.containerd.grpc.v1.cri"];
+        (&cri["containerd"], cri)
+    };
+    assert_eq!(images["snapshotter"].as_str(), Some("kcache"));
+    if v2x {
+        // 2.1: CRI pulls through the transfer service, which must unpack into kcache, with
+        // the labels exported to kcached and the verifier in front.
+        assert!(images.get("disable_snapshot_annotations").and_then(|v| v.as_bool()) != Some(false));
+        let unpack = plugins["io.containerd.transfer.v1.local"]["unpack_config"]
+            .as_array()
+            .unwrap();
+        assert!(
+            unpack.iter().any(|e| e["snapshotter"].as_str() == Some("kcache"))
+                && unpack.iter().any(|e| e["snapshotter"].as_str() == Some("overlayfs")),
+            "{unpack:?}"
+        );
+        assert_eq!(
+            dump["proxy_plugins"]["kcache"]["exports"]["enable_remote_snapshot_annotations"].as_str(),
+            Some("true")
+        );
+        assert_eq!(
+            plugins["io.containerd.image-verifier.v1.bindir"]["bin_dir"].as_str(),
+            dir.join("verifiers").to_str()
+        );
+    } else {
+        assert_eq!(images["disable_snapshot_annotations"].as_bool(), Some(false));
+    }
     assert_eq!(
-        cri["restrict_oom_score_adj"].as_bool(),
+        runtime["restrict_oom_score_adj"].as_bool(),
         Some(true),
         "the node's setting kept"
     );
     assert_eq!(
-        cri["cni"]["conf_dir"].as_str(),
+        runtime["cni"]["conf_dir"].as_str(),
         Some(dir.join("cni").to_str().unwrap()),
         "the node's setting kept"
     );
-    let runc = &cri["containerd"]["runtimes"]["runc"];
+    let runc = &runtime["containerd"]["runtimes"]["runc"];
     assert_eq!(runc["base_runtime_spec"].as_str(), base_spec.to_str());
     assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
     assert!(
