@@ -398,3 +398,158 @@ fn writing_for_containerd_2_keeps_the_nodes_base_spec_and_links_the_verifier() {
     assert!(!out.status.success());
     assert!(text(&out).contains("is not a link kcache made"), "{}", text(&out));
 }
+
+/// `kcache uninstall containerd --write` after an install and an edit the admin made since:
+/// exactly kcache's settings go (the node's snapshotter comes back from the pre-install backup),
+/// the edit stays, a second run changes nothing, and a real containerd (the harness's version)
+/// starts on the result and pulls with its own snapshotter, kcached nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_takes_out_what_install_added_and_containerd_pulls_on_its_own() {
+    let Some(programs) = prerequisites("uninstall_takes_out_what_install_added", &["runc"]) else {
+        return;
+    };
+    let tmp = tempfile::Builder::new().prefix("kc-uninst").tempdir_in("/tmp").unwrap();
+    let dir = tmp.path();
+    let address = dir.join("containerd.sock");
+    let config = dir.join("config.toml");
+    let original = format!(
+        r#"# node config: keep this comment
+version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{address}"
+
+[ttrpc]
+  address = "{address}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+
+[plugins."io.containerd.nri.v1.nri"]
+  socket_path = "{nri}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{cni}"
+"#,
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        opt = dir.join("opt").display(),
+        address = address.display(),
+        cni = dir.join("cni").display(),
+        nri = dir.join("nri.sock").display(),
+    );
+    fs::write(&config, &original).unwrap();
+    let verifiers = dir.join("verifiers");
+    let base_spec = dir.join("base-spec.json");
+    let kcache = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kcache"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--base-spec")
+            .arg(&base_spec)
+            .arg("--verifier-bin-dir")
+            .arg(&verifiers)
+            .output()
+            .unwrap()
+    };
+    let out = kcache(&[
+        "install",
+        "containerd",
+        "--write",
+        "--containerd-bin",
+        programs.containerd.to_str().unwrap(),
+        "--ctr",
+        programs.ctr.to_str().unwrap(),
+        "--verifier-path",
+        env!("CARGO_BIN_EXE_kcache-image-verifier"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The admin's edit after the install.
+    let installed = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("oom_score = -999\n{installed}")).unwrap();
+
+    let out = kcache(&["uninstall", "containerd", "--write"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("backup:") && said.contains("restart containerd"),
+        "{said}"
+    );
+    let after = fs::read_to_string(&config).unwrap();
+    assert!(!after.contains("kcache"), "{after}");
+    assert!(after.contains("oom_score = -999") && after.contains("# node config: keep this comment"));
+    let v: toml::Value = toml::from_str(&after).unwrap();
+    assert_eq!(
+        v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["snapshotter"].as_str(),
+        Some("overlayfs"),
+        "the node's snapshotter is back: {after}"
+    );
+    assert!(!base_spec.exists(), "kcache's base spec is gone");
+    assert!(!dir.join("conf.d/kcache.toml").exists() && !verifiers.join("00-kcache").exists());
+    let out = kcache(&["uninstall", "containerd", "--write"]);
+    assert!(
+        out.status.success() && text(&out).contains("nothing to change"),
+        "{}",
+        text(&out)
+    );
+
+    // containerd on the result: its own snapshotter, no kcached anywhere.
+    let reg = kcache_tests::TestRegistry::start();
+    let image = format!("{}/own/app:v1", reg.host());
+    kcache_tests::images::Image::busybox("own", &["/bin/busybox", "true"])
+        .push(&reg, "own/app:v1")
+        .await;
+    let clog = dir.join("containerd.log");
+    let mut cd = Killed(
+        Command::new(&programs.containerd)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&clog).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&address, &mut cd.0, "containerd", &clog);
+    let ctr = |args: &[&str]| {
+        Command::new(&programs.ctr)
+            .arg("--address")
+            .arg(&address)
+            .args(["--namespace", "own"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctr(&["images", "pull", "--plain-http", &image]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        fs::read_to_string(&clog).unwrap_or_default()
+    );
+    let out = ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).lines().count() > 1,
+        "the image unpacked with overlayfs: {}",
+        text(&out)
+    );
+    let out = Command::new(&programs.containerd)
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "dump"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(!dump.contains("kcache"), "{dump}");
+    unmount_all(dir);
+}
+
+fn unmount_all(dir: &Path) {
+    kcache_tests::containerd::unmount_under(dir);
+}
