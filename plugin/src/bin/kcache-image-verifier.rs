@@ -319,7 +319,7 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
             let source = if v.cached { "kcached, cached verdict" } else { "kcached" };
             conclude(if v.permits() { 0 } else { 1 }, &line(&v, source));
         }
-        Err(e) if !falls_back(&e) => conclude(1, &refused(&image.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) if !falls_back(&e) => conclude(1, &refused(&image.to_string(), digest.as_str(), &e.to_string())),
         Err(e) => e,
     };
     tracing::info!(%daemon_error, "verifying in process");
@@ -345,7 +345,7 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
     let v = Verifier::new(client).verify_digest(&policy, &reference, &digest).await;
     let v: VerifyResponse = match serde_json::to_value(&v).and_then(serde_json::from_value) {
         Ok(v) => v,
-        Err(e) => conclude(1, &refused(&image.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(1, &refused(&image.to_string(), digest.as_str(), &e.to_string())),
     };
     let source = format!("in process: {daemon_error}");
     conclude(if v.permits() { 0 } else { 1 }, &line(&v, &source))
@@ -388,7 +388,7 @@ fn main() {
     };
     let s = match settings() {
         Ok(s) => s,
-        Err(e) => conclude(2, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(2, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
     };
     let deadline = started + s.deadline;
     let progress = Progress::default();
@@ -428,7 +428,7 @@ fn main() {
     }
     let desc = match parse_stdin(&media_type, &raw) {
         Ok(d) => d,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
     };
     if desc.digest != digest.as_str() {
         conclude(
@@ -445,7 +445,7 @@ fn main() {
     // -name: the repository and tag; never what is verified.
     let mut reference = match Reference::parse(&name) {
         Ok(r) => r,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
     };
     if let Some(pinned) = reference.digest.take() {
         if pinned != digest {
@@ -462,7 +462,7 @@ fn main() {
 
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
     };
     rt.block_on(decide(s, reference, digest, deadline, progress))
 }
