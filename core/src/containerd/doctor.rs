@@ -502,8 +502,8 @@ pub struct PolicyState {
 pub struct GateState {
     /// Whether container rootfs snapshots need a verified chain.
     pub chain_check: bool,
-    /// `allow` or `deny`: unpacks without CRI image labels.
-    pub unlabeled: String,
+    /// What the gate does with unpacks without CRI image labels.
+    pub unlabeled: crate::api::Unlabeled,
 }
 
 /// The checks on kcached's answers (each Err: why kcached could not be asked).
@@ -785,7 +785,7 @@ mod tests {
         let gate = |chain_check| {
             Ok(GateState {
                 chain_check,
-                unlabeled: "allow".into(),
+                unlabeled: crate::api::Unlabeled::Allow,
             })
         };
         let f = check_daemon(Ok(status(Mode::Enforce)), gate(true));

@@ -10,12 +10,9 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
-use kcache_core::{
-    containerd::{
-        detect_flavor,
-        doctor::{self, CanaryPull, Finding, GateState, Level, PolicyState},
-    },
-    policy::Mode,
+use kcache_core::containerd::{
+    detect_flavor,
+    doctor::{self, CanaryPull, Finding, GateState, Level, PolicyState},
 };
 use kcache_plugin::{api::Client as Api, proto::cri};
 
@@ -83,11 +80,6 @@ async fn canary_pull(socket: &std::path::Path, image: &str) -> CanaryPull {
     }
 }
 
-fn mode(s: &str) -> Result<Mode, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| format!("kcached reports an unknown policy mode {s:?}"))
-}
-
 pub fn run(a: DoctorArgs) -> Result<Outcome> {
     let flavor = detect_flavor(&a.containerd_version, &a.containerd_bin)?;
     let dump = doctor::dump_config(&a.containerd_bin, &a.config)?;
@@ -95,13 +87,11 @@ pub fn run(a: DoctorArgs) -> Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let api = Api::new(&a.api_socket).with_timeout(Duration::from_secs(5));
     let (policy, gate) = rt.block_on(async { (api.policy().await, api.gate().await) });
-    let policy = policy.map_err(|e| e.to_string()).and_then(|p| {
-        Ok(PolicyState {
-            mode: mode(&p.mode)?,
-            rules: p.rules,
-            generation: p.generation,
-            last_error: p.last_error,
-        })
+    let policy = policy.map_err(|e| e.to_string()).map(|p| PolicyState {
+        mode: p.mode,
+        rules: p.rules,
+        generation: p.generation,
+        last_error: p.last_error,
     });
     let gate = gate.map_err(|e| e.to_string()).map(|g| GateState {
         chain_check: g.chain_check,
