@@ -14,7 +14,11 @@ use toml::Value;
 use super::{
     cri_tables, ContainerdError, Flavor, PullPath, Result, BINDIR, CRI_IMAGES, POD_ANNOTATIONS, TRANSFER, VERIFIER_LINK,
 };
-use crate::{policy::Mode, refusal};
+use crate::{
+    api::{GateStatus, PolicyStatus},
+    policy::Mode,
+    refusal,
+};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -484,32 +488,10 @@ pub fn check_bindir(dump: &Value) -> Finding {
     }
 }
 
-/// What kcached says about its policy.
-#[derive(Debug, Clone)]
-pub struct PolicyState {
-    /// The mode in force.
-    pub mode: Mode,
-    /// Its rules.
-    pub rules: usize,
-    /// Its generation.
-    pub generation: u64,
-    /// Why the files on disk are not in force, if they are not.
-    pub last_error: Option<String>,
-}
-
-/// What kcached says about its gate.
-#[derive(Debug, Clone)]
-pub struct GateState {
-    /// Whether container rootfs snapshots need a verified chain.
-    pub chain_check: bool,
-    /// What the gate does with unpacks without CRI image labels.
-    pub unlabeled: crate::api::Unlabeled,
-}
-
 /// The checks on kcached's answers (each Err: why kcached could not be asked).
 pub fn check_daemon(
-    policy: std::result::Result<PolicyState, String>,
-    gate: std::result::Result<GateState, String>,
+    policy: std::result::Result<PolicyStatus, String>,
+    gate: std::result::Result<GateStatus, String>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     match policy {
@@ -606,6 +588,7 @@ pub fn check_canary(image: &str, pull: CanaryPull) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Unlabeled;
 
     fn dump(text: &str) -> Value {
         toml::from_str(text).unwrap()
@@ -776,16 +759,18 @@ mod tests {
 
     #[test]
     fn daemon_findings() {
-        let status = |mode| PolicyState {
+        let status = |mode| PolicyStatus {
             generation: 7,
             mode,
             rules: 2,
+            sources: vec![],
+            loaded_at: 0,
             last_error: None,
         };
         let gate = |chain_check| {
-            Ok(GateState {
+            Ok(GateStatus {
                 chain_check,
-                unlabeled: crate::api::Unlabeled::Allow,
+                unlabeled: Unlabeled::Allow,
             })
         };
         let f = check_daemon(Ok(status(Mode::Enforce)), gate(true));

@@ -12,7 +12,7 @@ use anyhow::Result;
 use clap::Args;
 use kcache_core::containerd::{
     detect_flavor,
-    doctor::{self, CanaryPull, Finding, GateState, Level, PolicyState},
+    doctor::{self, CanaryPull, Finding, Level},
 };
 use kcache_plugin::{api::Client as Api, proto::cri};
 
@@ -87,16 +87,8 @@ pub fn run(a: DoctorArgs) -> Result<Outcome> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let api = Api::new(&a.api_socket).with_timeout(Duration::from_secs(5));
     let (policy, gate) = rt.block_on(async { (api.policy().await, api.gate().await) });
-    let policy = policy.map_err(|e| e.to_string()).map(|p| PolicyState {
-        mode: p.mode,
-        rules: p.rules,
-        generation: p.generation,
-        last_error: p.last_error,
-    });
-    let gate = gate.map_err(|e| e.to_string()).map(|g| GateState {
-        chain_check: g.chain_check,
-        unlabeled: g.unlabeled,
-    });
+    let policy = policy.map_err(|e| e.to_string());
+    let gate = gate.map_err(|e| e.to_string());
     findings.extend(doctor::check_daemon(policy, gate));
     if let Some(image) = &a.canary {
         let pull = rt.block_on(canary_pull(&a.cri_socket, image));
