@@ -766,6 +766,7 @@ mod tests {
             sources: vec![],
             loaded_at: 0,
             last_error: None,
+            reloads: 0,
         };
         let gate = |chain_check| {
             Ok(GateStatus {
