@@ -1,7 +1,7 @@
 # kcache tasks. `make test` is what CI runs; `make demo` is the one-command demo.
 CARGO ?= cargo
 
-.PHONY: deps build release packages test test-hook-static test-unit lint demo demo-verify bench triton-caches
+.PHONY: deps build release packages test test-hook-static test-containerd-matrix test-unit lint demo demo-verify bench triton-caches
 
 DIST ?= $(or $(CARGO_TARGET_DIR),target)/dist
 
@@ -23,6 +23,7 @@ packages: deps
 test: deps triton-caches
 	$(CARGO) test --workspace --locked
 	$(MAKE) test-hook-static
+	$(MAKE) test-containerd-matrix
 
 # Real Triton caches (PyPI wheel, no GPU), cached under ~/.cache/kcache-test/triton-<version>:
 # the version the tests' containers run, and another one (a cache that must miss).
@@ -34,6 +35,17 @@ triton-caches:
 test-hook-static:
 	bash scripts/build-release.sh --hook-only $(DIST)
 	KCACHE_HOOK_BIN=$(abspath $(DIST))/kcache-hook $(CARGO) test --locked -p kcache-hook --test runc
+
+# The version-sensitive containerd suites again on Debian's containerd 1.7 (trixie) and 2.1 (sid),
+# fetched into the test cache by scripts/debian-peer.sh (the workspace run above covers 1.6 in full).
+CONTAINERD_MATRIX ?= 1.7 2.1
+CONTAINERD_SUITES ?= --test cri_e2e --test snapshotter_containerd --test install_containerd
+test-containerd-matrix:
+	@for v in $(CONTAINERD_MATRIX); do \
+	  bash scripts/debian-peer.sh containerd-$$v >/dev/null || exit 1; \
+	  echo "== containerd $$v"; \
+	  KCACHE_CONTAINERD=$$v $(CARGO) test --locked -p kcache-plugin $(CONTAINERD_SUITES) || exit 1; \
+	done
 
 test-unit:
 	$(CARGO) test --workspace --locked --lib

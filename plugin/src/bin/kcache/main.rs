@@ -14,6 +14,7 @@ mod policy_cmd;
 mod registry_args;
 mod sign_cmd;
 mod sigstore_cmd;
+mod uninstall_cmd;
 mod verify_cmd;
 
 #[derive(Parser)]
@@ -46,6 +47,11 @@ enum Command {
     Install {
         #[command(subcommand)]
         command: install_cmd::InstallCommand,
+    },
+    /// Take out of the container runtime what `kcache install` put in (containerd).
+    Uninstall {
+        #[command(subcommand)]
+        command: uninstall_cmd::UninstallCommand,
     },
     /// Check every way a pull on this node could skip verification (containerd's effective
     /// config, kcached's mode, optionally a canary pulled through CRI); exit 1 on a problem.
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
         Command::Gpu(a) => cache_cmd::gpu(a),
         Command::Cache { command } => cache_cmd::run(command),
         Command::Install { command } => install_cmd::run(command),
+        Command::Uninstall { command } => uninstall_cmd::run(command),
         Command::Policy { command } => policy_cmd::run(command),
         Command::Doctor(a) => doctor_cmd::run(*a),
         Command::Generate { command } => generate_cmd::run(command),
