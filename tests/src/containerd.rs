@@ -209,6 +209,7 @@ pub struct Containerd {
     programs: Programs,
     dir: PathBuf,
     address: PathBuf,
+    config: PathBuf,
 }
 
 /// Sets `key = value` in the table at `path` (created as needed) of `doc`.
@@ -233,6 +234,13 @@ fn s(p: &Path) -> String {
 }
 
 impl ContainerdConfig {
+    /// The config file for a containerd whose files are under `dir` (its socket:
+    /// `dir/containerd.sock`), as a node has it before `kcache install containerd`: kcache's part
+    /// is added by [`Containerd::start`] (the install code) or by the installed `kcache` itself.
+    pub fn render(&self, programs: &Programs, dir: &Path) -> String {
+        self.base_toml(programs, dir, &dir.join("containerd.sock"))
+    }
+
     /// containerd's own settings and CRI's, without kcache: every path under `dir`.
     fn base_toml(&self, p: &Programs, dir: &Path, address: &Path) -> String {
         let v3 = p.flavor.is_2x();
@@ -398,21 +406,29 @@ impl Containerd {
     /// Starts containerd with its files under `dir` (config.toml, containerd.log, root, state,
     /// containerd.sock) and waits for its socket.
     pub fn start(programs: &Programs, dir: &Path, config: &ContainerdConfig) -> Self {
-        let address = dir.join("containerd.sock");
-        fs::create_dir_all(dir.join("cni/bin")).expect("cni dir");
-        fs::create_dir_all(dir.join("cni/conf")).expect("cni dir");
+        fs::create_dir_all(dir).expect("containerd dir");
         let config_path = dir.join("containerd.toml");
-        fs::write(&config_path, config.base_toml(programs, dir, &address)).expect("containerd config");
+        fs::write(&config_path, config.render(programs, dir)).expect("containerd config");
         if config.installs_kcache() {
             config.install(programs, dir, &config_path);
         }
+        Self::start_on(programs, dir, &config_path, &config.env)
+    }
+
+    /// Starts containerd on a config file made elsewhere ([`ContainerdConfig::render`] for
+    /// `dir`, then changed by `kcache install containerd`, say), with `env` added to its
+    /// environment. Its files go under `dir`.
+    pub fn start_on(programs: &Programs, dir: &Path, config_path: &Path, env: &[(String, String)]) -> Self {
+        let address = dir.join("containerd.sock");
+        fs::create_dir_all(dir.join("cni/bin")).expect("cni dir");
+        fs::create_dir_all(dir.join("cni/conf")).expect("cni dir");
         let log = dir.join("containerd.log");
         let mut cmd = Command::new(&programs.containerd);
         cmd.arg("--config")
-            .arg(&config_path)
+            .arg(config_path)
             .arg("--log-level")
             .arg("info")
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("containerd log"));
         if let Some(bin) = &programs.bin_dir {
@@ -426,6 +442,7 @@ impl Containerd {
             programs: programs.clone(),
             dir: dir.to_owned(),
             address,
+            config: config_path.to_owned(),
         };
         let start = Instant::now();
         while !c.address.exists() {
@@ -450,7 +467,7 @@ impl Containerd {
 
     /// The config file it runs with.
     pub fn config(&self) -> PathBuf {
-        self.dir.join("containerd.toml")
+        self.config.clone()
     }
 
     /// The gRPC socket (CRI and containerd's own services).

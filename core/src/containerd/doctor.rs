@@ -765,6 +765,7 @@ mod tests {
             rules: 2,
             sources: vec![],
             loaded_at: 0,
+            reloads: 0,
             last_error: None,
             reloads: 0,
         };
