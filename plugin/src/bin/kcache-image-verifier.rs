@@ -318,7 +318,7 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
             let source = if v.cached { "kcached, cached verdict" } else { "kcached" };
             conclude(if v.permits() { 0 } else { 1 }, &line(&v, source));
         }
-        Err(e) if !falls_back(&e) => conclude(1, &refused(&image.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) if !falls_back(&e) => conclude(1, &refused(&image.to_string(), digest.as_str(), &e.to_string())),
         Err(e) => e,
     };
     tracing::info!(%daemon_error, "verifying in process");
@@ -383,7 +383,7 @@ fn main() {
     };
     let s = match settings() {
         Ok(s) => s,
-        Err(e) => conclude(2, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(2, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
     };
     let deadline = started + s.deadline;
     let progress = Progress::default();
@@ -423,7 +423,7 @@ fn main() {
     }
     let desc = match parse_stdin(&media_type, &raw) {
         Ok(d) => d,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
     };
     if desc.digest != digest.as_str() {
         conclude(
@@ -440,7 +440,7 @@ fn main() {
     // -name: the repository and tag; never what is verified.
     let mut reference = match Reference::parse(&name) {
         Ok(r) => r,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
     };
     if let Some(pinned) = reference.digest.take() {
         if pinned != digest {
@@ -457,7 +457,7 @@ fn main() {
 
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
     };
     rt.block_on(decide(s, reference, digest, deadline, progress))
 }
