@@ -1,12 +1,17 @@
 # kcache tasks. `make test` is what CI runs; `make demo` is the one-command demo.
 CARGO ?= cargo
 
-.PHONY: deps build release test test-hook-static test-unit lint demo bench
+.PHONY: deps kube-apiserver build release test test-hook-static test-unit lint demo bench
 
 DIST ?= $(or $(CARGO_TARGET_DIR),target)/dist
 
 deps:
 	bash scripts/deps.sh
+
+# The real Kubernetes API server (apiextensions-apiserver 1.36 + etcd) kcache-controller's tests
+# run against; built once into ~/.cache/kcache-test/kube-apiserver-1.36 (4-7 min), then reused.
+kube-apiserver:
+	bash scripts/kube-apiserver.sh build
 
 build:
 	$(CARGO) build --workspace --locked
@@ -14,7 +19,7 @@ build:
 release:
 	bash scripts/build-release.sh $(DIST)
 
-test: deps
+test: deps kube-apiserver
 	$(CARGO) test --workspace --locked
 	$(MAKE) test-hook-static
 

@@ -9,6 +9,7 @@ pub mod fixtures;
 pub mod hostile;
 pub mod images;
 pub mod kcached;
+pub mod kube;
 pub mod registry;
 
 pub use registry::TestRegistry;
