@@ -1,5 +1,7 @@
 //! kcache-core: every decision kcache makes lives here; the binaries only parse, wire up and exit.
 //!
+//! - [`api`]: the kcache API's wire types (verdicts, policy and gate status), defined once for
+//!   kcached and its clients; the typed client behind the `api-client` feature.
 //! - [`digest`]: content digests (`sha256:<hex>`), the identity of everything kcache verifies.
 //! - [`keys`]: public keys (ECDSA P-256/P-384, Ed25519, RSA) and signature checks.
 //! - [`signing`]: cosign-compatible key pairs and signing, for air-gapped users and tests.
@@ -21,6 +23,7 @@
 #![warn(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
+pub mod api;
 pub mod cache;
 pub mod digest;
 pub mod fsutil;

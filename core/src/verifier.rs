@@ -11,12 +11,7 @@
 //!    allowed through the signed index.
 //! 5. Apply the policy mode (enforce / warn / off). Registry failures deny (fail closed).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
-
-use serde::Serialize;
+use std::{sync::Arc, time::Instant};
 
 use crate::{
     cosign::{v2::SignatureLayer, v3, Format},
@@ -30,93 +25,8 @@ use crate::{
 /// Most `.sig` layers or referrers looked at per image (a hostile registry could list millions).
 pub const MAX_SIGNATURES: usize = 64;
 
-/// The outcome for one image.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageVerdict {
-    /// The image as given.
-    pub image: String,
-    /// The digest verified.
-    pub digest: Option<Digest>,
-    /// The deciding rule, or `None` for the policy default.
-    pub rule: Option<String>,
-    /// Whether the image met its rule (before the mode is applied).
-    pub verified: bool,
-    /// What happens under the policy mode.
-    #[serde(serialize_with = "ser_decision")]
-    pub decision: Decision,
-    /// Why, in one line.
-    pub reason: String,
-    /// Who signed, when signed.
-    pub signer: Option<SignerInfo>,
-    /// Rekor log index, when logged.
-    pub tlog_index: Option<u64>,
-    /// Signature format that passed.
-    pub format: Option<Format>,
-    /// The signed index this manifest was allowed through.
-    pub via_index: Option<Digest>,
-    /// Served from the verdict cache.
-    pub cached: bool,
-    /// Wall time spent (milliseconds in JSON).
-    #[serde(serialize_with = "ser_duration", rename = "elapsed_ms")]
-    pub elapsed: Duration,
-}
-
-fn ser_decision<S: serde::Serializer>(d: &Decision, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match d {
-        Decision::Allow => "allow",
-        Decision::Deny => "deny",
-        Decision::AllowWithWarning => "allow-with-warning",
-        Decision::Unchecked => "unchecked",
-    })
-}
-
-fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1000.0)
-}
-
-impl ImageVerdict {
-    /// A verdict not decided yet: denied until a step allows it (fail closed).
-    fn pending(image: String, digest: Option<Digest>) -> Self {
-        Self {
-            image,
-            digest,
-            rule: None,
-            verified: false,
-            decision: Decision::Deny,
-            reason: String::new(),
-            signer: None,
-            tlog_index: None,
-            format: None,
-            via_index: None,
-            cached: false,
-            elapsed: Duration::ZERO,
-        }
-    }
-
-    /// Whether the pull may go ahead.
-    pub fn permits(&self) -> bool {
-        self.decision.permits()
-    }
-
-    /// One line naming the image, the digest, the rule and the reason.
-    pub fn summary(&self) -> String {
-        let what = match self.decision {
-            Decision::Allow => "allowed",
-            Decision::Deny => "denied",
-            Decision::AllowWithWarning => "denied (warn mode: allowed)",
-            Decision::Unchecked => "not verified (mode off)",
-        };
-        format!(
-            "{what}: image {} digest {} rule {}: {}",
-            self.image,
-            self.digest
-                .as_ref()
-                .map_or("<unresolved>".to_string(), |d| d.to_string()),
-            self.rule.as_deref().unwrap_or("<default>"),
-            self.reason
-        )
-    }
-}
+/// The outcome for one image (an API type: `kcache verify` prints it, kcached serves it).
+pub use crate::api::ImageVerdict;
 
 /// Why verification could not even be attempted.
 #[derive(Debug, thiserror::Error)]

@@ -358,7 +358,7 @@ async fn the_api_shares_verdicts_and_the_policy_reloads_atomically() {
 
     let v = api.verify(&web, None).await.unwrap();
     assert!(v.permits() && v.rule.as_deref() == Some("apps"), "{v:?}");
-    assert_eq!(v.digest.as_deref(), Some(w.signed.as_str()));
+    assert_eq!(v.digest.as_ref(), Some(&w.signed));
     let again = api.verify(&web, Some(&w.signed)).await.unwrap();
     assert!(
         again.permits() && again.cached,
@@ -400,7 +400,7 @@ async fn the_api_shares_verdicts_and_the_policy_reloads_atomically() {
         ("warn", None, 1)
     );
     let v = api.verify(&other, None).await.unwrap();
-    assert_eq!(v.decision, "allow-with-warning");
+    assert_eq!(v.decision, kcache_core::api::Decision::AllowWithWarning);
     let mut c = w.daemon.snapshots().await;
     let l = labels(&[
         (IMAGE_REF, &other),

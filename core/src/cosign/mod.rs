@@ -16,21 +16,6 @@ pub mod sign;
 pub mod v2;
 pub mod v3;
 
-/// Which cosign format a signature came in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Format {
-    /// `.sig` tag with simple-signing layers.
-    CosignV2,
-    /// Sigstore bundle referrers.
-    CosignV3,
-}
-
-impl std::fmt::Display for Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::CosignV2 => "cosign-v2",
-            Self::CosignV3 => "cosign-v3",
-        })
-    }
-}
+/// Which cosign format a signature came in: the one signature-format type, which policy rules
+/// name too.
+pub use crate::api::SignatureFormat as Format;

@@ -49,6 +49,8 @@ mod load;
 
 use std::{path::PathBuf, sync::Arc};
 
+/// The policy's mode, the decision and the signature formats are API types too.
+pub use crate::api::{Decision, Mode, SignatureFormat};
 pub use error::{PolicyError, Problem, ProblemKind};
 pub use glob::{ImagePattern, PatternError, Specificity};
 use serde::Deserialize;
@@ -58,18 +60,6 @@ use crate::{
     keys::PublicKey,
     sigstore::{Identity, TrustedRoot},
 };
-
-/// What verification failures do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// A denied image is blocked.
-    Enforce,
-    /// A denied image is logged and allowed.
-    Warn,
-    /// Nothing is verified.
-    Off,
-}
 
 /// What happens to images no rule matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -91,17 +81,6 @@ pub enum TlogRequirement {
     Optional,
     /// Not looked at.
     Off,
-}
-
-/// Signature formats a rule accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
-pub enum SignatureFormat {
-    /// cosign v2: `sha256-<hex>.sig` tags with simple-signing payloads.
-    #[serde(rename = "cosign-v2")]
-    CosignV2,
-    /// cosign v3: Sigstore bundles attached as OCI referrers (or the tag fallback).
-    #[serde(rename = "cosign-v3")]
-    CosignV3,
 }
 
 /// Who may sign. Any one authority of a rule suffices.
@@ -241,19 +220,6 @@ pub enum Verdict {
     Denied,
 }
 
-/// What actually happens, once [`Mode`] is applied to a [`Verdict`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Allowed.
-    Allow,
-    /// Denied and blocked (`enforce`).
-    Deny,
-    /// Denied but let through with a warning (`warn`).
-    AllowWithWarning,
-    /// Not verified at all (`off`).
-    Unchecked,
-}
-
 impl Decision {
     /// Applies `mode` to `verdict`.
     pub fn new(mode: Mode, verdict: Verdict) -> Self {
@@ -263,11 +229,6 @@ impl Decision {
             (Mode::Enforce, Verdict::Denied) => Self::Deny,
             (Mode::Warn, Verdict::Denied) => Self::AllowWithWarning,
         }
-    }
-
-    /// Whether the pull or start may go ahead.
-    pub fn permits(self) -> bool {
-        self != Self::Deny
     }
 }
 

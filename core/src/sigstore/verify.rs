@@ -114,32 +114,8 @@ impl Default for Options {
     }
 }
 
-/// Who signed, as proven.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SignerInfo {
-    /// A key, by fingerprint.
-    Key {
-        /// `SHA256:<hex>` of the SPKI.
-        fingerprint: String,
-    },
-    /// A Fulcio certificate identity.
-    Keyless {
-        /// OIDC issuer.
-        issuer: String,
-        /// The SAN that matched.
-        subject: String,
-    },
-}
-
-impl std::fmt::Display for SignerInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Key { fingerprint } => write!(f, "key {fingerprint}"),
-            Self::Keyless { issuer, subject } => write!(f, "{subject} (issuer {issuer})"),
-        }
-    }
-}
+/// Who signed, as proven (an API type: verdicts carry it).
+pub use crate::api::SignerInfo;
 
 /// A verified bundle.
 #[derive(Debug, Clone)]

@@ -31,15 +31,13 @@ use std::{
 };
 
 use kcache_core::{
+    api::{ApiError, Client as ApiClient, ImageVerdict},
     digest::Digest,
     policy::Policy,
     registry::{Client as RegistryClient, Reference, RegistryConfig},
     verifier::Verifier,
 };
-use kcache_plugin::{
-    api::{ApiError, Client as ApiClient, VerifyResponse},
-    daemon::config::FileConfig,
-};
+use kcache_plugin::daemon::config::FileConfig;
 use serde::Deserialize;
 
 /// The stdin media type containerd sends (an OCI content descriptor).
@@ -257,7 +255,7 @@ fn parse_stdin(media_type: &str, bytes: &[u8]) -> Result<Descriptor, String> {
 // ---------------------------------------------------------------------------------------------
 // The decision.
 
-fn line(prefix: &str, v: &VerifyResponse, source: &str) -> String {
+fn line(prefix: &str, v: &ImageVerdict, source: &str) -> String {
     format!("kcache: {}{prefix} [{source}]", v.summary())
 }
 
@@ -269,7 +267,7 @@ fn load_policy(path: &Path) -> Result<Policy, String> {
 /// Whether an API failure means "verify here instead": kcached down, hung or broken. A 4xx
 /// answer is kcached refusing this request; verifying it here would be refused the same way.
 fn falls_back(e: &ApiError) -> bool {
-    !matches!(e, ApiError::Refused { status, .. } if (400..500).contains(status))
+    !e.is_refusal()
 }
 
 async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Instant, progress: Progress) -> ! {
@@ -280,12 +278,12 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
     let api = ApiClient::new(&s.api_socket).with_timeout(left / 2);
     let daemon_error = match api.verify(&image, Some(&digest)).await {
         Ok(v) => {
-            if v.digest.as_deref() != Some(digest.as_str()) {
+            if v.digest.as_ref() != Some(&digest) {
                 conclude(
                     1,
                     &format!(
                         "kcache: denied: image {image} digest {digest}: kcached answered for another digest ({})",
-                        v.digest.as_deref().unwrap_or("none")
+                        v.digest.as_ref().map_or("none".to_string(), |d| d.to_string())
                     ),
                 );
             }
@@ -312,10 +310,6 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
         ),
     };
     let v = Verifier::new(client).verify_digest(&policy, &reference, &digest).await;
-    let v: VerifyResponse = match serde_json::to_value(&v).and_then(serde_json::from_value) {
-        Ok(v) => v,
-        Err(e) => conclude(1, &format!("kcache: denied: image {image} digest {digest}: {e}")),
-    };
     let source = format!("in process: {daemon_error}");
     conclude(if v.permits() { 0 } else { 1 }, &line("", &v, &source))
 }

@@ -73,8 +73,8 @@ struct Args {
     /// Docker-style auth file.
     #[arg(long, env = "KCACHE_AUTH_FILE")]
     auth_file: Option<PathBuf>,
-    /// Unpacks without CRI image labels (`ctr pull`, snapshot annotations off).
-    #[arg(long, value_enum)]
+    /// Unpacks without CRI image labels (`ctr pull`, snapshot annotations off): allow or deny.
+    #[arg(long, value_name = "allow|deny")]
     unlabeled: Option<Unlabeled>,
     /// Turn off the parent-chain check for container snapshots (enforce mode).
     #[arg(long)]
@@ -248,7 +248,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             Arc::clone(policy),
             Arc::clone(&verifier),
             Arc::clone(&metrics),
-            s.gate.clone(),
+            s.gate,
         )));
         set_policy_gauge(&metrics, policy.current().policy.generation);
         let (m, m2) = (Arc::clone(&metrics), Arc::clone(&metrics));
@@ -316,14 +316,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             verifier: Arc::clone(&verifier),
             metrics: Arc::clone(&metrics),
             layout: s.layout.clone(),
-            gate: api::GateStatus {
-                chain_check: s.gate.chain_check,
-                unlabeled: match s.gate.unlabeled {
-                    Unlabeled::Allow => "allow",
-                    Unlabeled::Deny => "deny",
-                }
-                .into(),
-            },
+            gate: s.gate,
         });
         let api_socket = s.api_socket.clone();
         let st = Arc::clone(&state);

@@ -1,13 +1,6 @@
-//! The kcache API: HTTP/1.1 with JSON bodies on a unix socket (0600, root only).
-//!
-//! | request | answer |
-//! |---|---|
-//! | `POST /v1/verify` `{"image": REF, "digest": "sha256:…"\|null}` | the verdict, as `kcache verify --output json` prints it |
-//! | `GET /v1/policy` | [`PolicyStatus`] |
-//! | `GET /v1/caches` | the cache store's `state.json` ([`NodeCaches`]) |
-//! | `GET /v1/gate` | the snapshotter gate's settings ([`GateStatus`]) |
-//! | `GET /v1/health` | `ok` |
-//! | `GET /metrics` | Prometheus text |
+//! kcached's side of the kcache API: HTTP/1.1 with JSON bodies on a unix socket (0600, root
+//! only). The requests, answers and the typed client are [`kcache_core::api`]'s (re-exported
+//! here); this module serves them.
 //!
 //! The same verifier (and so the same verdict cache) serves the snapshotter's gate and the API,
 //! so the containerd 2.x verifier and `kcache verify --daemon` share verdicts with pulls.
@@ -16,7 +9,7 @@
 use std::{
     convert::Infallible,
     future::Future,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -24,109 +17,15 @@ use std::{
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Bytes, body::Incoming, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use kcache_core::{
-    cache::store::{NodeCaches, StoreLayout},
-    digest::Digest,
-    registry::Reference,
-    verifier::Verifier,
-};
-use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+pub use kcache_core::api::*;
+use kcache_core::{cache::store::StoreLayout, registry::Reference, verifier::Verifier};
+use serde::Serialize;
+use tokio::net::{TcpListener, UnixListener};
 
-use super::{
-    metrics::Metrics,
-    policy_store::{PolicyStatus, PolicyStore},
-};
+use super::{metrics::Metrics, policy_store::PolicyStore};
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
-/// Largest response body the client reads.
-const MAX_RESPONSE: usize = 4 * 1024 * 1024;
-
-/// A verify request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
-    /// The image reference (gives the repository, and the tag for the signed-index rule).
-    pub image: String,
-    /// Verify exactly this manifest digest; `None`: resolve `image` first.
-    #[serde(default)]
-    pub digest: Option<String>,
-}
-
-/// A verdict as the API returns it (the JSON of `kcache_core::verifier::ImageVerdict`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyResponse {
-    /// The image as given.
-    pub image: String,
-    /// The digest verified.
-    pub digest: Option<String>,
-    /// The deciding rule; `None` for the policy default.
-    pub rule: Option<String>,
-    /// Whether the image met its rule.
-    pub verified: bool,
-    /// `allow`, `deny`, `allow-with-warning` or `unchecked`.
-    pub decision: String,
-    /// Why.
-    pub reason: String,
-    /// Who signed.
-    #[serde(default)]
-    pub signer: Option<serde_json::Value>,
-    /// Rekor log index.
-    #[serde(default)]
-    pub tlog_index: Option<u64>,
-    /// `cosign-v2` or `cosign-v3`.
-    #[serde(default)]
-    pub format: Option<String>,
-    /// The signed index the manifest was allowed through.
-    #[serde(default)]
-    pub via_index: Option<String>,
-    /// Served from the verdict cache.
-    #[serde(default)]
-    pub cached: bool,
-    /// Time spent in the daemon.
-    #[serde(default)]
-    pub elapsed_ms: f64,
-}
-
-impl VerifyResponse {
-    /// Whether the image may be used (the decision after the policy mode).
-    pub fn permits(&self) -> bool {
-        matches!(self.decision.as_str(), "allow" | "allow-with-warning" | "unchecked")
-    }
-
-    /// One line naming the image, the digest, the rule and the reason.
-    pub fn summary(&self) -> String {
-        let what = match self.decision.as_str() {
-            "allow" => "allowed",
-            "deny" => "denied",
-            "allow-with-warning" => "denied (warn mode: allowed)",
-            _ => "not verified (mode off)",
-        };
-        format!(
-            "{what}: image {} digest {} rule {}: {}",
-            self.image,
-            self.digest.as_deref().unwrap_or("<unresolved>"),
-            self.rule.as_deref().unwrap_or("<default>"),
-            self.reason
-        )
-    }
-}
-
-/// The snapshotter gate's settings, for `kcache doctor`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GateStatus {
-    /// Whether container rootfs snapshots need a verified parent chain (enforce mode).
-    pub chain_check: bool,
-    /// `allow` or `deny`: unpacks without CRI image labels.
-    pub unlabeled: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ErrorBody {
-    error: String,
-}
-
 /// What the API serves from.
 pub struct ApiState {
     /// The policy in force.
@@ -168,16 +67,16 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, metrics_only: bool
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (&method, path.as_str()) {
-        (&Method::GET, "/metrics") => text(
+        (&Method::GET, path::METRICS) => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics.render(),
         ),
         _ if metrics_only => error(StatusCode::NOT_FOUND, "only /metrics is served here"),
-        (&Method::GET, "/v1/health") => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/v1/policy") => json(StatusCode::OK, &state.policy.status()),
-        (&Method::GET, "/v1/gate") => json(StatusCode::OK, &state.gate),
-        (&Method::GET, "/v1/caches") => {
+        (&Method::GET, path::HEALTH) => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, path::POLICY) => json(StatusCode::OK, &state.policy.status()),
+        (&Method::GET, path::GATE) => json(StatusCode::OK, &state.gate),
+        (&Method::GET, path::CACHES) => {
             let layout = state.layout.clone();
             match tokio::task::spawn_blocking(move || layout.read_state()).await {
                 Ok(Ok(caches)) => json(StatusCode::OK, &caches),
@@ -185,17 +84,14 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, metrics_only: bool
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        (&Method::POST, "/v1/verify") => verify(&state, req).await,
-        (_, "/v1/verify" | "/v1/policy" | "/v1/gate" | "/v1/caches" | "/v1/health" | "/metrics") => error(
+        (&Method::POST, path::VERIFY) => verify(&state, req).await,
+        (_, p) if path::ALL.contains(&p) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };
-    let known = matches!(
-        path.as_str(),
-        "/v1/verify" | "/v1/policy" | "/v1/gate" | "/v1/caches" | "/v1/health" | "/metrics"
-    );
+    let known = path::ALL.contains(&path.as_str());
     state.metrics.inc(
         "kcache_api_requests_total",
         vec![
@@ -219,11 +115,7 @@ async fn verify(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
     let loaded = state.policy.current();
     let start = Instant::now();
     let v = match &r.digest {
-        Some(d) => {
-            let digest = match Digest::parse(d) {
-                Ok(d) => d,
-                Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad digest {d:?}: {e}")),
-            };
+        Some(digest) => {
             let reference = match Reference::parse(&r.image) {
                 Ok(x) => x,
                 Err(e) => {
@@ -233,7 +125,7 @@ async fn verify(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
                     )
                 }
             };
-            state.verifier.verify_digest(&loaded.policy, &reference, &digest).await
+            state.verifier.verify_digest(&loaded.policy, &reference, digest).await
         }
         None => match state.verifier.verify(&loaded.policy, &r.image).await {
             Ok(v) => v,
@@ -245,21 +137,11 @@ async fn verify(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             }
         },
     };
-    let decision = serde_json::to_value(&v)
-        .ok()
-        .and_then(|j| j.get("decision").and_then(|d| d.as_str()).map(str::to_owned))
-        .unwrap_or_default();
-    let decision: &'static str = match decision.as_str() {
-        "allow" => "allow",
-        "deny" => "deny",
-        "allow-with-warning" => "allow-with-warning",
-        _ => "unchecked",
-    };
     state
         .metrics
-        .verdict(decision, v.rule.as_deref(), v.cached, start.elapsed());
+        .verdict(v.decision, v.rule.as_deref(), v.cached, start.elapsed());
     tracing::info!(image = %v.image, digest = ?v.digest.as_ref().map(|d| d.to_string()), rule = ?v.rule,
-        decision, cached = v.cached, "api verify");
+        decision = %v.decision, cached = v.cached, "api verify");
     json(StatusCode::OK, &v)
 }
 
@@ -342,152 +224,4 @@ where
             tracing::debug!(%e, "API connection ended with an error");
         }
     });
-}
-
-/// Why an API call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// kcached is not listening (not running, or another socket path).
-    #[error("kcached is not reachable at {}: {source}", socket.display())]
-    Unreachable {
-        /// The socket.
-        socket: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// No answer in time.
-    #[error("kcached did not answer within {0:?}")]
-    Timeout(Duration),
-    /// HTTP failed.
-    #[error("kcache API: {0}")]
-    Http(String),
-    /// kcached refused the request.
-    #[error("kcached refused the request ({status}): {message}")]
-    Refused {
-        /// HTTP status.
-        status: u16,
-        /// kcached's message.
-        message: String,
-    },
-    /// The answer is not what kcached sends.
-    #[error("kcached sent an unexpected answer: {0}")]
-    Decode(String),
-}
-
-/// A client of the kcache API.
-#[derive(Debug, Clone)]
-pub struct Client {
-    socket: PathBuf,
-    timeout: Duration,
-}
-
-impl Client {
-    /// A client for the API at `socket`, with a 30 s timeout per call.
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self {
-            socket: socket.into(),
-            timeout: Duration::from_secs(30),
-        }
-    }
-
-    /// Sets the timeout per call (connect, request and response together).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Verifies `image` (exactly `digest`, when given).
-    pub async fn verify(&self, image: &str, digest: Option<&Digest>) -> Result<VerifyResponse, ApiError> {
-        let body = serde_json::to_vec(&VerifyRequest {
-            image: image.to_owned(),
-            digest: digest.map(|d| d.to_string()),
-        })
-        .map_err(|e| ApiError::Http(e.to_string()))?;
-        self.call_json(Method::POST, "/v1/verify", Some(body)).await
-    }
-
-    /// The policy in force.
-    pub async fn policy(&self) -> Result<PolicyStatus, ApiError> {
-        self.call_json(Method::GET, "/v1/policy", None).await
-    }
-
-    /// The snapshotter gate's settings.
-    pub async fn gate(&self) -> Result<GateStatus, ApiError> {
-        self.call_json(Method::GET, "/v1/gate", None).await
-    }
-
-    /// The node's approved caches.
-    pub async fn caches(&self) -> Result<NodeCaches, ApiError> {
-        self.call_json(Method::GET, "/v1/caches", None).await
-    }
-
-    /// Whether kcached answers.
-    pub async fn health(&self) -> Result<(), ApiError> {
-        self.call(Method::GET, "/v1/health", None).await.map(|_| ())
-    }
-
-    /// The metrics text.
-    pub async fn metrics(&self) -> Result<String, ApiError> {
-        let body = self.call(Method::GET, "/metrics", None).await?;
-        String::from_utf8(body.to_vec()).map_err(|e| ApiError::Decode(e.to_string()))
-    }
-
-    async fn call_json<T: for<'de> Deserialize<'de>>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<T, ApiError> {
-        let bytes = self.call(method, path, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, ApiError> {
-        match tokio::time::timeout(self.timeout, self.call_inner(method, path, body)).await {
-            Ok(r) => r,
-            Err(_) => Err(ApiError::Timeout(self.timeout)),
-        }
-    }
-
-    async fn call_inner(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, ApiError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ApiError::Unreachable {
-                socket: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ApiError::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder().method(method).uri(path).header("host", "kcache");
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ApiError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ApiError::Http(e.to_string()))?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
-            .collect()
-            .await
-            .map_err(|e| ApiError::Http(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ApiError::Refused {
-                status: status.as_u16(),
-                message,
-            });
-        }
-        Ok(bytes)
-    }
 }

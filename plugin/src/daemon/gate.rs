@@ -42,26 +42,9 @@ pub const LABEL_VERIFIED_RULE: &str = "kcache.dev/verified-rule";
 /// Labels only the gate may set.
 pub const OWN_PREFIX: &str = "kcache.dev/";
 
-/// What to do with an unpack (a Prepare with `containerd.io/snapshot.ref`) that has no CRI
-/// image labels: a `ctr pull`, or CRI with snapshot annotations off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Unlabeled {
-    /// Let it unpack. Its snapshots are not marked verified, so in enforce mode no container
-    /// can run on them (the chain check).
-    Allow,
-    /// Refuse it (in enforce mode; warn mode logs it).
-    Deny,
-}
-
-/// The gate's settings.
-#[derive(Debug, Clone)]
-pub struct GateConfig {
-    /// Unpacks without CRI labels.
-    pub unlabeled: Unlabeled,
-    /// The parent-chain check for container rootfs snapshots (enforce mode only).
-    pub chain_check: bool,
-}
+/// The gate's settings, and what to do with an unpack that has no CRI image labels: API types
+/// (`/v1/gate` reports them).
+pub use kcache_core::api::{GateStatus as GateConfig, Unlabeled};
 
 /// The verification gate.
 pub struct Gate {
@@ -188,9 +171,8 @@ impl Gate {
         };
         let start = Instant::now();
         let v = self.verifier.verify_digest(policy, &reference, &parsed).await;
-        let decision = decision_name(&v);
         self.metrics
-            .verdict(decision, v.rule.as_deref(), v.cached, start.elapsed());
+            .verdict(v.decision, v.rule.as_deref(), v.cached, start.elapsed());
         let rule = v.rule.as_deref().unwrap_or("<default>");
         if !v.permits() {
             self.metrics
@@ -202,7 +184,7 @@ impl Gate {
             )));
         }
         match v.decision {
-            kcache_core::policy::Decision::Allow => {
+            kcache_core::api::Decision::Allow => {
                 tracing::debug!(%image, %digest, rule, cached = v.cached, "pull verified");
                 Ok(Admitted {
                     labels: vec![
@@ -265,16 +247,6 @@ impl Gate {
             "kcache: {op} {key} refused by the chain check: parent snapshot {parent} was never part of a verified pull \
              (enforce mode; pull the image through CRI so kcache can verify it)"
         )))
-    }
-}
-
-fn decision_name(v: &kcache_core::verifier::ImageVerdict) -> &'static str {
-    use kcache_core::policy::Decision;
-    match v.decision {
-        Decision::Allow => "allow",
-        Decision::Deny => "deny",
-        Decision::AllowWithWarning => "allow-with-warning",
-        Decision::Unchecked => "unchecked",
     }
 }
 

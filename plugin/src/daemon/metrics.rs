@@ -4,6 +4,8 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex, time::Duration};
 
+use kcache_core::api::Decision;
+
 /// Latency buckets in seconds: 100 µs to 30 s.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
@@ -124,11 +126,11 @@ impl Metrics {
     }
 
     /// Records a verdict.
-    pub fn verdict(&self, decision: &str, rule: Option<&str>, cached: bool, elapsed: Duration) {
+    pub fn verdict(&self, decision: Decision, rule: Option<&str>, cached: bool, elapsed: Duration) {
         let rule = rule.unwrap_or("<default>").to_owned();
         self.inc(
             "kcache_verifications_total",
-            vec![("result", decision.to_owned()), ("rule", rule)],
+            vec![("result", decision.to_string()), ("rule", rule)],
             1,
         );
         self.observe("kcache_verification_seconds", vec![], elapsed);
@@ -207,8 +209,8 @@ mod tests {
     #[test]
     fn exposition_format() {
         let m = Metrics::default();
-        m.verdict("deny", Some("prod \"images\""), false, Duration::from_millis(3));
-        m.verdict("allow", None, true, Duration::from_micros(1));
+        m.verdict(Decision::Deny, Some("prod \"images\""), false, Duration::from_millis(3));
+        m.verdict(Decision::Allow, None, true, Duration::from_micros(1));
         m.observe(
             "kcache_snapshot_operation_seconds",
             vec![("op", "prepare".into())],

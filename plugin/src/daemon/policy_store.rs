@@ -8,8 +8,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use kcache_core::policy::{Mode, Policy, PolicyError};
-use serde::Serialize;
+/// What the API reports about the policy (an API type).
+pub use kcache_core::api::PolicyStatus;
+use kcache_core::policy::{Policy, PolicyError};
 
 /// One loaded policy and when it was loaded.
 #[derive(Debug)]
@@ -34,25 +35,6 @@ pub struct PolicyStore {
     current: RwLock<Arc<LoadedPolicy>>,
     last_error: Mutex<Option<String>>,
     reloads: std::sync::atomic::AtomicU64,
-}
-
-/// What the API reports about the policy.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PolicyStatus {
-    /// Content hash of the policy in force (changes with any input, keys included).
-    pub generation: u64,
-    /// enforce | warn | off.
-    pub mode: String,
-    /// Number of rules.
-    pub rules: usize,
-    /// Files it was read from.
-    pub sources: Vec<PathBuf>,
-    /// When it was loaded (seconds since the epoch).
-    pub loaded_at: u64,
-    /// Why the newest files on disk are not in force, if they are not.
-    pub last_error: Option<String>,
-    /// Successful reloads since start.
-    pub reloads: u64,
 }
 
 impl PolicyStore {
@@ -157,22 +139,13 @@ impl PolicyStore {
         let cur = self.current();
         PolicyStatus {
             generation: cur.policy.generation,
-            mode: mode_name(cur.policy.mode).to_owned(),
+            mode: cur.policy.mode,
             rules: cur.policy.rules.len(),
             sources: cur.policy.sources.clone(),
             loaded_at: cur.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             reloads: self.reloads.load(std::sync::atomic::Ordering::Relaxed),
         }
-    }
-}
-
-/// `enforce`, `warn` or `off`.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Enforce => "enforce",
-        Mode::Warn => "warn",
-        Mode::Off => "off",
     }
 }
 
@@ -205,7 +178,10 @@ mod tests {
         assert_eq!(store.reload(), Ok(true));
         assert_ne!(store.current().policy.generation, gen0);
         let st = store.status();
-        assert_eq!((st.mode.as_str(), st.last_error, st.reloads), ("warn", None, 1));
+        assert_eq!(
+            (st.mode, st.last_error, st.reloads),
+            (kcache_core::api::Mode::Warn, None, 1)
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use kcache_core::api::Mode;
 use kcache_plugin::{api::Client as Api, proto::cri};
 use serde::Serialize;
 use toml::Value;
@@ -324,18 +325,18 @@ pub fn check_daemon(
             format!("kcached does not answer ({e}): containerd cannot unpack anything through kcache"),
         )),
         Ok(p) => {
-            out.push(match p.mode.as_str() {
-                "enforce" => finding(
+            out.push(match p.mode {
+                Mode::Enforce => finding(
                     Level::Ok,
                     "policy-mode",
                     format!("enforce, {} rules, generation {}", p.rules, p.generation),
                 ),
-                "warn" => finding(
+                Mode::Warn => finding(
                     Level::Fail,
                     "policy-mode",
                     "mode warn: images that fail the policy are pulled and run (only logged)",
                 ),
-                m => finding(Level::Fail, "policy-mode", format!("mode {m}: nothing is verified")),
+                m @ Mode::Off => finding(Level::Fail, "policy-mode", format!("mode {m}: nothing is verified")),
             });
             if let Some(e) = p.last_error {
                 out.push(finding(
@@ -562,7 +563,7 @@ mod tests {
     fn daemon_findings() {
         let status = |mode: &str| kcache_plugin::daemon::policy_store::PolicyStatus {
             generation: 7,
-            mode: mode.into(),
+            mode: serde_json::from_value(mode.into()).unwrap(),
             rules: 2,
             sources: vec![],
             loaded_at: 0,
@@ -572,7 +573,7 @@ mod tests {
         let gate = |chain_check| {
             Ok(kcache_plugin::api::GateStatus {
                 chain_check,
-                unlabeled: "allow".into(),
+                unlabeled: kcache_core::api::Unlabeled::Allow,
             })
         };
         let f = check_daemon(Ok(status("enforce")), gate(true));

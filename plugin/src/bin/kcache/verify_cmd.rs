@@ -41,74 +41,24 @@ pub fn load_policy(path: &std::path::Path) -> Result<Policy> {
 }
 
 pub fn run(a: VerifyArgs) -> Result<Outcome> {
-    if a.daemon {
-        return run_daemon(a);
-    }
-    let policy = load_policy(&a.policy)?;
-    let client = a.registry.client()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let v = rt.block_on(Verifier::new(client).verify(&policy, &a.image))?;
-    match a.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-        Output::Text => {
-            println!("image:    {}", v.image);
-            println!("digest:   {}", v.digest.as_ref().map_or("-".into(), |d| d.to_string()));
-            println!("rule:     {}", v.rule.as_deref().unwrap_or("<default>"));
-            println!("verdict:  {}", if v.permits() { "allowed" } else { "denied" });
-            println!("reason:   {}", v.reason);
-            if let Some(s) = &v.signer {
-                println!("signer:   {s}");
-            }
-            if let Some(f) = &v.format {
-                println!("format:   {f}");
-            }
-            if let Some(i) = v.tlog_index {
-                println!("tlog:     index {i}");
-            }
-            if let Some(i) = &v.via_index {
-                println!("index:    {i}");
-            }
-            println!("time:     {:.1} ms", v.elapsed.as_secs_f64() * 1000.0);
-        }
-    }
-    Ok(if v.permits() {
-        Outcome::Ok
+    let v = if a.daemon {
+        // The daemon's policy and verdict cache decide (the same answer a pull on this node gets).
+        let client = kcache_core::api::Client::new(&a.api_socket);
+        rt.block_on(client.verify(&a.image, None))
+            .context("kcached could not answer")?
     } else {
-        Outcome::Rejected(v.summary())
-    })
-}
-
-fn run_daemon(a: VerifyArgs) -> Result<Outcome> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let client = kcache_plugin::api::Client::new(&a.api_socket);
-    let v = rt
-        .block_on(client.verify(&a.image, None))
-        .context("kcached could not answer")?;
+        let policy = load_policy(&a.policy)?;
+        let client = a.registry.client()?;
+        rt.block_on(Verifier::new(client).verify(&policy, &a.image))?
+    };
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Output::Text => {
-            println!("image:    {}", v.image);
-            println!("digest:   {}", v.digest.as_deref().unwrap_or("-"));
-            println!("rule:     {}", v.rule.as_deref().unwrap_or("<default>"));
-            println!("verdict:  {}", if v.permits() { "allowed" } else { "denied" });
-            println!("reason:   {}", v.reason);
-            if let Some(s) = &v.signer {
-                let field = |k: &str| s.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_owned();
-                match s.get("type").and_then(|t| t.as_str()) {
-                    Some("key") => println!("signer:   key {}", field("fingerprint")),
-                    Some("keyless") => println!("signer:   {} ({})", field("subject"), field("issuer")),
-                    _ => println!("signer:   {s}"),
-                }
+            print!("{}", v.text());
+            if a.daemon {
+                println!("daemon:   {}", a.api_socket.display());
             }
-            if let Some(i) = v.tlog_index {
-                println!("tlog:     index {i}");
-            }
-            println!(
-                "daemon:   {}{}",
-                a.api_socket.display(),
-                if v.cached { " (cached verdict)" } else { "" }
-            );
-            println!("time:     {:.1} ms", v.elapsed_ms);
         }
     }
     Ok(if v.permits() {
