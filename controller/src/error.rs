@@ -26,17 +26,15 @@ pub enum Error {
     /// Node files.
     #[error(transparent)]
     Files(#[from] FileError),
-    // AGENT-BEGIN
-    // /// The node's files.
-    // #[error("node files")]
-    // Sync(#[source] crate::agent::files::SyncError),
+    /// The node's files.
+    #[error("node files")]
+    Sync(#[source] crate::agent::files::SyncError),
     /// A blocking task or a watch store failed.
     #[error("internal: {0}")]
     Join(String),
-    // /// kcached's API.
-    // #[error("kcached's API")]
-    // Kcached(#[source] kcache_core::api::ApiError),
-    // AGENT-END
+    /// kcached's API.
+    #[error("kcached's API")]
+    Kcached(#[source] kcache_core::api::ApiError),
     /// The object has no name (never from the API server).
     #[error("object without a name")]
     NoName,
@@ -51,9 +49,9 @@ impl Error {
             Error::Reference(_) => "reference",
             Error::Validate(_) => "validate",
             Error::Files(_) => "files",
-            // Error::Sync(_) => "files",
+            Error::Sync(_) => "files",
             Error::Join(_) => "internal",
-            // Error::Kcached(_) => "kcached",
+            Error::Kcached(_) => "kcached",
             Error::NoName => "no_name",
         }
     }

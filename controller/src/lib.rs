@@ -13,7 +13,7 @@
 #![warn(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
-// AGENT pub mod agent;
+pub mod agent;
 pub mod aggregate;
 pub mod apply;
 pub mod crd;

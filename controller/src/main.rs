@@ -5,9 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use kcache_controller::{
+    agent::{self, files::NodeFiles, AgentConfig},
     metrics::{self, Metrics},
     run,
 };
+use kcache_core::cache::store::StoreLayout;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +29,9 @@ enum Command {
     /// The cluster controller (a Deployment): validates TrustPolicies, resolves KernelCache tags,
     /// aggregates KernelCacheNode reports into the caches' status.
     Run(RunArgs),
+    /// The node agent (a DaemonSet beside kcached): renders the objects into policy.d and
+    /// caches.d, reports the node in its KernelCacheNode.
+    Node(NodeArgs),
 }
 
 #[derive(Args)]
@@ -64,6 +69,42 @@ struct RunArgs {
     /// Do not resolve tags (nodes pull them as they find them).
     #[arg(long)]
     no_resolve: bool,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The node's main policy file (read, never written); policy.d beside it unless --policy-d.
+    #[arg(long, default_value = "/etc/kcache/policy.yaml")]
+    policy: PathBuf,
+    /// Where TrustPolicies are rendered.
+    #[arg(long)]
+    policy_d: Option<PathBuf>,
+    /// Where caches are approved.
+    #[arg(long, default_value = "/etc/kcache/caches.d")]
+    caches_d: PathBuf,
+    /// kcached's config.toml (its [cluster] table says what the cluster may change).
+    #[arg(long, default_value = "/etc/kcache/config.toml")]
+    config: PathBuf,
+    /// kcached's API socket.
+    #[arg(long, default_value = "/run/kcache/kcache.sock")]
+    kcached_socket: PathBuf,
+    /// kcached's GPU inventory.
+    #[arg(long, default_value = "/run/kcache/gpus.json")]
+    gpus_json: PathBuf,
+    /// The cache store, read for rules, signers and container refs (read-only; optional).
+    #[arg(long)]
+    cache_root: Option<PathBuf>,
+    /// kcached is polled this often.
+    #[arg(long, default_value_t = 5)]
+    poll_seconds: u64,
+    /// The status is applied at least this often.
+    #[arg(long, default_value_t = 60)]
+    heartbeat_seconds: u64,
 }
 
 fn init_tracing(json: bool) {
@@ -134,6 +175,35 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<()> {
     .await
 }
 
+async fn cmd_node(a: NodeArgs) -> anyhow::Result<()> {
+    let policy_d = a
+        .policy_d
+        .unwrap_or_else(|| a.policy.parent().unwrap_or(std::path::Path::new("/")).join("policy.d"));
+    let cfg = AgentConfig {
+        node_name: a.node_name,
+        files: NodeFiles {
+            policy: a.policy,
+            policy_d,
+            caches_d: a.caches_d,
+        },
+        config_toml: a.config,
+        kcached_socket: a.kcached_socket,
+        store: a.cache_root.map(|r| StoreLayout::new(r, "/run/kcache")),
+        gpus_json: a.gpus_json,
+        poll_every: Duration::from_secs(a.poll_seconds.max(1)),
+        heartbeat: Duration::from_secs(a.heartbeat_seconds.max(1)),
+        manager: kcache_controller::apply::AGENT_MANAGER.into(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let client = client().await?;
+    with_metrics(a.common.metrics_addr, metrics.clone(), async move {
+        agent::run(client, cfg, metrics)
+            .await
+            .map_err(|e| anyhow::anyhow!(kcache_controller::error_chain(&e)))
+    })
+    .await
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -143,6 +213,10 @@ fn main() -> ExitCode {
         Command::Run(a) => {
             init_tracing(a.common.log_json);
             runtime().and_then(|rt| rt.block_on(cmd_run(a)))
+        }
+        Command::Node(a) => {
+            init_tracing(a.common.log_json);
+            runtime().and_then(|rt| rt.block_on(cmd_node(a)))
         }
     };
     match result {
