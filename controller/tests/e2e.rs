@@ -109,9 +109,7 @@ fn cuda_kernel(root: &Path, seed: u8) {
     let key = "QWJ3OZ3CR4HNZ6LOHG7LYCUUQYZFXAY6SY62SNYRVQHW3G4FOCLQ";
     let dir = root.join(key);
     std::fs::create_dir_all(&dir).unwrap();
-    let meta = format!(
-        r#"{{"hash": "a1f3", "target": {{"backend": "cuda", "arch": 90, "warp_size": 32}}, "num_warps": 4, "num_ctas": 1, "num_stages": 3, "debug": false, "backend_name": "cuda", "arch": "sm90", "triton_version": "3.3.1", "shared": 0, "name": "matmul_kernel"}}"#
-    );
+    let meta = r#"{"hash": "a1f3", "target": {"backend": "cuda", "arch": 90, "warp_size": 32}, "num_warps": 4, "num_ctas": 1, "num_stages": 3, "debug": false, "backend_name": "cuda", "arch": "sm90", "triton_version": "3.3.1", "shared": 0, "name": "matmul_kernel"}"#.to_string();
     let mut children = serde_json::Map::new();
     for ext in ["ttir", "ptx", "cubin", "json"] {
         let file = format!("matmul_kernel.{ext}");
@@ -519,6 +517,12 @@ async fn cluster_objects_become_node_files_and_node_status_becomes_cluster_statu
         mtime,
         "no rewrite"
     );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let Some(pid) = agent.child.as_ref().map(Child::id) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
+        eprintln!("agent idle (debug build; 4 watches, 2 policies, 2 caches): {rss}");
+    }
 
     // Deletes: the agent's files go, the admin's stay.
     tps.delete("caches", &DeleteParams::default()).await.unwrap();

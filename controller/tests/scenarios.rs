@@ -21,7 +21,7 @@ use kcache_controller::{
 use kube::{
     client::Body,
     runtime::{reflector, watcher},
-    Client, Resource, ResourceExt,
+    Client, Resource,
 };
 use serde_json::Value;
 
