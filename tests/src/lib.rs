@@ -4,6 +4,7 @@
 //! `make deps` (scripts/deps.sh).
 
 pub mod containerd;
+pub mod cosign;
 pub mod cri;
 pub mod fixtures;
 pub mod hostile;
@@ -11,5 +12,6 @@ pub mod images;
 pub mod kcached;
 pub mod kube;
 pub mod registry;
+pub mod triton;
 
 pub use registry::TestRegistry;
