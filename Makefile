@@ -1,12 +1,17 @@
 # kcache tasks. `make test` is what CI runs; `make demo` is the one-command demo.
 CARGO ?= cargo
 
-.PHONY: deps build release packages test test-hook-static test-containerd-matrix test-unit lint demo demo-verify bench triton-caches
+.PHONY: deps kube-apiserver build release packages test test-hook-static test-containerd-matrix test-unit lint demo demo-verify bench triton-caches
 
 DIST ?= $(or $(CARGO_TARGET_DIR),target)/dist
 
 deps:
 	bash scripts/deps.sh
+
+# The real Kubernetes API server (apiextensions-apiserver 1.36 + etcd) kcache-controller's tests
+# run against; built once into ~/.cache/kcache-test/kube-apiserver-1.36 (4-7 min), then reused.
+kube-apiserver:
+	bash scripts/kube-apiserver.sh build
 
 build:
 	$(CARGO) build --workspace --locked
@@ -20,7 +25,7 @@ ARCH ?= x86_64
 packages: deps
 	bash scripts/build-packages.sh --arch $(ARCH)
 
-test: deps triton-caches
+test: deps triton-caches kube-apiserver
 	$(CARGO) test --workspace --locked
 	$(MAKE) test-hook-static
 	$(MAKE) test-containerd-matrix

@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod hostile;
 pub mod images;
 pub mod kcached;
+pub mod kube;
 pub mod registry;
 pub mod triton;
 

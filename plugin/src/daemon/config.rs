@@ -94,6 +94,11 @@ pub struct FileConfig {
     /// The cache manager's extraction limits.
     #[serde(default)]
     pub cache: CacheSection,
+    /// `[cluster]`: what cluster objects may change on this node. Read by kcache-controller's
+    /// node agent (`kcache_controller::guard`), not by kcached; accepted here so one file holds
+    /// the node's settings.
+    #[serde(default)]
+    pub cluster: Option<toml::Table>,
 }
 
 /// `[cache]`: limits on one cache image layer, as [`ExtractLimits`] names them. Unset keys keep

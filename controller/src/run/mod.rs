@@ -1,0 +1,242 @@
+//! `kcache-controller run`: the cluster controller.
+//!
+//! - TrustPolicy: checked by the node policy loader ([`crate::validate`]); status `Valid` with
+//!   every problem, and how many nodes enforce or refuse its generation.
+//! - KernelCache / ClusterKernelCache: a tag resolved once into `status.resolvedDigest`
+//!   (re-resolved every `resolve_every`; a digest in spec is kept as is), node counts and
+//!   conditions from the KernelCacheNode objects.
+//! - KernelCacheNode: a report older than `stale_after` counts as stale (left out of the
+//!   counts); one older than `delete_after` is deleted (the node is gone).
+//!
+//! Every status is applied whole with one field manager, so replicas agree without a leader.
+
+mod cache;
+mod policy;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use kube::{
+    runtime::{
+        controller::{Action, Controller},
+        reflector::{self, Store},
+        watcher, WatchStreamExt,
+    },
+    Api, Client, ResourceExt,
+};
+
+pub use cache::{reconcile_cache, CacheObject};
+pub use policy::reconcile_policy;
+
+use crate::{
+    aggregate::{tally, Fleet},
+    apply::Events,
+    crd::{ClusterKernelCache, KernelCache, KernelCacheNode, TrustPolicy, TrustRoot},
+    error::Error,
+    metrics::Metrics,
+    render::TrustRoots,
+};
+
+/// `run`'s settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A KernelCacheNode not refreshed for this long is stale.
+    pub stale_after: Duration,
+    /// One not refreshed for this long is deleted (`None`: never).
+    pub delete_after: Option<Duration>,
+    /// Tags are resolved again after this long.
+    pub resolve_every: Duration,
+    /// Every object is reconciled at least this often (node counts change without an event on
+    /// the object itself).
+    pub resync_every: Duration,
+    /// Field manager for server-side apply.
+    pub manager: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_secs(300),
+            delete_after: Some(Duration::from_secs(24 * 3600)),
+            resolve_every: Duration::from_secs(600),
+            resync_every: Duration::from_secs(15),
+            manager: crate::apply::CONTROLLER_MANAGER.into(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Settings.
+    pub cfg: Config,
+    /// Every KernelCacheNode (a reflector).
+    pub nodes: Store<KernelCacheNode>,
+    /// Every TrustRoot.
+    pub roots: Store<TrustRoot>,
+    /// Resolves tags (`None`: tags are left unresolved, with a condition saying so).
+    pub registry: Option<Arc<kcache_core::registry::Client>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Events, where served.
+    pub events: Events,
+    fleet: Mutex<Option<(Instant, Arc<Fleet>)>>,
+}
+
+impl Context {
+    /// A context over these stores.
+    pub fn new(
+        client: Client,
+        cfg: Config,
+        nodes: Store<KernelCacheNode>,
+        roots: Store<TrustRoot>,
+        registry: Option<Arc<kcache_core::registry::Client>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let events = Events::new(client.clone(), "kcache-controller");
+        Self {
+            client,
+            cfg,
+            nodes,
+            roots,
+            registry,
+            metrics,
+            events,
+            fleet: Mutex::new(None),
+        }
+    }
+
+    /// The fleet tally, computed at most once a second however many objects ask.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        let mut slot = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, f)) = slot.as_ref() {
+            if at.elapsed() < Duration::from_secs(1) {
+                return f.clone();
+            }
+        }
+        let nodes = self.nodes.state();
+        let stale = chrono::Duration::from_std(self.cfg.stale_after).unwrap_or(chrono::Duration::MAX);
+        let f = Arc::new(tally(nodes.iter().map(|n| n.as_ref()), Utc::now(), stale));
+        self.metrics.stale_nodes.set(f.stale_nodes.len() as i64);
+        self.metrics.set_objects("KernelCacheNode", nodes.len());
+        *slot = Some((Instant::now(), f.clone()));
+        f
+    }
+
+    /// The TrustRoots by name.
+    pub fn trust_roots(&self) -> TrustRoots {
+        self.roots
+            .state()
+            .iter()
+            .map(|r| (r.name_any(), r.spec.trusted_root.clone()))
+            .collect()
+    }
+}
+
+/// Backoff after a failed reconcile: counted by kind, retried in 5 s, 10 s, ... up to 5 min.
+pub fn error_policy<K: kube::Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or("object");
+    let name = obj.meta().name.as_deref().unwrap_or("?");
+    tracing::warn!(name, kind, error = %crate::error_chain(err), "reconcile failed");
+    ctx.metrics.failure(kind, err.metric_label());
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Runs the controller until SIGTERM / SIGINT.
+pub async fn run(
+    client: Client,
+    cfg: Config,
+    registry: Option<Arc<kcache_core::registry::Client>>,
+    metrics: Arc<Metrics>,
+) {
+    let (nodes, node_writer) = reflector::store();
+    let node_stream = watcher(Api::<KernelCacheNode>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .applied_objects()
+        .for_each(|_| futures_util::future::ready(()));
+    let (roots, root_writer) = reflector::store();
+    let root_stream = watcher(Api::<TrustRoot>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(root_writer)
+        .applied_objects()
+        .for_each(|_| futures_util::future::ready(()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cfg.clone(),
+        nodes,
+        roots,
+        registry,
+        metrics,
+    ));
+
+    let tick = || interval(cfg.resync_every);
+    let policies = Controller::new(Api::<TrustPolicy>::all(client.clone()), watcher::Config::default())
+        .reconcile_all_on(tick())
+        .shutdown_on_signal()
+        .run(reconcile_policy, error_policy, ctx.clone())
+        .for_each(log_result);
+    let caches = Controller::new(Api::<KernelCache>::all(client.clone()), watcher::Config::default())
+        .reconcile_all_on(tick())
+        .shutdown_on_signal()
+        .run(reconcile_cache::<KernelCache>, error_policy, ctx.clone())
+        .for_each(log_result);
+    let cluster_caches = Controller::new(
+        Api::<ClusterKernelCache>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .reconcile_all_on(tick())
+    .shutdown_on_signal()
+    .run(reconcile_cache::<ClusterKernelCache>, error_policy, ctx.clone())
+    .for_each(log_result);
+    let gc = gc_stale_nodes(ctx.clone());
+    // The controllers end on the signal; the watchers and GC loop end with them.
+    tokio::select! {
+        _ = async { tokio::join!(policies, caches, cluster_caches) } => {},
+        () = node_stream => {},
+        () = root_stream => {},
+        () = gc => {},
+    }
+    tracing::info!("controller stopped");
+}
+
+async fn log_result<T: std::fmt::Debug, E: std::fmt::Display>(r: Result<T, E>) {
+    match r {
+        Ok(o) => tracing::debug!(object = ?o, "reconciled"),
+        Err(e) => tracing::debug!(error = %e, "controller"),
+    }
+}
+
+/// A stream that yields every `every`, first after one period.
+fn interval(every: Duration) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+    futures_util::stream::unfold((), move |()| async move {
+        tokio::time::sleep(every).await;
+        Some(((), ()))
+    })
+}
+
+/// Deletes KernelCacheNodes whose report is older than `delete_after`.
+async fn gc_stale_nodes(ctx: Arc<Context>) {
+    let Some(after) = ctx.cfg.delete_after else {
+        return std::future::pending().await;
+    };
+    let api = Api::<KernelCacheNode>::all(ctx.client.clone());
+    let after_c = chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+    loop {
+        tokio::time::sleep(ctx.cfg.resync_every.max(Duration::from_secs(1))).await;
+        for node in ctx.nodes.state() {
+            if crate::aggregate::is_stale(node.status.as_ref(), Utc::now(), after_c) && node.status.is_some() {
+                let name = node.name_any();
+                match api.delete(&name, &Default::default()).await {
+                    Ok(_) => tracing::info!(node = %name, "deleted a KernelCacheNode not refreshed in {after:?}"),
+                    Err(e) => tracing::warn!(node = %name, error = %e, "cannot delete stale KernelCacheNode"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Reconcile paths against a mocked API server (tower-test), as kube-rs/controller-rs tests
+//! them: each scenario states the exact requests the reconcile must make, with their bodies,
+//! and the answers; a request too many, too few or different fails the test. The mock stands
+//! in for the API server only; the registry (tag resolution) is the real one on loopback, and
+//! the same paths run against the real apiextensions-apiserver in tests/e2e.rs.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{Request, Response};
+use kcache_controller::{
+    crd::{
+        ClusterKernelCache, ClusterKernelCacheSpec, ConditionStatus, KernelCache, KernelCacheNode, KernelCacheNodeSpec,
+        KernelCacheNodeStatus, KernelCacheSpec, KernelCacheStatus, KeyAuthority, KeylessAuthority, NodeCache,
+        NodeTrustPolicy, PolicyAuthority, PolicyRule, TrustPolicy, TrustPolicySpec, TrustPolicyState,
+        TrustPolicyStatus, TrustRoot,
+    },
+    metrics::Metrics,
+    run::{self, reconcile_cache, reconcile_policy, Context},
+    Error,
+};
+use kube::{
+    client::Body,
+    runtime::{reflector, watcher},
+    Client, Resource,
+};
+use serde_json::Value;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One expected request: method, path and query, and the answer (status, body).
+struct Expect {
+    method: &'static str,
+    uri: String,
+    respond: (u16, Value),
+}
+
+/// Serves `expected` in order, returning the request bodies; then asserts nothing more comes.
+async fn serve(mut handle: Handle, expected: Vec<Expect>) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    for e in expected {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request; expected {} {}", e.method, e.uri))
+            .expect("service dropped");
+        assert_eq!(req.method().as_str(), e.method, "method of {}", req.uri());
+        assert_eq!(req.uri().to_string(), e.uri);
+        let body = req.into_body().collect_bytes().await.unwrap();
+        bodies.push(if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        });
+        send.send_response(
+            Response::builder()
+                .status(e.respond.0)
+                .body(Body::from(serde_json::to_vec(&e.respond.1).unwrap()))
+                .unwrap(),
+        );
+    }
+    // Nothing more: either silence or every client dropped.
+    if let Ok(Some((req, _))) = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await {
+        panic!("an unexpected extra request: {} {}", req.method(), req.uri());
+    }
+    bodies
+}
+
+fn mock() -> (Client, Handle) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(svc, "default"), handle)
+}
+
+fn context(
+    client: Client,
+    nodes: Vec<KernelCacheNode>,
+    registry: Option<Arc<kcache_core::registry::Client>>,
+) -> Arc<Context> {
+    let (node_store, mut w) = reflector::store::<KernelCacheNode>();
+    for n in nodes {
+        w.apply_watcher_event(&watcher::Event::Apply(n));
+    }
+    let (root_store, _) = reflector::store::<TrustRoot>();
+    Arc::new(Context::new(
+        client,
+        run::Config::default(),
+        node_store,
+        root_store,
+        registry,
+        Arc::new(Metrics::default()),
+    ))
+}
+
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"}),
+    )
+}
+
+fn key_pem() -> String {
+    kcache_core::signing::PrivateKey::generate_p256().public_key().to_pem()
+}
+
+fn trust_policy(name: &str, generation: i64, rules: Vec<PolicyRule>) -> TrustPolicy {
+    let mut tp = TrustPolicy::new(
+        name,
+        TrustPolicySpec {
+            rules,
+            ..TrustPolicySpec::default()
+        },
+    );
+    tp.meta_mut().generation = Some(generation);
+    tp
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn node(name: &str, policies: Vec<NodeTrustPolicy>, caches: Vec<NodeCache>) -> KernelCacheNode {
+    let mut n = KernelCacheNode::new(name, KernelCacheNodeSpec { node_name: name.into() });
+    n.status = Some(KernelCacheNodeStatus {
+        trust_policies: policies,
+        caches,
+        last_update: Some(now()),
+        ..KernelCacheNodeStatus::default()
+    });
+    n
+}
+
+fn enforced(name: &str, generation: i64, state: TrustPolicyState) -> NodeTrustPolicy {
+    NodeTrustPolicy {
+        name: name.into(),
+        generation,
+        state,
+        message: None,
+    }
+}
+
+fn status_of(body: &Value) -> Value {
+    assert_eq!(body["apiVersion"], "kcache.dev/v1alpha1");
+    body["status"].clone()
+}
+
+#[tokio::test]
+async fn valid_trust_policy_is_applied_once_with_node_counts_and_an_event_that_404s() {
+    let (client, handle) = mock();
+    let rule = PolicyRule {
+        name: "caches".into(),
+        images: vec!["registry.example.com/caches/*".into()],
+        authorities: vec![PolicyAuthority {
+            key: Some(KeyAuthority { data: key_pem() }),
+            keyless: None,
+        }],
+        ..PolicyRule::default()
+    };
+    let tp = trust_policy("site", 3, vec![rule]);
+    let nodes = vec![
+        node("a", vec![enforced("site", 3, TrustPolicyState::Enforced)], vec![]),
+        node("b", vec![enforced("site", 3, TrustPolicyState::Refused)], vec![]),
+        node("c", vec![enforced("site", 2, TrustPolicyState::Enforced)], vec![]),
+    ];
+    let ctx = context(client, nodes, None);
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            Expect {
+                method: "PATCH",
+                uri: "/apis/kcache.dev/v1alpha1/trustpolicies/site/status?&force=true&fieldManager=kcache-controller"
+                    .into(),
+                respond: (200, serde_json::to_value(&tp).unwrap()),
+            },
+            Expect {
+                method: "POST",
+                uri: "/apis/events.k8s.io/v1/namespaces/default/events?".into(),
+                respond: not_found(),
+            },
+        ],
+    ));
+    reconcile_policy(Arc::new(tp.clone()), ctx.clone()).await.unwrap();
+    let bodies = server.await.unwrap();
+    let status: TrustPolicyStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
+    assert_eq!(status.observed_generation, Some(3));
+    assert_eq!((status.nodes_enforcing, status.nodes_refusing), (1, 1));
+    assert_eq!(status.conditions.len(), 1);
+    assert_eq!(status.conditions[0].type_, "Valid");
+    assert_eq!(status.conditions[0].status, ConditionStatus::True);
+    assert_eq!(bodies[1]["reason"], "Loaded");
+
+    // The same policy with that status already in place: no request at all (and the events
+    // API, gone, is not asked again).
+    let (client, handle) = mock();
+    let ctx2 = context(
+        client,
+        vec![
+            node("a", vec![enforced("site", 3, TrustPolicyState::Enforced)], vec![]),
+            node("b", vec![enforced("site", 3, TrustPolicyState::Refused)], vec![]),
+        ],
+        None,
+    );
+    let mut settled = tp;
+    settled.status = Some(status);
+    let server = tokio::spawn(serve(handle, vec![]));
+    reconcile_policy(Arc::new(settled), ctx2).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_trust_policy_reports_every_problem_in_the_loaders_words_naming_spec_fields() {
+    let (client, handle) = mock();
+    let rules = vec![
+        PolicyRule {
+            name: "ci".into(),
+            images: vec!["registry.example.com/**/x**".into()],
+            authorities: vec![PolicyAuthority {
+                key: None,
+                keyless: Some(KeylessAuthority {
+                    issuer: Some("https://token.actions.githubusercontent.com".into()),
+                    subject_regexp: Some("https://github.com/myorg/.*".into()),
+                    ..KeylessAuthority::default()
+                }),
+            }],
+            ..PolicyRule::default()
+        },
+        PolicyRule {
+            name: "keys".into(),
+            images: vec!["registry.example.com/keys/*".into()],
+            authorities: vec![PolicyAuthority {
+                key: Some(KeyAuthority {
+                    data: "not a pem".into(),
+                }),
+                keyless: None,
+            }],
+            ..PolicyRule::default()
+        },
+    ];
+    let tp = trust_policy("broken", 1, rules);
+    let ctx = context(client, vec![], None);
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            Expect {
+                method: "PATCH",
+                uri: "/apis/kcache.dev/v1alpha1/trustpolicies/broken/status?&force=true&fieldManager=kcache-controller"
+                    .into(),
+                respond: (200, serde_json::to_value(&tp).unwrap()),
+            },
+            Expect {
+                method: "POST",
+                uri: "/apis/events.k8s.io/v1/namespaces/default/events?".into(),
+                respond: not_found(),
+            },
+        ],
+    ));
+    reconcile_policy(Arc::new(tp), ctx).await.unwrap();
+    let bodies = server.await.unwrap();
+    let status: TrustPolicyStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
+    let valid = &status.conditions[0];
+    assert_eq!(valid.status, ConditionStatus::False);
+    assert_eq!(valid.reason, "Invalid");
+    let msg = &valid.message;
+    assert!(
+        msg.starts_with("3 problem(s); nodes keep their last good policy:"),
+        "{msg}"
+    );
+    assert!(msg.contains("spec.rules[0].images[0]: bad image pattern"), "{msg}");
+    assert!(
+        msg.contains("spec.rules[0].authorities[0].keyless.subjectRegExp: bad identity matcher"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("spec.rules[1].authorities[0].key.data: bad public key in"),
+        "{msg}"
+    );
+    assert!(!msg.contains("/tmp"), "scratch paths leak: {msg}");
+    assert_eq!(bodies[1]["type"], "Warning");
+}
+
+fn cache_node(name: &str, digest: &str, state: &str) -> KernelCacheNode {
+    node(
+        name,
+        vec![],
+        vec![NodeCache {
+            name: "llama".into(),
+            namespace: Some("ml".into()),
+            image: "x".into(),
+            digest: (state == "ready").then(|| digest.into()),
+            state: state.into(),
+            reason: (state == "denied").then(|| "no signature matches rule caches".into()),
+            compatible_gpus: vec!["GPU-0".into()],
+            ..NodeCache::default()
+        }],
+    )
+}
+
+#[tokio::test]
+async fn digest_pinned_kernel_cache_counts_the_nodes_holding_that_digest() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let (client, handle) = mock();
+    let mut kc = KernelCache::new(
+        "llama",
+        KernelCacheSpec {
+            image: format!("registry.example.com/caches/llama@{digest}"),
+        },
+    );
+    kc.meta_mut().namespace = Some("ml".into());
+    kc.meta_mut().generation = Some(1);
+    let nodes = vec![
+        cache_node("a", &digest, "ready"),
+        cache_node("b", &format!("sha256:{}", "b".repeat(64)), "ready"),
+        cache_node("c", &digest, "denied"),
+    ];
+    let ctx = context(client, nodes, None);
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            Expect {
+                method: "PATCH",
+                uri: "/apis/kcache.dev/v1alpha1/namespaces/ml/kernelcaches/llama/status?&force=true&fieldManager=kcache-controller".into(),
+                respond: (200, serde_json::to_value(&kc).unwrap()),
+            },
+            Expect {
+                method: "POST",
+                uri: "/apis/events.k8s.io/v1/namespaces/ml/events?".into(),
+                respond: not_found(),
+            },
+        ],
+    ));
+    reconcile_cache(Arc::new(kc), ctx).await.unwrap();
+    let bodies = server.await.unwrap();
+    let status: KernelCacheStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
+    assert_eq!(status.resolved_digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(status.resolved_at, None, "a pinned digest is never resolved");
+    let n = status.nodes;
+    assert_eq!(
+        (n.reporting, n.ready, n.compatible, n.pending, n.failed),
+        (3, 1, 1, 1, 1)
+    );
+    let reasons: Vec<(&str, ConditionStatus, &str)> = status
+        .conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status, c.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("Resolved", ConditionStatus::True, "Pinned"),
+            ("Ready", ConditionStatus::False, "NodesFailed"),
+            ("Degraded", ConditionStatus::True, "NodesFailed")
+        ]
+    );
+    assert!(status.conditions[2]
+        .message
+        .contains("c: no signature matches rule caches"));
+}
+
+#[tokio::test]
+async fn a_tag_is_resolved_against_the_real_registry_and_a_dead_registry_keeps_the_pin_and_backs_off() {
+    let mut reg = kcache_tests::TestRegistry::start();
+    let (digest, _) = reg.push_image("caches/llama:v1", "kernel cache bytes").await;
+    let registry = Arc::new(
+        kcache_core::registry::Client::new(kcache_core::registry::RegistryConfig {
+            insecure: vec![reg.host()],
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let image = format!("{}/caches/llama:v1", reg.host());
+    let mut ckc = ClusterKernelCache::new("llama", ClusterKernelCacheSpec { image: image.clone() });
+    ckc.meta_mut().generation = Some(4);
+
+    let (client, handle) = mock();
+    let ctx = context(client, vec![], Some(registry.clone()));
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            Expect {
+                method: "PATCH",
+                uri: "/apis/kcache.dev/v1alpha1/clusterkernelcaches/llama/status?&force=true&fieldManager=kcache-controller".into(),
+                respond: (200, serde_json::to_value(&ckc).unwrap()),
+            },
+            Expect {
+                method: "POST",
+                uri: "/apis/events.k8s.io/v1/namespaces/default/events?".into(),
+                respond: not_found(),
+            },
+        ],
+    ));
+    reconcile_cache(Arc::new(ckc.clone()), ctx).await.unwrap();
+    let bodies = server.await.unwrap();
+    let status: KernelCacheStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
+    assert_eq!(status.resolved_digest.as_deref(), Some(digest.as_str()));
+    assert!(status.resolved_at.is_some());
+    assert_eq!(status.conditions[0].reason, "Resolved");
+    assert_eq!(status.nodes.reporting, 0);
+    assert_eq!(status.conditions[1].reason, "NoNodesReporting");
+
+    // Due again (resolved long ago), with the registry down: the old pin stays, the condition
+    // says why, and the reconcile fails so error_policy backs off.
+    reg.stop();
+    let mut old = status.clone();
+    old.resolved_at = Some("2020-01-01T00:00:00Z".into());
+    ckc.status = Some(old);
+    let (client, handle) = mock();
+    let ctx = context(client, vec![], Some(registry));
+    let server = tokio::spawn(serve(
+        handle,
+        vec![Expect {
+            method: "PATCH",
+            uri:
+                "/apis/kcache.dev/v1alpha1/clusterkernelcaches/llama/status?&force=true&fieldManager=kcache-controller"
+                    .into(),
+            respond: (200, serde_json::to_value(&ckc).unwrap()),
+        }],
+    ));
+    let err = reconcile_cache(Arc::new(ckc.clone()), ctx.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::Resolve { .. }), "{err:?}");
+    assert_eq!(err.metric_label(), "resolve");
+    let bodies = server.await.unwrap();
+    let status: KernelCacheStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
+    assert_eq!(status.resolved_digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(status.conditions[0].status, ConditionStatus::False);
+    assert_eq!(status.conditions[0].reason, "ResolveFailed");
+    assert!(
+        status.conditions[0].message.contains("keeping the previous digest"),
+        "{}",
+        status.conditions[0].message
+    );
+    let action = run::error_policy(Arc::new(ckc), &err, ctx.clone());
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(15))
+    );
+    assert!(
+        ctx.metrics
+            .render()
+            .contains("kcache_controller_reconcile_failures_total{kind=\"ClusterKernelCache\",error=\"resolve\"} 1"),
+        "{}",
+        ctx.metrics.render()
+    );
+}
