@@ -11,5 +11,6 @@ pub mod hostile;
 pub mod images;
 pub mod kcached;
 pub mod registry;
+pub mod triton;
 
 pub use registry::TestRegistry;

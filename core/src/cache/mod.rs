@@ -3,6 +3,7 @@
 //! - [`meta`]: the types every side shares (daemon, CLI, the OCI hook).
 //! - [`format`](mod@format): the image's labels and layer layout ([`format::CacheImageMeta`]).
 //! - [`triton`]: scanning a Triton cache directory (targets, kernels, manifest).
+//! - [`summary`]: what a cache holds for people (per-target counts, sizes, largest kernels).
 //! - [`store`]: the node store layout kcached writes and the hook reads.
 //! - [`gc`]: the entry locks and the garbage collector (kcached, `kcache cache gc`, the hook's
 //!   tests: one implementation).
@@ -27,4 +28,5 @@ pub mod grp;
 pub mod manager;
 pub mod meta;
 pub mod store;
+pub mod summary;
 pub mod triton;

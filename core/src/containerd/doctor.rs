@@ -15,7 +15,7 @@ use super::{
     cri_tables, ContainerdError, Flavor, PullPath, Result, BINDIR, CRI_IMAGES, POD_ANNOTATIONS, TRANSFER, VERIFIER_LINK,
 };
 use crate::{
-    api::{GateStatus, PolicyStatus, Unlabeled},
+    api::{GateStatus, PolicyStatus},
     policy::Mode,
     refusal,
 };
@@ -588,6 +588,7 @@ pub fn check_canary(image: &str, pull: CanaryPull) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Unlabeled;
 
     fn dump(text: &str) -> Value {
         toml::from_str(text).unwrap()
@@ -764,7 +765,9 @@ mod tests {
             rules: 2,
             sources: vec![],
             loaded_at: 0,
+            reloads: 0,
             last_error: None,
+            reloads: 0,
         };
         let gate = |chain_check| {
             Ok(GateStatus {

@@ -26,6 +26,7 @@
 //! - [`render`]: kcache's keys in a config document ([`apply`]), imports, config versions.
 //! - [`spec`]: the base runtime spec (containerd's default spec plus kcache-hook).
 //! - [`plan`]: the install as a list of file changes, written with backups and atomically.
+//! - [`uninstall`]: exactly what install added taken out again, the admin's later edits kept.
 //! - [`doctor`]: every way a pull could skip verification, as typed [`doctor::Finding`]s.
 
 use std::{io, path::PathBuf, process::ExitStatus};
@@ -35,6 +36,7 @@ pub mod flavor;
 pub mod plan;
 pub mod render;
 pub mod spec;
+pub mod uninstall;
 
 pub use flavor::{detect_flavor, version_from_output, Flavor};
 pub use render::{apply, cri_tables, node_platform, PullPath, Target};

@@ -170,6 +170,8 @@ pub enum Step {
         /// What it points at.
         target: PathBuf,
     },
+    /// A file or link was removed (uninstall).
+    Removed(PathBuf),
     /// A warning found while writing.
     Warning(Warning),
 }
@@ -189,6 +191,7 @@ impl fmt::Display for Step {
                 write!(f, "unchanged: {} -> {}", link.display(), target.display())
             }
             Step::Linked { link, target } => write!(f, "linked:    {} -> {}", link.display(), target.display()),
+            Step::Removed(p) => write!(f, "removed:   {}", p.display()),
             Step::Warning(w) => write!(f, "warning: {w}"),
         }
     }
@@ -322,9 +325,10 @@ pub fn plan(r: &InstallRequest) -> Result<InstallPlan> {
     let fragment;
     if flavor.is_2x() {
         let mut d = DocumentMut::new();
-        d.decor_mut().set_prefix(
-            "# Written by `kcache install containerd`; rewritten on every run, edit config.toml instead.\n",
-        );
+        d.decor_mut().set_prefix(format!(
+            "{}; rewritten on every run, edit config.toml instead.\n",
+            super::uninstall::DROP_IN_HEADER
+        ));
         d.insert("version", Item::Value(Value::from(schema)));
         render::apply(&mut d, &target)?;
         fragment = d.to_string();
@@ -403,11 +407,21 @@ pub(crate) fn write_changes(changes: &[FileChange], stamp: &str, on: &mut dyn Fn
             })?;
         }
         if let (true, Some(old)) = (c.backup, &c.old) {
-            let bak = backup_path(&c.path, stamp);
-            write_atomic(&bak, old.as_bytes(), c.mode, false).map_err(|source| ContainerdError::Write {
-                path: bak.clone(),
-                source,
-            })?;
+            // Never over an earlier backup: two runs in one second get -1, -2, ….
+            let mut n = 0;
+            let bak = loop {
+                let stamp = if n == 0 {
+                    stamp.to_owned()
+                } else {
+                    format!("{stamp}-{n}")
+                };
+                let bak = backup_path(&c.path, &stamp);
+                match write_atomic(&bak, old.as_bytes(), c.mode, false) {
+                    Ok(()) => break bak,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+                    Err(source) => return Err(ContainerdError::Write { path: bak, source }),
+                }
+            };
             on(Step::Backup(bak));
         }
         write_atomic(&c.path, c.new.as_bytes(), c.mode, true).map_err(|source| ContainerdError::Write {

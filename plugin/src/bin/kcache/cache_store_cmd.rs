@@ -20,6 +20,7 @@ use kcache_core::{
         manager::{self, CacheManager, Phase, Progress, PullError},
         meta::GpuInventory,
         store::{self, CacheRecord, NodeCaches, StoreLayout},
+        summary::{self, KernelSummary},
     },
     digest::Digest,
     gpu::{self, ProbeOptions},
@@ -277,6 +278,7 @@ struct Entry {
     digest: Digest,
     record: Option<CacheRecord>,
     refs: usize,
+    kernels: Option<KernelSummary>,
 }
 
 fn entries(layout: &StoreLayout) -> Result<Vec<Entry>> {
@@ -293,7 +295,16 @@ fn entries(layout: &StoreLayout) -> Result<Vec<Entry>> {
         };
         let record = layout.read_record(&digest)?;
         let refs = std::fs::read_dir(layout.refs_dir(&digest)).map_or(0, |d| d.count());
-        out.push(Entry { digest, record, refs });
+        // A tree that cannot be scanned still lists (inspect says why).
+        let kernels = record
+            .as_ref()
+            .and_then(|r| kernels_of(&layout.tree_dir(&digest).join(&r.cache_subdir)).ok());
+        out.push(Entry {
+            digest,
+            record,
+            refs,
+            kernels,
+        });
     }
     out.sort_by(|a, b| a.digest.as_str().cmp(b.digest.as_str()));
     Ok(out)
@@ -315,6 +326,7 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                         "files": e.record.as_ref().map(|r| r.files),
                         "bytes": e.record.as_ref().map(|r| r.bytes),
                         "refs": e.refs,
+                        "kernels": e.kernels,
                         "approved": state.caches.iter().any(|c| c.digest.as_deref() == Some(e.digest.as_str())),
                     })
                 })
@@ -346,6 +358,10 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                 if let Some(r) = &c.reason {
                     println!("  reason: {r}");
                 }
+                let entry = entries.iter().find(|e| Some(e.digest.as_str()) == c.digest.as_deref());
+                if let Some(k) = entry.and_then(|e| e.kernels.as_ref()) {
+                    println!("  {}", k.one_line());
+                }
             }
             let unapproved: Vec<_> = entries
                 .iter()
@@ -360,10 +376,14 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                 println!("\nentries no approved cache points at (gc removes them once unused):");
                 for e in unapproved {
                     println!(
-                        "  {} {} refs={}",
+                        "  {} {} refs={}{}",
                         short(e.digest.as_str()),
                         e.record.as_ref().map_or("(incomplete)", |r| r.image.as_str()),
-                        e.refs
+                        e.refs,
+                        e.kernels
+                            .as_ref()
+                            .map(|k| format!(": {}", k.one_line()))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -404,7 +424,24 @@ fn inventory(explicit: Option<&Path>, layout: &StoreLayout) -> Result<GpuInvento
     Ok(gpu::probe(&ProbeOptions::default()))
 }
 
+/// The kernels of a store entry (or of a cache dir), scanned from its files.
+fn kernels_of(dir: &Path) -> Result<KernelSummary> {
+    summary::summarize_dir(dir, summary::DEFAULT_LARGEST).with_context(|| format!("cannot scan {}", dir.display()))
+}
+
 pub fn inspect(a: InspectArgs) -> Result<Outcome> {
+    if a.target.contains('/') && Path::new(&a.target).is_dir() {
+        // A Triton cache dir (`TRITON_CACHE_DIR`), before it is built into an image.
+        let s = kernels_of(Path::new(&a.target))?;
+        match a.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"path": a.target, "kernels": s}))?
+            ),
+            Output::Text => print!("path:     {}\n{s}", a.target),
+        }
+        return Ok(Outcome::Ok);
+    }
     let layout = a.store.layout();
     let hexish = a.target.strip_prefix("sha256:").unwrap_or(&a.target);
     let digest = if hexish.len() == 64 && hexish.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -429,6 +466,7 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
     };
     let inv = inventory(a.gpus.as_deref(), &layout)?;
     let (ok, bad) = manager::compat_of(&record, &inv);
+    let kernels = kernels_of(&layout.tree_dir(&digest).join(&record.cache_subdir))?;
     let refs: Vec<String> = std::fs::read_dir(layout.refs_dir(&digest))
         .map(|d| {
             d.flatten()
@@ -445,6 +483,7 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
                 "refs": refs,
                 "compatible_gpus": ok,
                 "incompatible_gpus": bad,
+                "kernels": kernels,
             }))?
         ),
         Output::Text => {
@@ -463,6 +502,7 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
             if inv.gpus.is_empty() {
                 println!("gpus:     none found");
             }
+            print!("{kernels}");
         }
     }
     Ok(Outcome::Ok)

@@ -10,11 +10,9 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
-use kcache_core::{
-    containerd::{
-        detect_flavor,
-        doctor::{self, CanaryPull, Finding, Level},
-    },
+use kcache_core::containerd::{
+    detect_flavor,
+    doctor::{self, CanaryPull, Finding, Level},
 };
 use kcache_plugin::{api::Client as Api, proto::cri};
 
