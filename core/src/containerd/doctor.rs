@@ -767,7 +767,6 @@ mod tests {
             loaded_at: 0,
             reloads: 0,
             last_error: None,
-            reloads: 0,
         };
         let gate = |chain_check| {
             Ok(GateStatus {
