@@ -7,6 +7,11 @@
 //! kubelet's namespace) does not run; a signed index pulls; kcached restarted under a running
 //! containerd; kcached SIGKILLed in the middle of an unpack.
 //!
+//! The containerd is the harness's (`KCACHE_CONTAINERD=1.6|1.7|2.1`), configured by kcache's
+//! install code. On 2.1 CRI pulls through the transfer service: the image verifier refuses
+//! first, the gate second; `local_pulls_on_2_1_refuse_through_the_gate_alone` covers the other
+//! path (`kcache install containerd --local-pull`).
+//!
 //! Needs root, containerd, ctr, runc, containerd-shim-runc-v2 and busybox-static. Without them
 //! the tests skip with a message, except under `CI=true`, where they fail.
 
@@ -15,10 +20,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kcache_core::{cosign::sign::sign_and_push, digest::Digest, signing::PrivateKey};
+use kcache_core::{
+    containerd::{Flavor, PullPath},
+    cosign::sign::sign_and_push,
+    digest::Digest,
+    refusal,
+    signing::PrivateKey,
+};
 use kcache_plugin::proto::snapshots::{self as snap, snapshots_client::SnapshotsClient};
 use kcache_tests::{
-    containerd::{prerequisites, Containerd, ContainerdConfig, CriConfig},
+    containerd::{prerequisites, Containerd, ContainerdConfig, CriConfig, Gc},
     cri::{self, pb, Cri},
     images::{self, Image},
     kcached::{Kcached, KcachedConfig},
@@ -52,6 +63,11 @@ impl Drop for World {
 
 /// None when the prerequisites are missing (and CI is not set).
 async fn world(test: &str) -> Option<World> {
+    world_with(test, PullPath::Transfer, Gc::EveryDeletion).await
+}
+
+/// A world whose CRI pulls by `pull` (containerd 2.1+) and whose garbage collector runs per `gc`.
+async fn world_with(test: &str, pull: PullPath, gc: Gc) -> Option<World> {
     let programs = prerequisites(test, &["runc", "containerd-shim-runc-v2"])?;
     if !images::have_busybox_static() {
         let problem = "busybox-static is not installed (apt-get install -y busybox-static)";
@@ -103,8 +119,17 @@ async fn world(test: &str) -> Option<World> {
                 sandbox_image: pause,
                 snapshotter: "kcache".into(),
                 plain_http: vec![host.clone()],
+                pull,
                 ..CriConfig::default()
             }),
+            verifier: Some(env!("CARGO_BIN_EXE_kcache-image-verifier").into()),
+            // The image verifier containerd 2.x runs: kcached's API, else this policy.
+            env: vec![
+                ("KCACHE_API_SOCKET".into(), kcached.api_socket().display().to_string()),
+                ("KCACHE_POLICY".into(), dir.join("policy.yaml").display().to_string()),
+                ("KCACHE_INSECURE_REGISTRY".into(), host.clone()),
+            ],
+            gc,
         },
     );
     let cri = Cri::ready(&containerd).await;
@@ -150,7 +175,7 @@ impl World {
             .args(["doctor", "--config"])
             .arg(config)
             .arg("--containerd-bin")
-            .arg(kcache_tests::containerd::on_path("containerd").expect("containerd on PATH"))
+            .arg(&self.containerd.programs().containerd)
             .arg("--snapshotter-socket")
             .arg(self.kcached.snapshotter_socket())
             .arg("--api-socket")
@@ -254,12 +279,22 @@ impl World {
     }
 }
 
-fn assert_denied(err: &tonic::Status, image: &str, digest: &Digest) {
+/// The pull failed with kcache's refusal (the gate's or the image verifier's: one line both
+/// print), naming the image (the verifier names a pinned one by its repository), one of `digests` (the verifier refuses an index by its own
+/// digest, the gate by the platform manifest's) and the rule.
+fn assert_denied(err: &tonic::Status, image: &str, digests: &[&Digest]) {
     let msg = err.message();
+    let r = refusal::find(msg).unwrap_or_else(|| {
+        panic!(
+            "PullImage of {image} must fail with kcache's refusal; got {:?}: {msg}",
+            err.code()
+        )
+    });
     assert!(
-        msg.contains("denied by rule e2e-signed") && msg.contains(image) && msg.contains(digest.as_str()),
-        "PullImage of {image} must fail with kcache's denial naming the image, {digest} and the rule; got {:?}: {msg}",
-        err.code()
+        r.rule == "e2e-signed"
+            && (r.image == image || image.starts_with(&format!("{}@", r.image)))
+            && digests.iter().any(|d| d.as_str() == r.digest),
+        "PullImage of {image} must be refused naming the image, one of {digests:?} and the rule: {r:?}"
     );
 }
 
@@ -324,7 +359,7 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
         .pull(&image, None)
         .await
         .expect_err("an unsigned image must not pull");
-    assert_denied(&err, &image, &digest);
+    assert_denied(&err, &image, &[&digest]);
     assert!(!w.image_present(&image).await, "a refused image must not be listed");
     // Nothing of it is left in kcache: no layer snapshot carries its content.
     assert!(w
@@ -360,18 +395,8 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
         "{said}"
     );
     assert!(!w.image_present(&canary).await);
-    // The same node with CRI's snapshot annotations off: the gate would see no image labels.
-    let off = w.pods.join("annotations-off.toml");
-    let config = std::fs::read_to_string(w.containerd.config()).unwrap();
-    std::fs::write(
-        &off,
-        config.replace(
-            "disable_snapshot_annotations = false",
-            "disable_snapshot_annotations = true",
-        ),
-    )
-    .unwrap();
-    let out = w.doctor(off, &[]);
+    let (broken, check) = w.broken_config();
+    let out = w.doctor(broken, &[]);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -379,9 +404,59 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
     );
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
-        said.contains("FAIL  snapshot-annotations") && said.contains("1 problem(s)"),
+        said.contains(&format!("FAIL  {check}")) && said.contains("1 problem(s)"),
         "{said}"
     );
+}
+
+impl World {
+    /// A copy of this node's config with one thing kcache set undone, and the check that must
+    /// FAIL for it: CRI's snapshot annotations off (1.x, 2.0: the gate would see no image
+    /// labels), kcache out of the transfer service's unpack_config (2.1: every CRI pull fails).
+    fn broken_config(&self) -> (PathBuf, &'static str) {
+        let main = std::fs::read_to_string(self.containerd.config()).unwrap();
+        let broken = self.pods.join("broken.toml");
+        if self.containerd.programs().flavor != Flavor::V2_1 {
+            let (from, to) = (
+                "disable_snapshot_annotations = false",
+                "disable_snapshot_annotations = true",
+            );
+            let (text, drop_in) = match self.drop_in() {
+                Some(d) => (std::fs::read_to_string(&d).unwrap(), Some(d)),
+                None => (main.clone(), None),
+            };
+            assert!(text.contains(from), "{text}");
+            self.write_broken(&broken, &main, drop_in.as_deref(), &text.replace(from, to));
+            return (broken, "snapshot-annotations");
+        }
+        let drop_in = self.drop_in().expect("2.x: kcache's drop-in");
+        let text = std::fs::read_to_string(&drop_in).unwrap();
+        let from = "snapshotter = \"kcache\" }";
+        assert!(text.contains(from), "{text}");
+        let text = text.replace(from, "snapshotter = \"native\" }");
+        self.write_broken(&broken, &main, Some(&drop_in), &text);
+        (broken, "unpack-config")
+    }
+
+    /// kcache's drop-in, where the config imports one.
+    fn drop_in(&self) -> Option<PathBuf> {
+        let d = self.containerd.config().with_file_name("conf.d/kcache.toml");
+        d.is_file().then_some(d)
+    }
+
+    /// Writes `broken` as the main config; with a drop-in, `text` goes to a copy of it that the
+    /// copy of the main config imports instead.
+    fn write_broken(&self, broken: &Path, main: &str, drop_in: Option<&Path>, text: &str) {
+        match drop_in {
+            None => std::fs::write(broken, text).unwrap(),
+            Some(d) => {
+                let copy = self.pods.join("broken-drop-in.toml");
+                std::fs::write(&copy, text).unwrap();
+                let main = main.replace(d.to_str().unwrap(), copy.to_str().unwrap());
+                std::fs::write(broken, main).unwrap();
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,10 +467,13 @@ async fn an_image_unpacked_around_the_gate_does_not_run() {
     w.push("e2e/sideload:v1", "sideload", false).await;
     let image = w.image("e2e/sideload:v1");
     // `ctr pull` into the kubelet's namespace: no CRI labels, so the unpack is not gated.
-    w.containerd.ctr_ok(
-        "k8s.io",
-        &["images", "pull", "--plain-http", "--snapshotter", "kcache", &image],
-    );
+    // (containerd 2.x: a client pull, `--local`: the transfer service would run the verifier.)
+    let mut pull = vec!["images", "pull", "--plain-http", "--snapshotter", "kcache"];
+    if w.containerd.programs().flavor.is_2x() {
+        pull.push("--local");
+    }
+    pull.push(&image);
+    w.containerd.ctr_ok("k8s.io", &pull);
     assert!(w.image_present(&image).await, "CRI sees the side-loaded image");
     let sandbox = w.pod("sideload");
     let pod = w.cri.run_pod(&sandbox).await.unwrap();
@@ -432,7 +510,7 @@ async fn a_swapped_tag_is_refused() {
         .pull(&image, None)
         .await
         .expect_err("the swapped tag must not pull");
-    assert_denied(&err, &image, &swapped);
+    assert_denied(&err, &image, &[&swapped]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,7 +568,7 @@ async fn a_signed_index_pulls_by_tag_or_by_its_digest_and_runs() {
         .pull(&image, None)
         .await
         .expect_err("an unsigned index is refused");
-    assert_denied(&err, &image, &platform.digest);
+    assert_denied(&err, &image, &[&platform.digest, &unsigned]);
     w.cri.remove_pod(&pod).await.unwrap();
 }
 
@@ -566,7 +644,16 @@ async fn kcached_restarts_under_a_running_containerd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcached_killed_during_an_unpack_recovers_and_the_pull_can_be_retried() {
-    let Some(mut w) = world("kcached_killed_during_an_unpack_recovers_and_the_pull_can_be_retried").await else {
+    // containerd's garbage collector runs only when asked (RemoveImage below): a threshold
+    // firing while kcached is down or just back would remove the crash's snapshots before they
+    // are looked at.
+    let Some(mut w) = world_with(
+        "kcached_killed_during_an_unpack_recovers_and_the_pull_can_be_retried",
+        PullPath::Transfer,
+        Gc::OnlySynchronous,
+    )
+    .await
+    else {
         return;
     };
     // A ~130 MB image in 8 incompressible layers over busybox: long enough to kill mid-unpack.
@@ -685,4 +772,106 @@ async fn kcached_killed_during_an_unpack_recovers_and_the_pull_can_be_retried() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The same manifest (the same digest) signed under one name and pulled under another: the
+/// signature lives with the repository it was pushed to, so the copy is unsigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_image_retagged_into_another_repository_is_refused() {
+    let Some(w) = world("a_signed_image_retagged_into_another_repository_is_refused").await else {
+        return;
+    };
+    let signed = w.push("e2e/origin:v1", "retag", true).await;
+    let copy = w.push("e2e/copy:v1", "retag", false).await;
+    assert_eq!(signed, copy, "the same image under two names");
+    let image = w.image("e2e/copy:v1");
+    let err = w.cri.pull(&image, None).await.expect_err("the copy must not pull");
+    assert_denied(&err, &image, &[&copy]);
+    w.cri
+        .pull(&w.image("e2e/origin:v1"), None)
+        .await
+        .expect("the signed original pulls");
+}
+
+/// containerd 2.1 with `kcache install containerd --local-pull`: CRI pulls through the client,
+/// so no image verifier runs for them and the gate alone must refuse. (1.x and 2.0 pull only
+/// this way: every other test here covers that path there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_pulls_on_2_1_refuse_through_the_gate_alone() {
+    let test = "local_pulls_on_2_1_refuse_through_the_gate_alone";
+    let Some(w) = world_with(test, PullPath::Local, Gc::EveryDeletion).await else {
+        return;
+    };
+    if w.containerd.programs().flavor != Flavor::V2_1 {
+        eprintln!(
+            "{test}: containerd {} pulls only locally; the other tests cover it",
+            w.containerd.programs().version
+        );
+        return;
+    }
+    // A signed image runs.
+    let digest = w.push("e2e/app:v1", "app-v1", true).await;
+    let image = w.image("e2e/app:v1");
+    w.cri.pull(&image, None).await.expect("a signed image pulls");
+    assert!(w
+        .kcache_snapshots()
+        .await
+        .iter()
+        .any(|i| i.labels.get("kcache.dev/verified") == Some(&digest.to_string())));
+    let sandbox = w.pod("local");
+    let pod = w.cri.run_pod(&sandbox).await.unwrap();
+    w.run(&pod, &sandbox, "app", &image, "cat /etc/kcache-e2e; sleep 30", "app-v1")
+        .await;
+    // Unsigned, swapped and re-tagged images are refused by the gate, its message reaching CRI.
+    let unsigned = w.push("e2e/unsigned:v1", "unsigned", false).await;
+    let err = w.cri.pull(&w.image("e2e/unsigned:v1"), None).await.unwrap_err();
+    assert_denied(&err, &w.image("e2e/unsigned:v1"), &[&unsigned]);
+    // The gate's refusal: kcached's PermissionDenied, which CRI passes on as the code.
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let swapped = w.push("e2e/app:v1", "swapped", false).await;
+    let err = w.cri.pull(&image, None).await.unwrap_err();
+    assert_denied(&err, &image, &[&swapped]);
+    // (Its layers must not be on the node yet: a local pull does not unpack those again, so the
+    // gate would not be asked; the chain check then rests on the signed original's verdict.)
+    let signed = w.push("e2e/origin:v1", "retag-local", true).await;
+    let copy = w.push("e2e/copy:v1", "retag-local", false).await;
+    assert_eq!(copy, signed);
+    let err = w.cri.pull(&w.image("e2e/copy:v1"), None).await.unwrap_err();
+    assert_denied(&err, &w.image("e2e/copy:v1"), &[&copy]);
+    // Unpacked around the gate: the chain check refuses the container.
+    w.push("e2e/sideload:v1", "sideload", false).await;
+    let side = w.image("e2e/sideload:v1");
+    w.containerd.ctr_ok(
+        "k8s.io",
+        &[
+            "images",
+            "pull",
+            "--local",
+            "--plain-http",
+            "--snapshotter",
+            "kcache",
+            &side,
+        ],
+    );
+    let err = w
+        .cri
+        .start_container(
+            &pod,
+            &sandbox,
+            cri::container("side", &side, &["/bin/sh", "-c", "sleep 30"]),
+        )
+        .await
+        .expect_err("a container on an unverified chain must not be created");
+    assert!(err.message().contains("refused by the chain check"), "{err}");
+    // kcache doctor: a working local-pull node has no FAIL; the canary is refused by the gate.
+    w.push("e2e/canary:v1", "canary", false).await;
+    let canary = w.image("e2e/canary:v1");
+    let out = w.doctor(w.containerd.config(), &["--canary", &canary]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("ok    transfer-service") && said.contains("ok    canary") && said.contains("0 problem(s)"),
+        "{said}"
+    );
+    w.cri.remove_pod(&pod).await.unwrap();
 }

@@ -235,7 +235,10 @@ async fn an_annotated_pod_starts_warm_with_the_signed_cache() {
                 plain_http: vec![host.clone()],
                 base_runtime_spec: Some(base_spec.clone()),
                 pod_annotations: vec!["kcache.dev/*".into()],
+                hook: Some(hook.clone()),
+                ..CriConfig::default()
             }),
+            ..ContainerdConfig::default()
         },
     );
     let criapi = Cri::ready(&containerd).await;

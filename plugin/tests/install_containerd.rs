@@ -1,11 +1,14 @@
-//! E2E: `kcache install containerd --write` on a containerd 1.6 config, then a real containerd
-//! 1.6 started with it: the kcache proxy snapshotter is registered, the CRI plugin loads (with
-//! the generated base runtime spec), and `containerd config dump` shows the merged settings and
-//! the ones the config already had.
+//! E2E: `kcache install containerd --write` on a node's version 2 config (as a 1.x node has,
+//! and a node upgraded to 2.x keeps), then a real containerd (the harness's version,
+//! `KCACHE_CONTAINERD`) started with it: the kcache proxy snapshotter is registered, the CRI
+//! plugin loads (with the generated base runtime spec), and `containerd config dump` shows the
+//! merged settings and the ones the config already had (on 2.x in the migrated version 3
+//! layout, with kcache in the transfer service's unpack_config and the bindir verifier).
 //!
 //! Needs containerd, ctr and root (`apt-get install containerd runc`). Without them the test is
 //! skipped with a message, except under `CI=true`, where it fails.
 
+use kcache_tests::containerd::prerequisites;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -21,38 +24,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn requirements() -> Option<(PathBuf, PathBuf)> {
-    let problem = match (on_path("containerd"), on_path("ctr")) {
-        _ if !is_root() => "containerd needs root".to_owned(),
-        (Some(containerd), Some(ctr)) => return Some((containerd, ctr)),
-        _ => "containerd and ctr not found on PATH (apt-get install -y containerd runc)".to_owned(),
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true: this E2E test must run, but {problem}");
-    }
-    eprintln!("skipping the containerd install E2E test: {problem}");
-    None
 }
 
 fn wait_for(path: &Path, child: &mut Child, what: &str, log: &Path) {
@@ -90,10 +61,12 @@ fn backups(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn the_generated_config_is_accepted_by_containerd_1_6() {
-    let Some((containerd, ctr)) = requirements() else {
+fn the_generated_config_is_accepted_by_containerd() {
+    let Some(programs) = prerequisites("the_generated_config_is_accepted_by_containerd", &[]) else {
         return;
     };
+    let (containerd, ctr) = (programs.containerd.clone(), programs.ctr.clone());
+    let v2x = programs.flavor.is_2x();
     let tmp = tempfile::Builder::new().prefix("kc-inst").tempdir_in("/tmp").unwrap();
     let dir = tmp.path();
     let address = dir.join("containerd.sock");
@@ -116,6 +89,9 @@ state = "{state}"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
 
+[plugins."io.containerd.nri.v1.nri"]
+  socket_path = "{nri}"
+
 [plugins."io.containerd.grpc.v1.cri"]
   # this machine needs it
   restrict_oom_score_adj = true
@@ -129,12 +105,17 @@ state = "{state}"
         opt = dir.join("opt").display(),
         address = address.display(),
         cni = dir.join("cni").display(),
+        nri = dir.join("nri.sock").display(),
     );
     fs::write(&config, &original).unwrap();
 
     let install = || {
         Command::new(env!("CARGO_BIN_EXE_kcache"))
-            .args(["install", "containerd", "--write", "--containerd-version", "1.6"])
+            .args(["install", "containerd", "--write", "--containerd-bin"])
+            .arg(&containerd)
+            .arg("--verifier-bin-dir")
+            .arg(dir.join("verifiers"))
+            .args(["--verifier-path", env!("CARGO_BIN_EXE_kcache-image-verifier")])
             .arg("--config")
             .arg(&config)
             .arg("--snapshotter-socket")
@@ -253,20 +234,53 @@ state = "{state}"
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let dump: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
-    let cri = &dump["plugins"]["io.containerd.grpc.v1.cri"];
-    assert_eq!(cri["containerd"]["snapshotter"].as_str(), Some("kcache"));
-    assert_eq!(cri["containerd"]["disable_snapshot_annotations"].as_bool(), Some(false));
+    // Where each setting lives: 1.x's CRI plugin, or 2.x's split (and migrated) one.
+    let plugins = &dump["plugins"];
+    let (images, runtime) = if v2x {
+        assert_eq!(dump["version"].as_integer(), Some(3), "2.x dumps the migrated layout");
+        (
+            &plugins["io.containerd.cri.v1.images"],
+            &plugins["io.containerd.cri.v1.runtime"],
+        )
+    } else {
+        let cri = &plugins["io.containerd.grpc.v1.cri"];
+        (&cri["containerd"], cri)
+    };
+    assert_eq!(images["snapshotter"].as_str(), Some("kcache"));
+    if v2x {
+        // 2.1: CRI pulls through the transfer service, which must unpack into kcache, with
+        // the labels exported to kcached and the verifier in front.
+        assert!(images.get("disable_snapshot_annotations").and_then(|v| v.as_bool()) != Some(false));
+        let unpack = plugins["io.containerd.transfer.v1.local"]["unpack_config"]
+            .as_array()
+            .unwrap();
+        assert!(
+            unpack.iter().any(|e| e["snapshotter"].as_str() == Some("kcache"))
+                && unpack.iter().any(|e| e["snapshotter"].as_str() == Some("overlayfs")),
+            "{unpack:?}"
+        );
+        assert_eq!(
+            dump["proxy_plugins"]["kcache"]["exports"]["enable_remote_snapshot_annotations"].as_str(),
+            Some("true")
+        );
+        assert_eq!(
+            plugins["io.containerd.image-verifier.v1.bindir"]["bin_dir"].as_str(),
+            dir.join("verifiers").to_str()
+        );
+    } else {
+        assert_eq!(images["disable_snapshot_annotations"].as_bool(), Some(false));
+    }
     assert_eq!(
-        cri["restrict_oom_score_adj"].as_bool(),
+        runtime["restrict_oom_score_adj"].as_bool(),
         Some(true),
         "the node's setting kept"
     );
     assert_eq!(
-        cri["cni"]["conf_dir"].as_str(),
+        runtime["cni"]["conf_dir"].as_str(),
         Some(dir.join("cni").to_str().unwrap()),
         "the node's setting kept"
     );
-    let runc = &cri["containerd"]["runtimes"]["runc"];
+    let runc = &runtime["containerd"]["runtimes"]["runc"];
     assert_eq!(runc["base_runtime_spec"].as_str(), base_spec.to_str());
     assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
     assert!(
@@ -383,4 +397,159 @@ fn writing_for_containerd_2_keeps_the_nodes_base_spec_and_links_the_verifier() {
     let out = install(&["--write"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("is not a link kcache made"), "{}", text(&out));
+}
+
+/// `kcache uninstall containerd --write` after an install and an edit the admin made since:
+/// exactly kcache's settings go (the node's snapshotter comes back from the pre-install backup),
+/// the edit stays, a second run changes nothing, and a real containerd (the harness's version)
+/// starts on the result and pulls with its own snapshotter, kcached nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_takes_out_what_install_added_and_containerd_pulls_on_its_own() {
+    let Some(programs) = prerequisites("uninstall_takes_out_what_install_added", &["runc"]) else {
+        return;
+    };
+    let tmp = tempfile::Builder::new().prefix("kc-uninst").tempdir_in("/tmp").unwrap();
+    let dir = tmp.path();
+    let address = dir.join("containerd.sock");
+    let config = dir.join("config.toml");
+    let original = format!(
+        r#"# node config: keep this comment
+version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{address}"
+
+[ttrpc]
+  address = "{address}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+
+[plugins."io.containerd.nri.v1.nri"]
+  socket_path = "{nri}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "{cni}"
+"#,
+        root = dir.join("root").display(),
+        state = dir.join("state").display(),
+        opt = dir.join("opt").display(),
+        address = address.display(),
+        cni = dir.join("cni").display(),
+        nri = dir.join("nri.sock").display(),
+    );
+    fs::write(&config, &original).unwrap();
+    let verifiers = dir.join("verifiers");
+    let base_spec = dir.join("base-spec.json");
+    let kcache = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kcache"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--base-spec")
+            .arg(&base_spec)
+            .arg("--verifier-bin-dir")
+            .arg(&verifiers)
+            .output()
+            .unwrap()
+    };
+    let out = kcache(&[
+        "install",
+        "containerd",
+        "--write",
+        "--containerd-bin",
+        programs.containerd.to_str().unwrap(),
+        "--ctr",
+        programs.ctr.to_str().unwrap(),
+        "--verifier-path",
+        env!("CARGO_BIN_EXE_kcache-image-verifier"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The admin's edit after the install.
+    let installed = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("oom_score = -999\n{installed}")).unwrap();
+
+    let out = kcache(&["uninstall", "containerd", "--write"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("backup:") && said.contains("restart containerd"),
+        "{said}"
+    );
+    let after = fs::read_to_string(&config).unwrap();
+    assert!(!after.contains("kcache"), "{after}");
+    assert!(after.contains("oom_score = -999") && after.contains("# node config: keep this comment"));
+    let v: toml::Value = toml::from_str(&after).unwrap();
+    assert_eq!(
+        v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["snapshotter"].as_str(),
+        Some("overlayfs"),
+        "the node's snapshotter is back: {after}"
+    );
+    assert!(!base_spec.exists(), "kcache's base spec is gone");
+    assert!(!dir.join("conf.d/kcache.toml").exists() && !verifiers.join("00-kcache").exists());
+    let out = kcache(&["uninstall", "containerd", "--write"]);
+    assert!(
+        out.status.success() && text(&out).contains("nothing to change"),
+        "{}",
+        text(&out)
+    );
+
+    // containerd on the result: its own snapshotter, no kcached anywhere.
+    let reg = kcache_tests::TestRegistry::start();
+    let image = format!("{}/own/app:v1", reg.host());
+    kcache_tests::images::Image::busybox("own", &["/bin/busybox", "true"])
+        .push(&reg, "own/app:v1")
+        .await;
+    let clog = dir.join("containerd.log");
+    let mut cd = Killed(
+        Command::new(&programs.containerd)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&clog).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&address, &mut cd.0, "containerd", &clog);
+    let ctr = |args: &[&str]| {
+        Command::new(&programs.ctr)
+            .arg("--address")
+            .arg(&address)
+            .args(["--namespace", "own"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctr(&["images", "pull", "--plain-http", &image]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        fs::read_to_string(&clog).unwrap_or_default()
+    );
+    let out = ctr(&["snapshots", "--snapshotter", "overlayfs", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).lines().count() > 1,
+        "the image unpacked with overlayfs: {}",
+        text(&out)
+    );
+    let out = Command::new(&programs.containerd)
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "dump"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(!dump.contains("kcache"), "{dump}");
+    unmount_all(dir);
+}
+
+fn unmount_all(dir: &Path) {
+    kcache_tests::containerd::unmount_under(dir);
 }

@@ -203,6 +203,7 @@ async fn main() {
         &ContainerdConfig {
             kcache_socket: None,
             cri: Some(cri_config(&host, "overlayfs")),
+            ..ContainerdConfig::default()
         },
     );
     let overlay_cri = Cri::ready(&overlay).await;
@@ -222,6 +223,7 @@ async fn main() {
         &ContainerdConfig {
             kcache_socket: Some(k.snapshotter_socket()),
             cri: Some(cri_config(&host, "kcache")),
+            ..ContainerdConfig::default()
         },
     );
     let cri = Cri::ready(&c).await;

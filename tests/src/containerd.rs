@@ -1,23 +1,43 @@
-//! A real containerd 1.6 (Debian's) with its own root, state, sockets and config in a temp dir:
+//! A real containerd with its own root, state, sockets (NRI's too) and config in a temp dir:
 //! optionally with the CRI plugin (host-network pods only, no CNI), kcache as its proxy
-//! snapshotter and a loopback registry reachable over plain HTTP.
+//! snapshotter and a loopback registry reachable over plain HTTP (a `hosts.toml` directory).
+//!
+//! Which containerd: `KCACHE_CONTAINERD=1.6` (the default: Debian's, from PATH), `1.7` or `2.1`
+//! (Debian trixie's and sid's, fetched by `scripts/debian-peer.sh containerd-<v>` and run with
+//! their own ctr and shim; runc from the system). With kcache, the config is rendered by
+//! [`kcache_core::containerd::plan`], the code `kcache install containerd` runs, for that
+//! version.
 //!
 //! Needs root, `containerd`, `ctr`, `runc` and `containerd-shim-runc-v2`. Tests call
 //! [`prerequisites`] first: without them they skip with a message, except under `CI=true`,
 //! where they fail.
 
 use std::{
-    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+use kcache_core::containerd::{
+    plan::{plan, InstallRequest, PullPath},
+    Flavor,
+};
+
+/// The environment variable that picks the containerd version.
+pub const VERSION_ENV: &str = "KCACHE_CONTAINERD";
+
 /// The programs a containerd E2E test runs.
+#[derive(Clone, Debug)]
 pub struct Programs {
     pub containerd: PathBuf,
     pub ctr: PathBuf,
+    /// `1.6`, `1.7` or `2.1`.
+    pub version: String,
+    /// The containerd line (how it is configured).
+    pub flavor: Flavor,
+    /// The directory of a fetched containerd (its shim is found there first).
+    pub bin_dir: Option<PathBuf>,
 }
 
 /// `name` on `PATH` (also the sbin directories, which a non-login root shell may lack).
@@ -43,27 +63,89 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The containerd version the tests run against (`KCACHE_CONTAINERD`, default 1.6).
+pub fn selected_version() -> String {
+    std::env::var(VERSION_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "1.6".into())
+}
+
+/// The bin directory of containerd `version` fetched by scripts/debian-peer.sh.
+fn fetched(version: &str) -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/debian-peer.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(format!("containerd-{version}"))
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} containerd-{version} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("usr/bin"))
+}
+
 /// The programs, or None (skip, with a message on stderr) when containerd cannot run here.
 /// Under `CI=true` a missing prerequisite panics instead: the E2E tests must run there.
 /// `extra` names further programs the test needs (e.g. `runc`, `containerd-shim-runc-v2`).
 pub fn prerequisites(test: &str, extra: &[&str]) -> Option<Programs> {
-    let mut missing: Vec<String> = ["containerd", "ctr"]
-        .iter()
-        .chain(extra)
-        .filter(|p| on_path(p).is_none())
-        .map(|p| (*p).to_owned())
-        .collect();
+    let version = selected_version();
+    let mut missing: Vec<String> = Vec::new();
+    let flavor = match Flavor::parse(&version) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            missing.push(format!("a known {VERSION_ENV} ({e})"));
+            None
+        }
+    };
+    let bin_dir = match version.as_str() {
+        "1.6" => None,
+        v => match fetched(v) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                missing.push(e);
+                None
+            }
+        },
+    };
+    let find = |name: &str| {
+        bin_dir
+            .as_ref()
+            .map(|d| d.join(name))
+            .filter(|p| p.is_file())
+            .or_else(|| {
+                if bin_dir.is_some() && name != "runc" {
+                    None
+                } else {
+                    on_path(name)
+                }
+            })
+    };
+    missing.extend(
+        ["containerd", "ctr"]
+            .iter()
+            .chain(extra)
+            .filter(|p| find(p).is_none())
+            .map(|p| (*p).to_owned()),
+    );
     if !is_root() {
         missing.push("root".to_owned());
     }
     if missing.is_empty() {
         return Some(Programs {
-            containerd: on_path("containerd")?,
-            ctr: on_path("ctr")?,
+            containerd: find("containerd")?,
+            ctr: find("ctr")?,
+            version,
+            flavor: flavor?,
+            bin_dir,
         });
     }
     let problem = format!(
-        "missing {} (apt-get install -y containerd runc, and run as root)",
+        "missing {} (containerd {version}: apt-get install -y containerd runc, and run as root)",
         missing.join(", ")
     );
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -78,121 +160,245 @@ pub fn prerequisites(test: &str, extra: &[&str]) -> Option<Programs> {
 pub struct CriConfig {
     /// The pod sandbox ("pause") image.
     pub sandbox_image: String,
-    /// The CRI snapshotter; `kcache` needs [`ContainerdConfig::kcache_socket`].
+    /// The CRI snapshotter; `kcache` needs [`ContainerdConfig::kcache_socket`] and is then set
+    /// by kcache's install code.
     pub snapshotter: String,
     /// Registries (`127.0.0.1:PORT`) spoken to over plain HTTP.
     pub plain_http: Vec<String>,
-    /// The runc runtime's `base_runtime_spec` (kcache's hooks are registered through it).
+    /// The runc runtime's `base_runtime_spec` (kcache's install starts its own from it).
     pub base_runtime_spec: Option<PathBuf>,
     /// The runc runtime's `pod_annotations` (annotations CRI passes to the OCI spec).
     pub pod_annotations: Vec<String>,
+    /// The hook kcache's install adds to the base spec (default `/bin/true`: a real hook that
+    /// does nothing, for tests that do not mount caches).
+    pub hook: Option<PathBuf>,
+    /// containerd 2.1+: how CRI pulls (the default: the transfer service).
+    pub pull: PullPath,
+}
+
+/// When containerd's garbage collector runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Gc {
+    /// After every deletion (`deletion_threshold = 1`): that is when containerd removes a
+    /// snapshot from its backend.
+    #[default]
+    EveryDeletion,
+    /// Only when asked synchronously (CRI's RemoveImage, `ctr images rm --sync`): no threshold
+    /// can fire in the middle of a test.
+    OnlySynchronous,
 }
 
 /// What to start.
 #[derive(Clone, Debug, Default)]
 pub struct ContainerdConfig {
-    /// kcached's snapshotter socket: registered as the proxy snapshotter `kcache`.
+    /// kcached's snapshotter socket: registered as the proxy snapshotter `kcache` (with CRI, by
+    /// kcache's install code).
     pub kcache_socket: Option<PathBuf>,
     pub cri: Option<CriConfig>,
+    /// containerd 2.x: the kcache-image-verifier binary install links into the bindir.
+    pub verifier: Option<PathBuf>,
+    /// Environment for containerd (and so for the image verifiers it runs).
+    pub env: Vec<(String, String)>,
+    pub gc: Gc,
 }
 
 /// A running containerd; on drop it is killed together with the shims it started, and the
 /// mounts it left under its directories are detached.
 pub struct Containerd {
     child: Option<Child>,
-    ctr: PathBuf,
+    programs: Programs,
     dir: PathBuf,
     address: PathBuf,
+    config: PathBuf,
+}
+
+/// Sets `key = value` in the table at `path` (created as needed) of `doc`.
+fn put(doc: &mut toml_edit::DocumentMut, path: &[&str], key: &str, value: impl Into<toml_edit::Value>) {
+    let mut t = doc.as_table_mut();
+    for k in path {
+        t = t
+            .entry(k)
+            .or_insert_with(|| {
+                let mut n = toml_edit::Table::new();
+                n.set_implicit(true);
+                toml_edit::Item::Table(n)
+            })
+            .as_table_mut()
+            .expect("a table");
+    }
+    t.insert(key, toml_edit::Item::Value(value.into()));
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
 }
 
 impl ContainerdConfig {
-    fn toml(&self, dir: &Path, address: &Path) -> String {
-        let mut t = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-{disabled}
-[grpc]
-  address = "{address}"
+    /// The config file for a containerd whose files are under `dir` (its socket:
+    /// `dir/containerd.sock`), as a node has it before `kcache install containerd`: kcache's part
+    /// is added by [`Containerd::start`] (the install code) or by the installed `kcache` itself.
+    pub fn render(&self, programs: &Programs, dir: &Path) -> String {
+        self.base_toml(programs, dir, &dir.join("containerd.sock"))
+    }
 
-[ttrpc]
-  address = "{address}.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-
-# Collect after every deletion: that is when containerd removes a snapshot from its backend.
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-"#,
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            opt = dir.join("opt").display(),
-            address = address.display(),
-            disabled = if self.cri.is_some() {
-                ""
-            } else {
-                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
-            },
-        );
-        if let Some(socket) = &self.kcache_socket {
-            let _ = write!(
-                t,
-                "\n[proxy_plugins.kcache]\n  type = \"snapshot\"\n  address = \"{}\"\n",
-                socket.display()
-            );
+    /// containerd's own settings and CRI's, without kcache: every path under `dir`.
+    fn base_toml(&self, p: &Programs, dir: &Path, address: &Path) -> String {
+        let v3 = p.flavor.is_2x();
+        let mut d = toml_edit::DocumentMut::new();
+        d.insert("version", toml_edit::value(if v3 { 3 } else { 2 }));
+        d.insert("root", toml_edit::value(s(&dir.join("root"))));
+        d.insert("state", toml_edit::value(s(&dir.join("state"))));
+        if self.cri.is_none() {
+            let mut a = toml_edit::Array::new();
+            a.push("io.containerd.grpc.v1.cri");
+            d.insert("disabled_plugins", toml_edit::value(a));
         }
-        if let Some(cri) = &self.cri {
-            let _ = write!(
-                t,
-                r#"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox}"
-  # This machine may not lower oom_score_adj (a container, or a restricted root).
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  enable_selinux = false
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{snapshotter}"
-    # Pass containerd.io/snapshot/cri.* labels to the snapshotter: kcache's gate needs them.
-    disable_snapshot_annotations = false
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-{runc_extra}  # Host-network pods only: an empty CNI directory.
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni}/bin"
-    conf_dir = "{cni}/conf"
-"#,
-                sandbox = cri.sandbox_image,
-                snapshotter = cri.snapshotter,
-                cni = dir.join("cni").display(),
-                runc_extra = cri.runc_extra(),
-            );
-            for host in &cri.plain_http {
-                let _ = write!(
-                    t,
-                    "  [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n    endpoint = [\"http://{host}\"]\n"
-                );
+        put(&mut d, &["grpc"], "address", s(address));
+        put(&mut d, &["ttrpc"], "address", format!("{}.ttrpc", address.display()));
+        put(
+            &mut d,
+            &["plugins", "io.containerd.internal.v1.opt"],
+            "path",
+            s(&dir.join("opt")),
+        );
+        let gc = ["plugins", "io.containerd.gc.v1.scheduler"];
+        match self.gc {
+            Gc::EveryDeletion => put(&mut d, &gc, "deletion_threshold", 1),
+            Gc::OnlySynchronous => {
+                put(&mut d, &gc, "deletion_threshold", 0);
+                put(&mut d, &gc, "mutation_threshold", 1_000_000_000);
+                put(&mut d, &gc, "pause_threshold", 0.0);
+                put(&mut d, &gc, "startup_delay", "1000h");
             }
         }
-        t
+        if p.version != "1.6" {
+            // NRI (1.7: off by default; 2.x: on): its socket and plugin dirs in the test's dir.
+            let nri = ["plugins", "io.containerd.nri.v1.nri"];
+            put(&mut d, &nri, "socket_path", s(&dir.join("nri/nri.sock")));
+            put(&mut d, &nri, "plugin_path", s(&dir.join("nri/plugins")));
+            put(&mut d, &nri, "plugin_config_path", s(&dir.join("nri/conf.d")));
+        }
+        if v3 {
+            // 2.x runs the bindir verifiers by default: never /opt/containerd's.
+            put(
+                &mut d,
+                &["plugins", "io.containerd.image-verifier.v1.bindir"],
+                "bin_dir",
+                s(&dir.join("verifiers")),
+            );
+        }
+        let Some(cri) = &self.cri else {
+            return d.to_string();
+        };
+        let (images, runtime, grpc): (&[&str], &[&str], &[&str]) = if v3 {
+            (
+                &["plugins", "io.containerd.cri.v1.images"],
+                &["plugins", "io.containerd.cri.v1.runtime"],
+                &["plugins", "io.containerd.grpc.v1.cri"],
+            )
+        } else {
+            (
+                &["plugins", "io.containerd.grpc.v1.cri", "containerd"],
+                &["plugins", "io.containerd.grpc.v1.cri"],
+                &["plugins", "io.containerd.grpc.v1.cri"],
+            )
+        };
+        put(&mut d, grpc, "stream_server_address", "127.0.0.1");
+        put(&mut d, grpc, "stream_server_port", "0");
+        if v3 {
+            put(
+                &mut d,
+                &[images, &["pinned_images"]].concat(),
+                "sandbox",
+                cri.sandbox_image.as_str(),
+            );
+        } else {
+            put(&mut d, grpc, "sandbox_image", cri.sandbox_image.as_str());
+        }
+        // This machine may not lower oom_score_adj (a container, or a restricted root).
+        put(&mut d, runtime, "restrict_oom_score_adj", true);
+        put(&mut d, runtime, "disable_apparmor", true);
+        put(&mut d, runtime, "enable_selinux", false);
+        let ctd = [runtime, &["containerd"]].concat();
+        put(&mut d, &ctd, "default_runtime_name", "runc");
+        let runc = [runtime, &["containerd", "runtimes", "runc"]].concat();
+        put(&mut d, &runc, "runtime_type", "io.containerd.runc.v2");
+        // Host-network pods only: an empty CNI directory.
+        let cni = [runtime, &["cni"]].concat();
+        put(&mut d, &cni, "bin_dir", s(&dir.join("cni/bin")));
+        put(&mut d, &cni, "conf_dir", s(&dir.join("cni/conf")));
+        put(&mut d, images, "snapshotter", cri.snapshotter.as_str());
+        if !self.installs_kcache() {
+            // Without kcache's install: the runtime settings as given, and on 1.x CRI's labels
+            // for whatever snapshotter runs.
+            if let Some(spec) = &cri.base_runtime_spec {
+                put(&mut d, &runc, "base_runtime_spec", s(spec));
+            }
+            if !cri.pod_annotations.is_empty() {
+                let a: toml_edit::Array = cri.pod_annotations.iter().collect();
+                put(&mut d, &runc, "pod_annotations", a);
+            }
+            if !v3 {
+                put(&mut d, images, "disable_snapshot_annotations", false);
+            }
+        }
+        // Plain-HTTP registries through a hosts directory: mirrors would make 2.1's CRI fall
+        // back to local pulls.
+        let certs = dir.join("certs.d");
+        let registry = if v3 {
+            [images, &["registry"]].concat()
+        } else {
+            [grpc, &["registry"]].concat()
+        };
+        put(&mut d, &registry, "config_path", s(&certs));
+        for host in &cri.plain_http {
+            let h = certs.join(host);
+            fs::create_dir_all(&h).expect("registry hosts dir");
+            fs::write(
+                h.join("hosts.toml"),
+                format!("server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+            )
+            .expect("hosts.toml");
+        }
+        d.to_string()
+    }
+
+    /// Whether kcache's install code renders the kcache part of the config.
+    fn installs_kcache(&self) -> bool {
+        self.kcache_socket.is_some() && self.cri.as_ref().is_none_or(|c| c.snapshotter == "kcache")
     }
 }
 
-impl CriConfig {
-    fn runc_extra(&self) -> String {
-        let mut t = String::new();
-        if let Some(spec) = &self.base_runtime_spec {
-            let _ = writeln!(t, "      base_runtime_spec = \"{}\"", spec.display());
-        }
-        if !self.pod_annotations.is_empty() {
-            let list: Vec<String> = self.pod_annotations.iter().map(|a| format!("\"{a}\"")).collect();
-            let _ = writeln!(t, "      pod_annotations = [{}]", list.join(", "));
-        }
-        t
+impl ContainerdConfig {
+    /// kcache's part of the config, written by the code `kcache install containerd --write`
+    /// runs (config.toml on 1.x, a drop-in on 2.x), for this containerd's version.
+    fn install(&self, p: &Programs, dir: &Path, config: &Path) {
+        let socket = self.kcache_socket.clone().expect("kcache's socket");
+        let cri = self.cri.clone().unwrap_or_default();
+        let request = InstallRequest {
+            flavor: p.flavor,
+            config: config.to_owned(),
+            drop_in: Some(dir.join("conf.d/kcache.toml")),
+            socket,
+            base_spec: dir.join("base-spec.json"),
+            base_spec_from: cri.base_runtime_spec.clone(),
+            hook: cri.hook.clone().unwrap_or_else(|| PathBuf::from("/bin/true")),
+            runtime: "runc".into(),
+            verifier_bin_dir: dir.join("verifiers"),
+            verifier: self
+                .verifier
+                .clone()
+                // A verifier that allows every pull, for tests that do not check refusals.
+                .unwrap_or_else(|| PathBuf::from("/bin/true")),
+            max_verifiers: 10,
+            per_verifier_timeout: "10s".into(),
+            ctr: p.ctr.clone(),
+            pull: cri.pull,
+            platforms: Vec::new(),
+        };
+        let plan = plan(&request).expect("kcache install containerd: plan");
+        plan.write(&mut |step| eprintln!("kcache install containerd: {step}"))
+            .expect("kcache install containerd: write");
     }
 }
 
@@ -200,26 +406,43 @@ impl Containerd {
     /// Starts containerd with its files under `dir` (config.toml, containerd.log, root, state,
     /// containerd.sock) and waits for its socket.
     pub fn start(programs: &Programs, dir: &Path, config: &ContainerdConfig) -> Self {
+        fs::create_dir_all(dir).expect("containerd dir");
+        let config_path = dir.join("containerd.toml");
+        fs::write(&config_path, config.render(programs, dir)).expect("containerd config");
+        if config.installs_kcache() {
+            config.install(programs, dir, &config_path);
+        }
+        Self::start_on(programs, dir, &config_path, &config.env)
+    }
+
+    /// Starts containerd on a config file made elsewhere ([`ContainerdConfig::render`] for
+    /// `dir`, then changed by `kcache install containerd`, say), with `env` added to its
+    /// environment. Its files go under `dir`.
+    pub fn start_on(programs: &Programs, dir: &Path, config_path: &Path, env: &[(String, String)]) -> Self {
         let address = dir.join("containerd.sock");
         fs::create_dir_all(dir.join("cni/bin")).expect("cni dir");
         fs::create_dir_all(dir.join("cni/conf")).expect("cni dir");
-        let config_path = dir.join("containerd.toml");
-        fs::write(&config_path, config.toml(dir, &address)).expect("containerd config");
         let log = dir.join("containerd.log");
-        let child = Command::new(&programs.containerd)
-            .arg("--config")
-            .arg(&config_path)
+        let mut cmd = Command::new(&programs.containerd);
+        cmd.arg("--config")
+            .arg(config_path)
             .arg("--log-level")
             .arg("info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("containerd log"))
-            .spawn()
-            .expect("start containerd");
+            .stderr(fs::File::create(&log).expect("containerd log"));
+        if let Some(bin) = &programs.bin_dir {
+            // The fetched containerd's shim before the system's.
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", bin.display()));
+        }
+        let child = cmd.spawn().expect("start containerd");
         let mut c = Self {
             child: Some(child),
-            ctr: programs.ctr.clone(),
+            programs: programs.clone(),
             dir: dir.to_owned(),
             address,
+            config: config_path.to_owned(),
         };
         let start = Instant::now();
         while !c.address.exists() {
@@ -237,9 +460,14 @@ impl Containerd {
         c
     }
 
+    /// The programs it runs (its version among them).
+    pub fn programs(&self) -> &Programs {
+        &self.programs
+    }
+
     /// The config file it runs with.
     pub fn config(&self) -> PathBuf {
-        self.dir.join("containerd.toml")
+        self.config.clone()
     }
 
     /// The gRPC socket (CRI and containerd's own services).
@@ -259,7 +487,7 @@ impl Containerd {
 
     /// Runs `ctr --address … --namespace <ns> <args>`.
     pub fn ctr(&self, namespace: &str, args: &[&str]) -> Output {
-        Command::new(&self.ctr)
+        Command::new(&self.programs.ctr)
             .arg("--address")
             .arg(&self.address)
             .args(["--namespace", namespace])

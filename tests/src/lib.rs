@@ -4,6 +4,7 @@
 //! `make deps` (scripts/deps.sh).
 
 pub mod containerd;
+pub mod cosign;
 pub mod cri;
 pub mod fixtures;
 pub mod hostile;

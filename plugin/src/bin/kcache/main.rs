@@ -8,11 +8,13 @@ use clap::{Parser, Subcommand};
 mod cache_cmd;
 mod cache_store_cmd;
 mod doctor_cmd;
+mod generate_cmd;
 mod install_cmd;
 mod policy_cmd;
 mod registry_args;
 mod sign_cmd;
 mod sigstore_cmd;
+mod uninstall_cmd;
 mod verify_cmd;
 
 #[derive(Parser)]
@@ -46,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: install_cmd::InstallCommand,
     },
+    /// Take out of the container runtime what `kcache install` put in (containerd).
+    Uninstall {
+        #[command(subcommand)]
+        command: uninstall_cmd::UninstallCommand,
+    },
     /// Check every way a pull on this node could skip verification (containerd's effective
     /// config, kcached's mode, optionally a canary pulled through CRI); exit 1 on a problem.
     Doctor(Box<doctor_cmd::DoctorArgs>),
@@ -58,6 +65,12 @@ enum Command {
     Sigstore {
         #[command(subcommand)]
         command: sigstore_cmd::SigstoreCommand,
+    },
+    /// Man pages and shell completions for packaging.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: generate_cmd::GenerateCommand,
     },
 }
 
@@ -85,8 +98,10 @@ fn main() -> ExitCode {
         Command::Gpu(a) => cache_cmd::gpu(a),
         Command::Cache { command } => cache_cmd::run(command),
         Command::Install { command } => install_cmd::run(command),
+        Command::Uninstall { command } => uninstall_cmd::run(command),
         Command::Policy { command } => policy_cmd::run(command),
         Command::Doctor(a) => doctor_cmd::run(*a),
+        Command::Generate { command } => generate_cmd::run(command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
