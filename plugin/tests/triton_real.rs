@@ -745,6 +745,7 @@ async fn real_triton_cache_hits_in_a_cri_pod() {
                 plain_http: vec![host.clone()],
                 base_runtime_spec: Some(base_spec.clone()),
                 pod_annotations: vec!["kcache.dev/*".into()],
+                hook: Some(hook.clone()),
                 ..CriConfig::default()
             }),
             ..ContainerdConfig::default()
