@@ -2,10 +2,10 @@
 # Installs the Debian packages kcache's tests and demo start for real (on loopback).
 # Idempotent: installs only what is missing. Needs root (or sudo) on Debian 12.
 set -euo pipefail
-# openssl, debian-archive-keyring: test CAs and scripts/debian-peer.sh.
+# openssl, debian-archive-keyring, curl: test CAs, scripts/debian-peer.sh, scripts/kube-apiserver.sh.
 # rpm, lintian, rpmlint, help2man, jq: scripts/build-packages.sh and plugin/tests/packages.rs.
 pkgs=(docker-registry ca-certificates containerd runc busybox-static systemd skopeo podman
-      rpm lintian rpmlint help2man jq binutils openssl debian-archive-keyring)
+      rpm lintian rpmlint help2man jq binutils openssl debian-archive-keyring curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
