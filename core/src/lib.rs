@@ -13,6 +13,9 @@
 //! - [`verdict`]: the verdict cache shared by the daemon and the CLI.
 //! - [`cache`]: kernel cache images (GKM/MCV format, Triton metadata, `__grp__` relocation).
 //! - [`gpu`]: the node's GPUs (NVML, KFD sysfs, a pinned file) and cache compatibility.
+//! - [`refusal`]: the line every kcache refusal of an image carries (gate and image verifier).
+//! - [`containerd`]: containerd's configuration as kcache installs, checks and removes it
+//!   (feature `containerd`).
 //! - [`snapshot`]: the overlay snapshotter behind the containerd proxy snapshotter (feature
 //!   `snapshotter`).
 //!
@@ -25,9 +28,12 @@
 
 pub mod api;
 pub mod cache;
+#[cfg(feature = "containerd")]
+pub mod containerd;
 pub mod digest;
 pub mod fsutil;
 pub mod gpu;
+pub mod refusal;
 #[cfg(feature = "snapshotter")]
 pub mod snapshot;
 

@@ -165,8 +165,8 @@ impl Verifier {
             return self.finish(policy, v, true, "allow-listed without signature".into(), start);
         }
         // 3. Signatures about this digest.
-        let mut reasons = Vec::new();
-        match self.find_signature(r, digest, rule, &mut reasons).await {
+        let mut notes = Notes::default();
+        match self.find_signature(r, digest, rule, &mut notes).await {
             Ok(Some(found)) => {
                 v.signer = Some(found.signer);
                 v.tlog_index = found.tlog_index;
@@ -188,8 +188,8 @@ impl Verifier {
         //    one its tag resolves to now.
         if let Some(index) = self.index_of(r, digest).await {
             if self.index_lists(r, &index, digest).await {
-                let mut index_reasons = Vec::new();
-                if let Ok(Some(found)) = self.find_signature(r, &index, rule, &mut index_reasons).await {
+                let mut index_notes = Notes::default();
+                if let Ok(Some(found)) = self.find_signature(r, &index, rule, &mut index_notes).await {
                     v.signer = Some(found.signer);
                     v.tlog_index = found.tlog_index;
                     v.format = Some(found.format);
@@ -199,12 +199,7 @@ impl Verifier {
                 }
             }
         }
-        let reason = if reasons.is_empty() {
-            "no signature found (cosign v2 .sig or v3 bundle)".to_string()
-        } else {
-            format!("no signature satisfies the rule: {}", reasons.join("; "))
-        };
-        self.finish(policy, v, false, reason, start)
+        self.finish(policy, v, false, notes.reason(), start)
     }
 
     fn finish(
@@ -266,7 +261,7 @@ impl Verifier {
         r: &Reference,
         digest: &Digest,
         rule: &crate::policy::Rule,
-        reasons: &mut Vec<String>,
+        notes: &mut Notes,
     ) -> Result<Option<Found>, RegistryError> {
         let now = chrono::Utc::now();
         let opts_for = |a: &Authority| Options {
@@ -289,13 +284,15 @@ impl Verifier {
                                 format: Format::CosignV2,
                             }))
                         }
-                        Err(e) => reasons.push(format!("cosign-v2 layer {i} vs {}: {e}", describe(a))),
+                        Err(e) => notes
+                            .failed
+                            .push(format!("cosign-v2 layer {i} vs {}: {e}", describe(a))),
                     }
                 }
             }
         }
         if rule.formats.contains(&SignatureFormat::CosignV3) {
-            for (i, bundle) in self.v3_bundles(r, digest).await?.iter().enumerate() {
+            for (i, bundle) in self.v3_bundles(r, digest, notes).await?.iter().enumerate() {
                 for a in &rule.authorities {
                     let (signer, root) = signer_of(a);
                     match v3::verify_bundle_for_image(bundle, digest, signer, root, &opts_for(a)) {
@@ -306,7 +303,9 @@ impl Verifier {
                                 format: Format::CosignV3,
                             }))
                         }
-                        Err(e) => reasons.push(format!("cosign-v3 bundle {i} vs {}: {e}", describe(a))),
+                        Err(e) => notes
+                            .failed
+                            .push(format!("cosign-v3 bundle {i} vs {}: {e}", describe(a))),
                     }
                 }
             }
@@ -365,9 +364,16 @@ impl Verifier {
         Ok(out)
     }
 
-    /// Bundle JSON blobs from referrers of `digest` (API, else the referrers tag).
-    async fn v3_bundles(&self, r: &Reference, digest: &Digest) -> Result<Vec<Vec<u8>>, RegistryError> {
-        let index = match self.client.referrers(r, digest, Some(v3::BUNDLE_ARTIFACT_TYPE)).await? {
+    /// Bundle JSON blobs from referrers of `digest` (API, else the referrers tag). Each listed
+    /// manifest is fetched and judged by what it is ([`v3::bundle_layer`]); what the index
+    /// says about it (its `artifactType`, annotations) is not looked at.
+    async fn v3_bundles(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        notes: &mut Notes,
+    ) -> Result<Vec<Vec<u8>>, RegistryError> {
+        let index = match self.client.referrers(r, digest, None).await? {
             Some(bytes) => bytes,
             None => match self.client.manifest(r, &digest.tag_prefix()).await {
                 Ok(m) => m.bytes,
@@ -384,12 +390,6 @@ impl Verifier {
             .flatten()
             .take(MAX_SIGNATURES)
         {
-            if d.get("artifactType")
-                .and_then(|t| t.as_str())
-                .is_some_and(|t| t != v3::BUNDLE_ARTIFACT_TYPE)
-            {
-                continue;
-            }
             let Some(md) = d
                 .get("digest")
                 .and_then(|x| x.as_str())
@@ -402,38 +402,50 @@ impl Verifier {
                 Err(e) if skippable(&e) => continue,
                 Err(e) => return Err(e),
             };
-            let Ok(mv) = serde_json::from_slice::<serde_json::Value>(&m.bytes) else {
-                continue;
+            let layer = match v3::bundle_layer(&m.bytes, digest) {
+                Ok(l) => l,
+                Err(why) => {
+                    // Other tools' referrers (SBOMs, …) are no news; a bundle about another
+                    // digest is worth saying in a refusal.
+                    if !matches!(why, v3::NotABundle::ArtifactType(_)) {
+                        notes.skipped.push(format!("referrer {md} skipped: {why}"));
+                    }
+                    continue;
+                }
             };
-            // The referrer must be about this digest (the tag fallback is only an index).
-            if mv.get("subject").and_then(|s| s.get("digest")).and_then(|x| x.as_str()) != Some(digest.as_str()) {
+            if layer.size.is_some_and(|s| s > v3::MAX_BUNDLE_BYTES as u64) {
                 continue;
             }
-            for l in mv
-                .get("layers")
-                .and_then(|l| l.as_array())
-                .into_iter()
-                .flatten()
-                .take(4)
-            {
-                if l.get("mediaType").and_then(|t| t.as_str()) != Some(v3::BUNDLE_ARTIFACT_TYPE) {
-                    continue;
-                }
-                let Some(bd) = l
-                    .get("digest")
-                    .and_then(|x| x.as_str())
-                    .and_then(|x| Digest::parse(x).ok())
-                else {
-                    continue;
-                };
-                match self.client.blob(r, &bd, v3::MAX_BUNDLE_BYTES).await {
-                    Ok(b) => out.push(b),
-                    Err(e) if skippable(&e) => continue,
-                    Err(e) => return Err(e),
-                }
+            match self.client.blob(r, &layer.digest, v3::MAX_BUNDLE_BYTES).await {
+                Ok(b) => out.push(b),
+                Err(e) if skippable(&e) => continue,
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
+    }
+}
+
+/// What the search for signatures met, for the refusal's reason.
+#[derive(Default)]
+struct Notes {
+    /// Candidates that did not verify, and why.
+    failed: Vec<String>,
+    /// Referrers that were not signatures about the digest.
+    skipped: Vec<String>,
+}
+
+impl Notes {
+    fn reason(&self) -> String {
+        let mut reason = if self.failed.is_empty() {
+            "no signature found (cosign v2 .sig or v3 bundle)".to_string()
+        } else {
+            format!("no signature satisfies the rule: {}", self.failed.join("; "))
+        };
+        if !self.skipped.is_empty() {
+            reason.push_str(&format!("; {}", self.skipped.join("; ")));
+        }
+        reason
     }
 }
 

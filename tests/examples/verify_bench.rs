@@ -2,6 +2,10 @@
 //! Prints one JSON line (registry, image, policy, and the in-process warm verdict-cache hit
 //! timing), then keeps the registry up until stdin closes, so the harness can time
 //! `kcache verify` (cold, process start included) against it.
+//!
+//! For the cosign peer rows it also pushes `bench/v2:v1` (a `.sig` only) and `bench/v3:v1` (a
+//! cosign 3 DSSE bundle only, through the referrers tag), writes the public key and a wrong one,
+//! and reports what a cold verification spends before its first request (client, trust root).
 
 use std::{io::Read, sync::Arc, time::Instant};
 
@@ -28,6 +32,36 @@ async fn main() {
     )
     .expect("policy");
     let policy = Policy::load(&policy_path, None).expect("policy loads");
+
+    // cosign peer images: one `.sig` only, one DSSE bundle only.
+    let r2 = reg.reference("bench/v2:v1");
+    reg.push_image("bench/v2:v1", "bench v2 layer").await;
+    sign::sign_and_push(&client, &key, &r2, false).await.expect("sign v2");
+    let r3 = reg.reference("bench/v3:v1");
+    let (d3, m3) = reg.push_image("bench/v3:v1", "bench v3 layer").await;
+    let created = "2026-01-01T00:00:00Z";
+    let b = sign::sign_v3(&key, &d3, sign::OCI_MANIFEST, m3.len() as u64, created).expect("sign v3");
+    client.push_blob(&r3, &b.bundle.bytes).await.expect("bundle");
+    client.push_blob(&r3, &b.config.bytes).await.expect("config");
+    client
+        .push_manifest(&r3, b.manifest.digest.as_str(), sign::OCI_MANIFEST, &b.manifest.bytes)
+        .await
+        .expect("referrer");
+    let index = sign::referrers_tag_index(None, &b.manifest).expect("index");
+    client
+        .push_manifest(&r3, &d3.tag_prefix(), sign::OCI_INDEX, &index)
+        .await
+        .expect("referrers tag");
+    let wrong = dir.path().join("wrong.pub");
+    std::fs::write(&wrong, PrivateKey::generate_p256().public_key().to_pem()).expect("wrong pub");
+
+    // What a cold verification pays before its first request.
+    let t = Instant::now();
+    let _ = reg.client();
+    let client_new_ns = t.elapsed().as_nanos() as f64;
+    let t = Instant::now();
+    let _ = kcache_core::sigstore::TrustedRoot::public_good();
+    let public_good_ns = t.elapsed().as_nanos() as f64;
 
     // Warm verdict-cache hit, in process: one miss, then timed hits of the same image.
     let verifier = Verifier::with_cache(client.clone(), CacheConfig::default());
@@ -60,6 +94,12 @@ async fn main() {
             "registry": reg.host(),
             "image": format!("{}/bench/app:v1", reg.host()),
             "policy": policy_path,
+            "image_v2": format!("{}/bench/v2:v1", reg.host()),
+            "image_v3": format!("{}/bench/v3:v1", reg.host()),
+            "public_key": dir.path().join("bench.pub"),
+            "wrong_key": wrong,
+            "client_new_ns": client_new_ns,
+            "public_good_ns": public_good_ns,
             "cache_hit_ns": hits_ns,
             "in_process_cold_ns": cold_ns,
         })

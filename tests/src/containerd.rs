@@ -103,9 +103,16 @@ pub struct Containerd {
     ctr: PathBuf,
     dir: PathBuf,
     address: PathBuf,
+    config: PathBuf,
 }
 
 impl ContainerdConfig {
+    /// The config file for a containerd whose files are under `dir` (its socket:
+    /// `dir/containerd.sock`). `programs` names the containerd it is for.
+    pub fn render(&self, _programs: &Programs, dir: &Path) -> String {
+        self.toml(dir, &dir.join("containerd.sock"))
+    }
+
     fn toml(&self, dir: &Path, address: &Path) -> String {
         let mut t = format!(
             r#"version = 2
@@ -200,17 +207,26 @@ impl Containerd {
     /// Starts containerd with its files under `dir` (config.toml, containerd.log, root, state,
     /// containerd.sock) and waits for its socket.
     pub fn start(programs: &Programs, dir: &Path, config: &ContainerdConfig) -> Self {
+        let config_path = dir.join("containerd.toml");
+        fs::create_dir_all(dir).expect("containerd dir");
+        fs::write(&config_path, config.render(programs, dir)).expect("containerd config");
+        Self::start_on(programs, dir, &config_path, &[])
+    }
+
+    /// Starts containerd on a config file made elsewhere ([`ContainerdConfig::render`] for
+    /// `dir`, then changed by `kcache install containerd`, say), with `env` added to its
+    /// environment. Its files go under `dir`.
+    pub fn start_on(programs: &Programs, dir: &Path, config_path: &Path, env: &[(String, String)]) -> Self {
         let address = dir.join("containerd.sock");
         fs::create_dir_all(dir.join("cni/bin")).expect("cni dir");
         fs::create_dir_all(dir.join("cni/conf")).expect("cni dir");
-        let config_path = dir.join("containerd.toml");
-        fs::write(&config_path, config.toml(dir, &address)).expect("containerd config");
         let log = dir.join("containerd.log");
         let child = Command::new(&programs.containerd)
             .arg("--config")
-            .arg(&config_path)
+            .arg(config_path)
             .arg("--log-level")
             .arg("info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("containerd log"))
             .spawn()
@@ -220,6 +236,7 @@ impl Containerd {
             ctr: programs.ctr.clone(),
             dir: dir.to_owned(),
             address,
+            config: config_path.to_owned(),
         };
         let start = Instant::now();
         while !c.address.exists() {
@@ -239,7 +256,7 @@ impl Containerd {
 
     /// The config file it runs with.
     pub fn config(&self) -> PathBuf {
-        self.dir.join("containerd.toml")
+        self.config.clone()
     }
 
     /// The gRPC socket (CRI and containerd's own services).

@@ -117,7 +117,7 @@ pub async fn push_v3_bundle(
         digest: md.clone(),
     };
     let existing = client.manifest(&r, &image.tag_prefix()).await.ok().map(|m| m.bytes);
-    let index = sign::referrers_tag_index(existing.as_deref(), &blob, BUNDLE_ARTIFACT_TYPE).expect("index");
+    let index = sign::referrers_tag_index(existing.as_deref(), &blob).expect("index");
     client
         .push_manifest(&r, &image.tag_prefix(), sign::OCI_INDEX, &index)
         .await

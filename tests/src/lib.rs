@@ -4,11 +4,13 @@
 //! `make deps` (scripts/deps.sh).
 
 pub mod containerd;
+pub mod cosign;
 pub mod cri;
 pub mod fixtures;
 pub mod hostile;
 pub mod images;
 pub mod kcached;
 pub mod registry;
+pub mod triton;
 
 pub use registry::TestRegistry;

@@ -3,6 +3,7 @@
 //! - [`meta`]: the types every side shares (daemon, CLI, the OCI hook).
 //! - [`format`](mod@format): the image's labels and layer layout ([`format::CacheImageMeta`]).
 //! - [`triton`]: scanning a Triton cache directory (targets, kernels, manifest).
+//! - [`summary`]: what a cache holds for people (per-target counts, sizes, largest kernels).
 //! - [`store`]: the node store layout kcached writes and the hook reads.
 //! - [`lock`]: the entry and name locks; [`refs`]: the container refs the hook writes (and
 //!   their one record type), counted the same way by GC and `kcache cache ls`.
@@ -31,4 +32,5 @@ pub mod manager;
 pub mod meta;
 pub mod refs;
 pub mod store;
+pub mod summary;
 pub mod triton;

@@ -2,9 +2,13 @@
 //!
 //! - v2: a simple-signing payload blob, cosign's config blob, and the `sha256-<hex>.sig`
 //!   manifest (existing signature layers are kept, as cosign appends).
-//! - v3 (key-based, no transparency log, for air-gapped use): a v0.3 bundle with a message
-//!   signature over the image digest, as an OCI 1.1 referrer manifest (`subject` = the image),
-//!   plus the referrers-tag index for registries without the referrers API.
+//! - v3 (key-based, no transparency log, for air-gapped use), what `cosign sign` 3.x writes: a
+//!   v0.3 bundle holding a DSSE envelope over an in-toto Statement v1 whose subject is the image
+//!   digest and whose predicate type is `https://sigstore.dev/cosign/sign/v1`, as an OCI 1.1
+//!   referrer manifest (`subject` = the image, `artifactType` = the bundle media type, cosign's
+//!   `dev.sigstore.bundle.*` annotations), plus the referrers-tag index for registries without
+//!   the referrers API. (cosign 3 refuses a message-signature bundle on an image: "bundle does
+//!   not contain a DSSE envelope".)
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -13,37 +17,13 @@ use crate::{digest::Digest, signing::PrivateKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// OCI image manifest media type.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index media type.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+use crate::registry::artifact::{image_manifest, push_image};
+pub use crate::registry::artifact::{Blob, OCI_INDEX, OCI_MANIFEST};
+
 /// cosign's payload layer media type.
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The OCI empty descriptor's media type and content.
 pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
-
-/// A blob to push, with its digest.
-#[derive(Debug, Clone)]
-pub struct Blob {
-    /// Bytes.
-    pub bytes: Vec<u8>,
-    /// Their sha256.
-    pub digest: Digest,
-}
-
-impl Blob {
-    /// Wraps bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Self {
-            digest: Digest::sha256_of(&bytes),
-            bytes,
-        }
-    }
-
-    fn descriptor(&self, media_type: &str) -> Value {
-        json!({"mediaType": media_type, "digest": self.digest.as_str(), "size": self.bytes.len()})
-    }
-}
 
 /// Everything a v2 signature push needs.
 #[derive(Debug, Clone)]
@@ -52,8 +32,8 @@ pub struct V2Signature {
     pub payload: Blob,
     /// cosign's config blob.
     pub config: Blob,
-    /// The `.sig` manifest bytes.
-    pub manifest: Vec<u8>,
+    /// The `.sig` manifest.
+    pub manifest: Blob,
 }
 
 /// Signs `image` (named `reference`) cosign-v2 style. `existing` is the current `.sig`
@@ -90,20 +70,26 @@ pub fn sign_v2(
         .to_string()
         .into_bytes(),
     );
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config.descriptor("application/vnd.oci.image.config.v1+json"),
-        "layers": layers,
-    })
-    .to_string()
-    .into_bytes();
+    let manifest = image_manifest(
+        config.descriptor(crate::registry::artifact::OCI_CONFIG),
+        layers,
+        Default::default(),
+    );
     Ok(V2Signature {
         payload,
         config,
         manifest,
     })
 }
+
+/// Predicate type of the statement `cosign sign` 3.x signs.
+pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+/// in-toto Statement v1 `_type`.
+pub const IN_TOTO_STATEMENT_V1: &str = "https://in-toto.io/Statement/v1";
+/// Manifest annotation: what the bundle holds.
+pub const ANNOTATION_BUNDLE_CONTENT: &str = "dev.sigstore.bundle.content";
+/// Manifest annotation: the DSSE statement's predicate type.
+pub const ANNOTATION_PREDICATE_TYPE: &str = "dev.sigstore.bundle.predicateType";
 
 /// Everything a v3 bundle push needs.
 #[derive(Debug, Clone)]
@@ -116,43 +102,76 @@ pub struct V3Signature {
     pub manifest: Blob,
 }
 
-/// Signs `image` (whose manifest has `media_type` and `size`) as a v0.3 bundle referrer.
-pub fn sign_v3(key: &PrivateKey, image: &Digest, media_type: &str, size: u64) -> Result<V3Signature, String> {
-    let digest_bytes = image.bytes();
-    let mut d = [0u8; 32];
-    if image.algorithm() != "sha256" || digest_bytes.len() != 32 {
+/// The in-toto statement `cosign sign` 3.x signs for `image`.
+pub fn cosign_sign_statement(image: &Digest) -> Vec<u8> {
+    json!({
+        "_type": IN_TOTO_STATEMENT_V1,
+        "subject": [{"digest": {image.algorithm(): image.hex()}}],
+        "predicateType": COSIGN_SIGN_PREDICATE,
+        "predicate": {}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Signs `image` (whose manifest has `media_type` and `size`) as cosign 3 does: a v0.3 bundle
+/// with a DSSE envelope over [`cosign_sign_statement`], as a referrer manifest. `created` is
+/// the `org.opencontainers.image.created` annotation (RFC 3339), as cosign writes it.
+pub fn sign_v3(
+    key: &PrivateKey,
+    image: &Digest,
+    media_type: &str,
+    size: u64,
+    created: &str,
+) -> Result<V3Signature, String> {
+    if image.algorithm() != "sha256" {
         return Err(format!("cannot sign {image}: only sha256 digests"));
     }
-    d.copy_from_slice(&digest_bytes);
-    let signature = key.sign_prehashed_sha256(&d).map_err(|e| e.to_string())?;
+    let statement = cosign_sign_statement(image);
+    let payload_type = crate::sigstore::verify::IN_TOTO_PAYLOAD_TYPE;
+    let signature = key.sign(&crate::sigstore::bundle::pae(payload_type, &statement));
+    use sha2::Digest as _;
+    let hint = B64.encode(sha2::Sha256::digest(key.public_key().to_spki_der()));
     let bundle = json!({
         "mediaType": super::v3::BUNDLE_ARTIFACT_TYPE,
-        "verificationMaterial": {"publicKey": {"hint": key.public_key().fingerprint()}},
-        "messageSignature": {
-            "messageDigest": {"algorithm": "SHA2_256", "digest": B64.encode(&digest_bytes)},
-            "signature": B64.encode(signature)
+        "verificationMaterial": {"publicKey": {"hint": hint}},
+        "dsseEnvelope": {
+            "payload": B64.encode(&statement),
+            "payloadType": payload_type,
+            "signatures": [{"sig": B64.encode(signature)}]
         }
     });
     let bundle = Blob::new(bundle.to_string().into_bytes());
     let config = Blob::new(b"{}".to_vec());
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
+    let extra = json!({
         "artifactType": super::v3::BUNDLE_ARTIFACT_TYPE,
-        "config": config.descriptor(OCI_EMPTY),
-        "layers": [bundle.descriptor(super::v3::BUNDLE_ARTIFACT_TYPE)],
         "subject": {"mediaType": media_type, "digest": image.as_str(), "size": size},
-        "annotations": {"dev.sigstore.bundle.content": "message-signature"}
+        "annotations": {
+            ANNOTATION_BUNDLE_CONTENT: "dsse-envelope",
+            ANNOTATION_PREDICATE_TYPE: COSIGN_SIGN_PREDICATE,
+            "org.opencontainers.image.created": created
+        }
     });
+    let Value::Object(extra) = extra else {
+        return Err("the referrer's fields are an object".into());
+    };
+    let manifest = image_manifest(
+        config.descriptor(OCI_EMPTY),
+        vec![bundle.descriptor(super::v3::BUNDLE_ARTIFACT_TYPE)],
+        extra,
+    );
     Ok(V3Signature {
         bundle,
         config,
-        manifest: Blob::new(manifest.to_string().into_bytes()),
+        manifest,
     })
 }
 
-/// The referrers-tag index (OCI 1.1 fallback) with `referrer` added to `existing`.
-pub fn referrers_tag_index(existing: Option<&[u8]>, referrer: &Blob, artifact_type: &str) -> Result<Vec<u8>, String> {
+/// The referrers-tag index (OCI 1.1 fallback) with `referrer` added to `existing`. Its
+/// descriptor carries the referrer manifest's own `artifactType` and annotations, as the OCI
+/// distribution spec asks (cosign 3.1 writes the config media type there instead; verifiers,
+/// kcache and cosign alike, look at the manifest itself).
+pub fn referrers_tag_index(existing: Option<&[u8]>, referrer: &Blob) -> Result<Vec<u8>, String> {
     let mut manifests: Vec<Value> = match existing {
         Some(b) => serde_json::from_slice::<Value>(b)
             .map_err(|e| format!("existing referrers index is not JSON: {e}"))?
@@ -161,9 +180,16 @@ pub fn referrers_tag_index(existing: Option<&[u8]>, referrer: &Blob, artifact_ty
             .unwrap_or_default(),
         None => Vec::new(),
     };
+    let m: Value =
+        serde_json::from_slice(&referrer.bytes).map_err(|e| format!("referrer manifest is not JSON: {e}"))?;
     manifests.retain(|m| m.get("digest").and_then(|d| d.as_str()) != Some(referrer.digest.as_str()));
     let mut d = referrer.descriptor(OCI_MANIFEST);
-    d["artifactType"] = json!(artifact_type);
+    if let Some(t) = m.get("artifactType") {
+        d["artifactType"] = t.clone();
+    }
+    if let Some(a) = m.get("annotations") {
+        d["annotations"] = a.clone();
+    }
     manifests.push(d);
     Ok(
         json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
@@ -217,9 +243,7 @@ pub async fn sign_and_push(
     let sig_tag = format!("{}.sig", digest.tag_prefix());
     let existing = optional(client.manifest(r, &sig_tag).await).await?;
     let s = sign_v2(key, &r.name(), &digest, existing.as_deref()).map_err(PushError::Build)?;
-    client.push_blob(r, &s.payload.bytes).await?;
-    client.push_blob(r, &s.config.bytes).await?;
-    client.push_manifest(r, &sig_tag, OCI_MANIFEST, &s.manifest).await?;
+    push_image(client, r, &sig_tag, &[&s.payload, &s.config], &s.manifest).await?;
     let mut referrer = None;
     if v3 {
         let media_type = if image.media_type.is_empty() {
@@ -227,17 +251,20 @@ pub async fn sign_and_push(
         } else {
             image.media_type.clone()
         };
-        let b = sign_v3(key, &digest, &media_type, image.bytes.len() as u64).map_err(PushError::Build)?;
-        client.push_blob(r, &b.bundle.bytes).await?;
-        client.push_blob(r, &b.config.bytes).await?;
-        client
-            .push_manifest(r, b.manifest.digest.as_str(), OCI_MANIFEST, &b.manifest.bytes)
-            .await?;
+        let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let b = sign_v3(key, &digest, &media_type, image.bytes.len() as u64, &created).map_err(PushError::Build)?;
+        push_image(
+            client,
+            r,
+            b.manifest.digest.as_str(),
+            &[&b.bundle, &b.config],
+            &b.manifest,
+        )
+        .await?;
         if client.referrers(r, &digest, None).await?.is_none() {
             let tag = digest.tag_prefix();
             let existing = optional(client.manifest(r, &tag).await).await?;
-            let index = referrers_tag_index(existing.as_deref(), &b.manifest, super::v3::BUNDLE_ARTIFACT_TYPE)
-                .map_err(PushError::Build)?;
+            let index = referrers_tag_index(existing.as_deref(), &b.manifest).map_err(PushError::Build)?;
             client.push_manifest(r, &tag, OCI_INDEX, &index).await?;
         }
         referrer = Some(b.manifest.digest.clone());

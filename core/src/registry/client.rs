@@ -2,7 +2,12 @@
 //! Every read has a size limit and every request a timeout, so a hostile or dead registry can
 //! cost at most `timeout` and `max_*_bytes`, never the node's memory.
 
-use std::{collections::HashMap, path::PathBuf, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
 use base64::Engine as _;
 use reqwest::{header, Method, StatusCode};
@@ -154,7 +159,13 @@ pub struct Resolved {
 
 /// The client.
 pub struct Client {
-    http: reqwest::Client,
+    /// For `http://` URLs (the `insecure` registries): no TLS roots are loaded, and a redirect
+    /// to `https://` is not followed here but handed to [`Self::tls`].
+    plain: reqwest::Client,
+    /// For `https://` URLs, with the system's roots: built on first use. Loading and parsing the
+    /// roots costs milliseconds that a node pulling from a plain-HTTP mirror never needs (it was
+    /// most of a cold `kcache verify` on loopback: issue 12).
+    tls: OnceLock<std::result::Result<reqwest::Client, String>>,
     cfg: RegistryConfig,
     auth: AuthFile,
     tokens: Mutex<HashMap<(String, String), String>>,
@@ -167,19 +178,69 @@ impl Client {
             Some(p) => AuthFile::load(p).map_err(RegistryError::Config)?,
             None => AuthFile::default(),
         };
-        let http = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .user_agent(concat!("kcache/", env!("CARGO_PKG_VERSION")))
+        let plain = Self::builder(&cfg)
+            .tls_built_in_root_certs(false)
+            .redirect(reqwest::redirect::Policy::custom(|a| {
+                if a.url().scheme() != "http" {
+                    a.stop()
+                } else if a.previous().len() >= MAX_REDIRECTS {
+                    a.error("too many redirects")
+                } else {
+                    a.follow()
+                }
+            }))
             .build()
             .map_err(|e| RegistryError::Config(e.to_string()))?;
         Ok(Self {
-            http,
+            plain,
+            tls: OnceLock::new(),
             cfg,
             auth,
             tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn builder(cfg: &RegistryConfig) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .user_agent(concat!("kcache/", env!("CARGO_PKG_VERSION")))
+    }
+
+    /// The client for `url`: plain for `http://`, else the TLS one (built now if need be).
+    fn http_for(&self, url: &str) -> Result<&reqwest::Client> {
+        if url.starts_with("http://") {
+            return Ok(&self.plain);
+        }
+        self.tls
+            .get_or_init(|| {
+                Self::builder(&self.cfg)
+                    .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| RegistryError::Config(e.clone()))
+    }
+
+    /// A plain-HTTP registry that redirects to HTTPS (blob storage behind a CDN): the plain
+    /// client stopped there, the TLS client follows, without the registry's credentials.
+    async fn follow_to_tls(&self, resp: reqwest::Response, method: &Method, url: &str) -> Result<reqwest::Response> {
+        let next = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| resp.url().join(l).ok())
+            .filter(|u| u.scheme() == "https");
+        match next {
+            Some(next) if resp.status().is_redirection() => self
+                .http_for(next.as_str())?
+                .request(method.clone(), next.clone())
+                .send()
+                .await
+                .map_err(|e| self.net_err(url, e)),
+            _ => Ok(resp),
+        }
     }
 
     /// The settings.
@@ -259,7 +320,7 @@ impl Client {
         let key = (r.registry.clone(), scope.clone());
         let mut retried = false;
         loop {
-            let mut req = self.http.request(method.clone(), url);
+            let mut req = self.http_for(url)?.request(method.clone(), url);
             if let Some(t) = timeout {
                 req = req.timeout(t);
             }
@@ -275,7 +336,10 @@ impl Client {
             } else if let Some((u, p)) = self.auth.basic(&r.registry) {
                 req = req.basic_auth(u, Some(p));
             }
-            let resp = req.send().await.map_err(|e| self.net_err(url, e))?;
+            let mut resp = req.send().await.map_err(|e| self.net_err(url, e))?;
+            if resp.status().is_redirection() {
+                resp = self.follow_to_tls(resp, &method, url).await?;
+            }
             if resp.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(resp);
             }
@@ -302,7 +366,7 @@ impl Client {
             url: r.registry.clone(),
             reason: "bearer challenge without realm".into(),
         })?;
-        let mut req = self.http.get(realm.as_str());
+        let mut req = self.http_for(realm)?.get(realm.as_str());
         let mut query: Vec<(&str, &str)> = vec![("scope", params.get("scope").map(String::as_str).unwrap_or(scope))];
         if let Some(s) = params.get("service") {
             query.push(("service", s));
@@ -633,6 +697,8 @@ fn content_type(resp: &reqwest::Response) -> String {
 
 /// Pages of a paginated referrers answer followed at most (each bounded like a manifest).
 pub const MAX_REFERRER_PAGES: usize = 16;
+/// Most redirects followed per request.
+const MAX_REDIRECTS: usize = 5;
 
 /// The `rel="next"` target of a `Link` header, resolved against `base` (scheme://host), or `None`
 /// if there is none or it points anywhere but this registry (credentials never go elsewhere).

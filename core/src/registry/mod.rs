@@ -1,5 +1,6 @@
 //! Registry access: references, credentials, and a bounded OCI distribution client.
 
+pub mod artifact;
 pub mod auth;
 pub mod client;
 pub mod reference;

@@ -2,9 +2,10 @@
 //!
 //! What is supported:
 //! - keys: ECDSA P-256 (cosign's default), ECDSA P-384, Ed25519; RSA 2048–4096 load and sign.
-//! - signatures, as cosign makes them with `--key`: ECDSA is ASN.1 DER over SHA-256 (P-256) or
-//!   SHA-384 (P-384, Sigstore's algorithm registry); RSA is PKCS#1 v1.5 over SHA-256; Ed25519 is
-//!   pure Ed25519 over the message. Note: cosign 2.x signs with Ed25519ph by default
+//! - signatures, as cosign verifies them with `--key`: ECDSA is ASN.1 DER over SHA-256, P-384
+//!   included (cosign 2.5 signs `.sig` so; cosign 3.1 signs P-384 bundles with SHA-384 and then
+//!   refuses them, since its `--key` verifier hashes with SHA-256); RSA is PKCS#1 v1.5 over
+//!   SHA-256; Ed25519 is pure Ed25519 over the message. Note: cosign 2.x signs with Ed25519ph by default
 //!   (`GetDefaultLoadOptions` in cosign `pkg/cosign/keys.go`); we do not make or check that.
 //! - files: `ENCRYPTED SIGSTORE PRIVATE KEY` (written) and the older `ENCRYPTED COSIGN PRIVATE
 //!   KEY` (read), see [`encrypted`]; plain `PRIVATE KEY` (PKCS#8), `EC PRIVATE KEY` (SEC1) and
@@ -167,8 +168,11 @@ impl PrivateKey {
                 s.to_der().as_bytes().to_vec()
             }
             Self::P384(k) => {
-                let s: p384::ecdsa::Signature = k.sign(message);
-                s.to_der().as_bytes().to_vec()
+                use ecdsa::signature::hazmat::PrehashSigner;
+                // A 32-byte prehash is within P-384's bounds, so signing cannot fail.
+                PrehashSigner::<p384::ecdsa::Signature>::sign_prehash(k, &Sha256::digest(message))
+                    .map(|s| s.to_der().as_bytes().to_vec())
+                    .unwrap_or_default()
             }
             Self::Ed25519(k) => k.sign(message).to_bytes().to_vec(),
             Self::Rsa(k) => {
@@ -177,29 +181,6 @@ impl PrivateKey {
                 k.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message))
                     .unwrap_or_default()
             }
-        }
-    }
-
-    /// Signs a SHA-256 `digest` directly (a message signature over an image digest, as a
-    /// Sigstore bundle's `messageSignature` carries it). Ed25519 cannot sign a bare digest.
-    pub fn sign_prehashed_sha256(&self, digest: &[u8; 32]) -> Result<Vec<u8>> {
-        use ecdsa::signature::hazmat::PrehashSigner;
-        let der = |e: ecdsa::Error| SigningError::Sign(e.to_string());
-        match self {
-            Self::P256(k) => {
-                let s: p256::ecdsa::Signature = k.sign_prehash(digest).map_err(der)?;
-                Ok(s.to_der().as_bytes().to_vec())
-            }
-            Self::P384(k) => {
-                let s: p384::ecdsa::Signature = k.sign_prehash(digest).map_err(der)?;
-                Ok(s.to_der().as_bytes().to_vec())
-            }
-            Self::Ed25519(_) => Err(SigningError::UnsupportedAlgorithm(
-                "Ed25519 cannot sign a bare digest".into(),
-            )),
-            Self::Rsa(k) => k
-                .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), digest)
-                .map_err(|e| SigningError::Sign(e.to_string())),
         }
     }
 

@@ -45,7 +45,7 @@ fn signatures_from_every_algorithm_verify_with_the_public_key_and_not_another() 
 }
 
 #[test]
-fn ecdsa_signatures_are_der_over_the_curve_hash_and_verify_by_digest() {
+fn ecdsa_signatures_are_der_over_sha256_as_cosign_key_verification_expects() {
     let p256 = PrivateKey::generate_p256();
     let sig = p256.sign(b"msg");
     assert_eq!(sig[0], 0x30, "ASN.1 DER SEQUENCE");
@@ -53,15 +53,17 @@ fn ecdsa_signatures_are_der_over_the_curve_hash_and_verify_by_digest() {
         .verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &sig)
         .unwrap();
 
+    // P-384 too: cosign 2.5 and 3.1 verify `--key` signatures with SHA-256 whatever the curve
+    // (cosign 3.1 even fails its own SHA-384 P-384 bundles; tests/tests/cosign_interop.rs).
     let p384 = PrivateKey::generate_p384();
     let sig = p384.sign(b"msg");
     assert_eq!(sig[0], 0x30);
     p384.public_key()
-        .verify_digest(HashAlgorithm::Sha384, &Sha384::digest(b"msg"), &sig)
+        .verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &sig)
         .unwrap();
     assert!(p384
         .public_key()
-        .verify_digest(HashAlgorithm::Sha256, &Sha256::digest(b"msg"), &sig)
+        .verify_digest(HashAlgorithm::Sha384, &Sha384::digest(b"msg"), &sig)
         .is_err());
 
     let rsa = rsa_2048();

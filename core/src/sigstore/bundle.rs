@@ -8,7 +8,7 @@
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::verify::VerifyError;
+use super::verify::{BundleErrorKind, VerifyError};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -257,7 +257,7 @@ struct RawDsseSig {
 }
 
 fn bad(msg: impl Into<String>) -> VerifyError {
-    VerifyError::Bundle(msg.into())
+    BundleErrorKind::Malformed(msg.into()).into()
 }
 
 fn b64(field: &str, s: &str) -> Result<Vec<u8>, VerifyError> {

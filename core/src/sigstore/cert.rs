@@ -12,7 +12,7 @@ use x509_cert::{
 
 use super::{
     trust_root::{CertificateAuthority, TrustedRoot},
-    verify::VerifyError,
+    verify::{CertificateErrorKind, VerifyError},
 };
 use crate::keys::{HashAlgorithm, PublicKey};
 
@@ -25,7 +25,13 @@ const OID_EKU_CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3
 pub const OID_EKU_TIMESTAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
 
 fn err(msg: impl Into<String>) -> VerifyError {
-    VerifyError::Certificate(msg.into())
+    CertificateErrorKind::Malformed(msg.into()).into()
+}
+fn untrusted(msg: impl Into<String>) -> VerifyError {
+    CertificateErrorKind::Untrusted(msg.into()).into()
+}
+fn sct_err(msg: impl Into<String>) -> VerifyError {
+    CertificateErrorKind::Sct(msg.into()).into()
 }
 
 /// A parsed certificate with its original DER (signatures cover the original bytes).
@@ -105,7 +111,7 @@ impl ParsedCert {
             .ok_or_else(|| err("certificate signature has unused bits"))?;
         let key = issuer.public_key()?;
         verify_with_oid(&key, &self.cert.signature_algorithm.oid, tbs, sig).map_err(|e| {
-            err(format!(
+            untrusted(format!(
                 "certificate is not signed by {}: {e}",
                 issuer.cert.tbs_certificate.subject
             ))
@@ -156,7 +162,7 @@ fn tlv(b: &[u8]) -> Option<(usize, &[u8])> {
 /// certificate's validity, and the authority's validity period in the trusted root.
 pub fn verify_chain(leaf: &ParsedCert, ca: &CertificateAuthority, at: DateTime<Utc>) -> Result<(), VerifyError> {
     if !ca.valid_for.contains(at) {
-        return Err(err(format!("authority {} is not trusted at {at}", ca.uri)));
+        return Err(untrusted(format!("authority {} is not trusted at {at}", ca.uri)));
     }
     let chain = ca
         .chain
@@ -171,7 +177,7 @@ pub fn verify_chain(leaf: &ParsedCert, ca: &CertificateAuthority, at: DateTime<U
         }
         child.verify_signed_by(parent)?;
         if !parent.is_ca() {
-            return Err(err("issuing certificate is not a CA"));
+            return Err(untrusted("issuing certificate is not a CA"));
         }
         child = parent;
     }
@@ -181,7 +187,7 @@ pub fn verify_chain(leaf: &ParsedCert, ca: &CertificateAuthority, at: DateTime<U
     for c in std::iter::once(leaf).chain(chain.iter()) {
         if !c.valid_at(at) {
             let (nb, na) = c.validity();
-            return Err(err(format!(
+            return Err(untrusted(format!(
                 "certificate {} is not valid at {at} (valid {nb} to {na})",
                 c.cert.tbs_certificate.subject
             )));
@@ -197,12 +203,14 @@ pub fn verify_fulcio_leaf<'r>(
     times: &[DateTime<Utc>],
 ) -> Result<&'r CertificateAuthority, VerifyError> {
     if leaf.is_ca() {
-        return Err(err("signing certificate is a CA certificate"));
+        return Err(untrusted("signing certificate is a CA certificate"));
     }
     if !leaf.has_eku(OID_EKU_CODE_SIGNING) {
-        return Err(err("signing certificate lacks the code-signing extended key usage"));
+        return Err(untrusted(
+            "signing certificate lacks the code-signing extended key usage",
+        ));
     }
-    let mut last = err("no certificate authority in the trusted root");
+    let mut last = untrusted("no certificate authority in the trusted root");
     for ca in &root.certificate_authorities {
         match times.iter().try_for_each(|t| verify_chain(leaf, ca, *t)) {
             Ok(()) => return Ok(ca),
@@ -256,15 +264,15 @@ pub fn identity(cert: &ParsedCert) -> Result<CertIdentity, VerifyError> {
 pub fn verify_embedded_sct(leaf: &ParsedCert, issuer: &ParsedCert, root: &TrustedRoot) -> Result<(), VerifyError> {
     let ext = leaf
         .extension(OID_SCT_LIST)
-        .ok_or_else(|| err("certificate has no embedded SCT"))?;
-    let list =
-        der::asn1::OctetStringRef::from_der(ext.extn_value.as_bytes()).map_err(|_| err("malformed SCT extension"))?;
+        .ok_or_else(|| sct_err("certificate has no embedded SCT"))?;
+    let list = der::asn1::OctetStringRef::from_der(ext.extn_value.as_bytes())
+        .map_err(|_| sct_err("malformed SCT extension"))?;
     let list = list.as_bytes();
     let total = u16::from_be_bytes([
-        *list.first().ok_or_else(|| err("empty SCT list"))?,
+        *list.first().ok_or_else(|| sct_err("empty SCT list"))?,
         *list.get(1).unwrap_or(&0),
     ]) as usize;
-    let mut rest = list.get(2..2 + total).ok_or_else(|| err("truncated SCT list"))?;
+    let mut rest = list.get(2..2 + total).ok_or_else(|| sct_err("truncated SCT list"))?;
 
     // The precertificate TBS: the leaf's TBS without the SCT list extension.
     let mut tbs = leaf.cert.tbs_certificate.clone();
@@ -277,7 +285,7 @@ pub fn verify_embedded_sct(leaf: &ParsedCert, issuer: &ParsedCert, root: &Truste
     let mut tried = Vec::new();
     while rest.len() >= 2 {
         let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-        let sct = rest.get(2..2 + n).ok_or_else(|| err("truncated SCT"))?;
+        let sct = rest.get(2..2 + n).ok_or_else(|| sct_err("truncated SCT"))?;
         rest = &rest[2 + n..];
         // version(1) log_id(32) timestamp(8) extensions(2+len) hash(1) sig_alg(1) sig(2+len)
         if sct.len() < 1 + 32 + 8 + 2 || sct[0] != 0 {
@@ -288,16 +296,16 @@ pub fn verify_embedded_sct(leaf: &ParsedCert, issuer: &ParsedCert, root: &Truste
         let timestamp = &sct[33..41];
         let ext_len = u16::from_be_bytes([sct[41], sct[42]]) as usize;
         let Some(exts) = sct.get(43..43 + ext_len) else {
-            return Err(err("truncated SCT extensions"));
+            return Err(sct_err("truncated SCT extensions"));
         };
         let sig_part = &sct[43 + ext_len..];
         if sig_part.len() < 4 {
-            return Err(err("truncated SCT signature"));
+            return Err(sct_err("truncated SCT signature"));
         }
         let sig_len = u16::from_be_bytes([sig_part[2], sig_part[3]]) as usize;
         let sig = sig_part
             .get(4..4 + sig_len)
-            .ok_or_else(|| err("truncated SCT signature"))?;
+            .ok_or_else(|| sct_err("truncated SCT signature"))?;
         let Some(log) = root.ctlog(log_id) else {
             tried.push(format!("SCT from unknown CT log {}", hex::encode(log_id)));
             continue;
@@ -317,5 +325,5 @@ pub fn verify_embedded_sct(leaf: &ParsedCert, issuer: &ParsedCert, root: &Truste
             Err(e) => tried.push(format!("SCT from {}: {e}", log.base_url)),
         }
     }
-    Err(err(format!("no valid SCT ({})", tried.join("; "))))
+    Err(sct_err(format!("no valid SCT ({})", tried.join("; "))))
 }

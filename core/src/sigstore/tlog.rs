@@ -9,14 +9,26 @@ use sha2::{Digest as _, Sha256};
 use super::{
     bundle::{pae, Content, InclusionProof, TlogEntry},
     trust_root::TransparencyLog,
-    verify::VerifyError,
+    verify::{TlogErrorKind, VerifyError},
 };
 use crate::keys::PublicKey;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 fn err(msg: impl Into<String>) -> VerifyError {
-    VerifyError::Tlog(msg.into())
+    TlogErrorKind::Malformed(msg.into()).into()
+}
+fn set_err(msg: impl Into<String>) -> VerifyError {
+    TlogErrorKind::Set(msg.into()).into()
+}
+fn proof_err(msg: impl Into<String>) -> VerifyError {
+    TlogErrorKind::InclusionProof(msg.into()).into()
+}
+fn checkpoint_err(msg: impl Into<String>) -> VerifyError {
+    TlogErrorKind::Checkpoint(msg.into()).into()
+}
+fn mismatch(msg: impl Into<String>) -> VerifyError {
+    TlogErrorKind::BodyMismatch(msg.into()).into()
 }
 
 /// Verifies the SET: the log's signature over canonical JSON of
@@ -37,7 +49,7 @@ pub fn verify_set(entry: &TlogEntry, log: &TransparencyLog) -> Result<(), Verify
         entry.log_index
     );
     log.key.verify(payload.as_bytes(), set).map_err(|e| {
-        err(format!(
+        set_err(format!(
             "signed entry timestamp of log index {} does not verify: {e}",
             entry.log_index
         ))
@@ -67,21 +79,21 @@ pub fn root_from_inclusion_proof(
     proof: &[Vec<u8>],
 ) -> Result<[u8; 32], VerifyError> {
     if index >= size {
-        return Err(err(format!(
+        return Err(proof_err(format!(
             "inclusion proof index {index} is outside tree size {size}"
         )));
     }
     let inner = (64 - (index ^ (size - 1)).leading_zeros()) as usize;
     let border = (index >> inner).count_ones() as usize;
     if proof.len() != inner + border {
-        return Err(err(format!(
+        return Err(proof_err(format!(
             "inclusion proof has {} hashes, expected {}",
             proof.len(),
             inner + border
         )));
     }
     if proof.iter().any(|h| h.len() != 32) {
-        return Err(err("inclusion proof hash is not 32 bytes"));
+        return Err(proof_err("inclusion proof hash is not 32 bytes"));
     }
     let mut res = leaf;
     for (i, h) in proof[..inner].iter().enumerate() {
@@ -101,7 +113,7 @@ pub fn root_from_inclusion_proof(
 pub fn verify_inclusion(entry: &TlogEntry, proof: &InclusionProof, log: &TransparencyLog) -> Result<(), VerifyError> {
     let root = root_from_inclusion_proof(proof.log_index, proof.tree_size, hash_leaf(&entry.body), &proof.hashes)?;
     if root.as_slice() != proof.root_hash.as_slice() {
-        return Err(err(format!(
+        return Err(proof_err(format!(
             "inclusion proof for log index {} does not lead to the stated root hash",
             entry.log_index
         )));
@@ -109,10 +121,10 @@ pub fn verify_inclusion(entry: &TlogEntry, proof: &InclusionProof, log: &Transpa
     let note = proof
         .checkpoint
         .as_deref()
-        .ok_or_else(|| err("inclusion proof has no checkpoint"))?;
+        .ok_or_else(|| proof_err("inclusion proof has no checkpoint"))?;
     let cp = verify_checkpoint(note, log)?;
     if cp.size != proof.tree_size || cp.root_hash != proof.root_hash {
-        return Err(err(
+        return Err(proof_err(
             "checkpoint does not match the inclusion proof's tree size and root hash",
         ));
     }
@@ -136,37 +148,37 @@ pub struct Checkpoint {
 pub fn verify_checkpoint(note: &str, log: &TransparencyLog) -> Result<Checkpoint, VerifyError> {
     let (text, sigs) = note
         .split_once("\n\n")
-        .ok_or_else(|| err("checkpoint has no blank line between text and signatures"))?;
+        .ok_or_else(|| checkpoint_err("checkpoint has no blank line between text and signatures"))?;
     let text = format!("{text}\n");
     let mut lines = text.lines();
     let origin = lines
         .next()
         .filter(|l| !l.is_empty())
-        .ok_or_else(|| err("checkpoint has no origin line"))?;
+        .ok_or_else(|| checkpoint_err("checkpoint has no origin line"))?;
     let size = lines
         .next()
         .and_then(|l| l.parse::<u64>().ok())
-        .ok_or_else(|| err("checkpoint has no tree size line"))?;
+        .ok_or_else(|| checkpoint_err("checkpoint has no tree size line"))?;
     let root_hash = lines
         .next()
         .and_then(|l| B64.decode(l).ok())
         .filter(|h| h.len() == 32)
-        .ok_or_else(|| err("checkpoint has no root hash line"))?;
+        .ok_or_else(|| checkpoint_err("checkpoint has no root hash line"))?;
     let hint = log
         .log_id
         .get(..4)
-        .ok_or_else(|| err("log ID shorter than a key hint"))?;
+        .ok_or_else(|| checkpoint_err("log ID shorter than a key hint"))?;
     let mut candidates = 0;
     for line in sigs.lines().filter(|l| !l.is_empty()) {
         let rest = line
             .strip_prefix("\u{2014} ")
-            .ok_or_else(|| err("checkpoint signature line does not start with an em dash"))?;
+            .ok_or_else(|| checkpoint_err("checkpoint signature line does not start with an em dash"))?;
         let (_name, sig_b64) = rest
             .rsplit_once(' ')
-            .ok_or_else(|| err("malformed checkpoint signature line"))?;
+            .ok_or_else(|| checkpoint_err("malformed checkpoint signature line"))?;
         let raw = B64
             .decode(sig_b64)
-            .map_err(|_| err("checkpoint signature is not base64"))?;
+            .map_err(|_| checkpoint_err("checkpoint signature is not base64"))?;
         if raw.len() < 5 || &raw[..4] != hint {
             continue;
         }
@@ -179,7 +191,7 @@ pub fn verify_checkpoint(note: &str, log: &TransparencyLog) -> Result<Checkpoint
             });
         }
     }
-    Err(err(if candidates == 0 {
+    Err(checkpoint_err(if candidates == 0 {
         "checkpoint carries no signature from the log's key".to_string()
     } else {
         "checkpoint signature does not verify with the log's key".to_string()
@@ -249,11 +261,11 @@ fn each_signature_matches(
 ) -> Result<(), VerifyError> {
     let sigs = list.as_array().ok_or_else(|| err("signatures is not a list"))?;
     if sigs.len() != expected_count {
-        return Err(err("log entry signature count does not match the bundle"));
+        return Err(mismatch("log entry signature count does not match the bundle"));
     }
     for s in sigs {
         if !matches(s)? {
-            return Err(err("log entry signature does not match the bundle"));
+            return Err(mismatch("log entry signature does not match the bundle"));
         }
     }
     Ok(())
@@ -279,7 +291,7 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             Some(Sha256::digest(&env.payload).to_vec()),
         ),
     };
-    let mismatch = |what: &str| Err(err(format!("log entry {what} does not match the bundle")));
+    let mismatch_of = |what: &str| Err(mismatch(format!("log entry {what} does not match the bundle")));
     match (kind, version, want.content) {
         ("hashedrekord", "0.0.1", Content::MessageSignature { .. }) => {
             let spec = field(&body, &["spec"])?;
@@ -289,13 +301,13 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             let logged =
                 hex::decode(str_field(spec, &["data", "hash", "value"])?).map_err(|_| err("bad hex digest"))?;
             if signed_digest.as_deref().is_some_and(|d| d != logged.as_slice()) {
-                return mismatch("artifact digest");
+                return mismatch_of("artifact digest");
             }
             if b64_field(spec, &["signature", "content"])? != sig {
-                return mismatch("signature");
+                return mismatch_of("signature");
             }
             if !pem_matches(&b64_field(spec, &["signature", "publicKey", "content"])?, want) {
-                return mismatch("signing key");
+                return mismatch_of("signing key");
             }
         }
         ("hashedrekord", "0.0.2", _) => {
@@ -305,20 +317,20 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             }
             let logged = b64_field(spec, &["data", "digest"])?;
             if signed_digest.as_deref().is_some_and(|d| d != logged.as_slice()) {
-                return mismatch("artifact digest");
+                return mismatch_of("artifact digest");
             }
             if b64_field(spec, &["signature", "content"])? != sig {
-                return mismatch("signature");
+                return mismatch_of("signature");
             }
             if !v2_verifier_matches(field(spec, &["signature", "verifier"])?, want)? {
-                return mismatch("signing key");
+                return mismatch_of("signing key");
             }
         }
         ("dsse", "0.0.1", Content::Dsse(env)) => {
             let spec = field(&body, &["spec"])?;
             let logged = hex::decode(str_field(spec, &["payloadHash", "value"])?).map_err(|_| err("bad hex digest"))?;
             if payload_digest.as_deref() != Some(logged.as_slice()) {
-                return mismatch("payload hash");
+                return mismatch_of("payload hash");
             }
             each_signature_matches(field(spec, &["signatures"])?, env.signatures.len(), |s| {
                 Ok(b64_field(s, &["signature"])? == sig && pem_matches(&b64_field(s, &["verifier"])?, want))
@@ -327,7 +339,7 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
         ("dsse", "0.0.2", Content::Dsse(env)) => {
             let spec = field(&body, &["spec", "dsseV002"])?;
             if payload_digest.as_deref() != Some(b64_field(spec, &["payloadHash", "digest"])?.as_slice()) {
-                return mismatch("payload hash");
+                return mismatch_of("payload hash");
             }
             each_signature_matches(field(spec, &["signatures"])?, env.signatures.len(), |s| {
                 Ok(b64_field(s, &["content"])? == sig && v2_verifier_matches(field(s, &["verifier"])?, want)?)
@@ -338,7 +350,7 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             let logged =
                 hex::decode(str_field(content, &["payloadHash", "value"])?).map_err(|_| err("bad hex digest"))?;
             if payload_digest.as_deref() != Some(logged.as_slice()) {
-                return mismatch("payload hash");
+                return mismatch_of("payload hash");
             }
             each_signature_matches(
                 field(content, &["envelope", "signatures"])?,
@@ -352,7 +364,7 @@ pub fn check_body(entry: &TlogEntry, want: &Expected) -> Result<(), VerifyError>
             )?;
         }
         (k, v, _) => {
-            return Err(err(format!(
+            return Err(mismatch(format!(
                 "log entry kind {k} {v} does not fit this bundle's content"
             )))
         }

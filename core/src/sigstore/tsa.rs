@@ -14,7 +14,7 @@ use spki::AlgorithmIdentifierOwned;
 use super::{
     cert::{verify_chain, verify_with_oid, ParsedCert, OID_EKU_TIMESTAMPING},
     trust_root::TrustedRoot,
-    verify::VerifyError,
+    verify::{TimestampErrorKind, VerifyError},
 };
 use crate::keys::HashAlgorithm;
 
@@ -27,7 +27,13 @@ const OID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.10
 const OID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 
 fn err(msg: impl Into<String>) -> VerifyError {
-    VerifyError::Timestamp(msg.into())
+    TimestampErrorKind::Malformed(msg.into()).into()
+}
+fn untrusted(msg: impl Into<String>) -> VerifyError {
+    TimestampErrorKind::Untrusted(msg.into()).into()
+}
+fn mismatch(msg: impl Into<String>) -> VerifyError {
+    TimestampErrorKind::Mismatch(msg.into()).into()
 }
 
 #[derive(der::Sequence)]
@@ -119,7 +125,7 @@ pub fn verify_timestamp(token: &[u8], signature: &[u8], root: &TrustedRoot) -> R
     // 1. The timestamp is over this signature.
     let h = hash_alg(&imprint.hash_algorithm.oid)?;
     if h.hash(signature) != imprint.hashed_message.as_bytes() {
-        return Err(err("timestamp message imprint does not match the signature"));
+        return Err(mismatch("timestamp message imprint does not match the signature"));
     }
 
     // 2. Exactly one signer; its signed attributes bind the TSTInfo.
@@ -138,7 +144,7 @@ pub fn verify_timestamp(token: &[u8], signature: &[u8], root: &TrustedRoot) -> R
         .decode_as::<OctetString>()
         .map_err(|_| err("messageDigest is not an OCTET STRING"))?;
     if md.as_bytes() != digest_alg.hash(tst_der) {
-        return Err(err("timestamp messageDigest does not match the TSTInfo"));
+        return Err(mismatch("timestamp messageDigest does not match the TSTInfo"));
     }
     let ct = attr(OID_ATTR_CONTENT_TYPE).ok_or_else(|| err("timestamp has no contentType attribute"))?;
     if ct.decode_as::<ObjectIdentifier>().ok() != Some(OID_CT_TSTINFO) {
@@ -177,7 +183,7 @@ pub fn verify_timestamp(token: &[u8], signature: &[u8], root: &TrustedRoot) -> R
         },
         oid => oid,
     };
-    let mut last = err("no trusted timestamp authority signed this timestamp");
+    let mut last = untrusted("no trusted timestamp authority signed this timestamp");
     for der in &candidates {
         let Ok(signer) = ParsedCert::from_der(der) else {
             continue;
@@ -187,18 +193,18 @@ pub fn verify_timestamp(token: &[u8], signature: &[u8], root: &TrustedRoot) -> R
         }
         let key = signer.public_key().map_err(|e| err(e.to_string()))?;
         if let Err(e) = verify_with_oid(&key, &sig_alg, &signed_attrs_der, si.signature.as_bytes()) {
-            last = err(format!("timestamp signature does not verify: {e}"));
+            last = untrusted(format!("timestamp signature does not verify: {e}"));
             continue;
         }
         if !signer.has_eku(OID_EKU_TIMESTAMPING) {
-            last = err("timestamp signer lacks the timeStamping extended key usage");
+            last = untrusted("timestamp signer lacks the timeStamping extended key usage");
             continue;
         }
         // 4. The signer chains to a trusted authority valid at genTime.
         for tsa in &root.timestamp_authorities {
             match verify_chain(&signer, tsa, gen_time) {
                 Ok(()) => return Ok(gen_time),
-                Err(e) => last = err(format!("timestamp authority {}: {e}", tsa.uri)),
+                Err(e) => last = untrusted(format!("timestamp authority {}: {e}", tsa.uri)),
             }
         }
     }

@@ -26,24 +26,26 @@ use super::{
 };
 use crate::keys::{HashAlgorithm, PublicKey};
 
-/// Why a bundle did not verify, by stage.
+/// Why a bundle did not verify, by stage ([`BundleErrorKind`], [`CertificateErrorKind`],
+/// [`TlogErrorKind`], [`TimestampErrorKind`], [`SignatureErrorKind`], [`MaterialErrorKind`],
+/// and the identity policy), as sigstore-rs's `VerificationError` rolls up its kinds.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum VerifyError {
     /// The bundle is malformed or of an unsupported shape.
     #[error("malformed bundle: {0}")]
-    Bundle(String),
+    Bundle(#[from] BundleErrorKind),
     /// The signing certificate is invalid or untrusted.
     #[error("certificate: {0}")]
-    Certificate(String),
+    Certificate(#[from] CertificateErrorKind),
     /// A transparency log proof failed, or one was required and missing.
     #[error("transparency log: {0}")]
-    Tlog(String),
+    Tlog(#[from] TlogErrorKind),
     /// A signed timestamp failed.
     #[error("timestamp: {0}")]
-    Timestamp(String),
+    Timestamp(#[from] TimestampErrorKind),
     /// The signature does not verify over the artifact.
     #[error("signature: {0}")]
-    Signature(String),
+    Signature(#[from] SignatureErrorKind),
     /// The certificate's identity is not the one the policy requires.
     #[error("identity mismatch: want {expected}, certificate has {actual}")]
     Identity {
@@ -54,7 +56,120 @@ pub enum VerifyError {
     },
     /// The key material does not fit what the caller asked for.
     #[error("key material: {0}")]
-    Material(String),
+    Material(#[from] MaterialErrorKind),
+}
+
+/// Stage "bundle": parsing and shape.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum BundleErrorKind {
+    /// Not a bundle of a supported version and shape (the detail says where).
+    #[error("{0}")]
+    Malformed(String),
+    /// Larger than a bundle may be.
+    #[error("bundle of {size} bytes exceeds {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The artifact digest is not one a bundle can be checked against.
+    #[error("cannot verify a bundle over {0}: only sha256 digests")]
+    UnsupportedDigest(String),
+}
+
+/// Stage "certificate": the Fulcio leaf, its chain and its SCT.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CertificateErrorKind {
+    /// The certificate (or an extension) does not parse.
+    #[error("{0}")]
+    Malformed(String),
+    /// It does not chain to a certificate authority trusted at the verified time.
+    #[error("{0}")]
+    Untrusted(String),
+    /// No verified time (log entry or TSA) to check a short-lived certificate against.
+    #[error("no verified timestamp (transparency log or TSA) to check the short-lived certificate against")]
+    NoVerifiedTime,
+    /// The embedded SCT is missing or invalid.
+    #[error("{0}")]
+    Sct(String),
+}
+
+/// Stage "transparency log": Rekor entries, SETs, inclusion proofs and checkpoints.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TlogErrorKind {
+    /// An entry, proof or body does not parse.
+    #[error("{0}")]
+    Malformed(String),
+    /// The entry comes from a log the trusted root does not know (hex log ID).
+    #[error("entry from a log the trusted root does not know ({0})")]
+    UnknownLog(String),
+    /// The logged body records another signature, key or content.
+    #[error("{0}")]
+    BodyMismatch(String),
+    /// The signed entry timestamp does not verify.
+    #[error("{0}")]
+    Set(String),
+    /// The inclusion proof does not lead to the stated root.
+    #[error("{0}")]
+    InclusionProof(String),
+    /// The checkpoint is malformed or not signed by the log.
+    #[error("{0}")]
+    Checkpoint(String),
+    /// The integrated time is in the future or outside the log key's validity.
+    #[error("{0}")]
+    IntegratedTime(String),
+    /// Neither an inclusion promise nor an inclusion proof.
+    #[error("entry has neither an inclusion promise nor an inclusion proof")]
+    NoPromiseOrProof,
+    /// An entry was required and there is none.
+    #[error("a transparency log entry is required and the signature has none")]
+    Required,
+}
+
+/// Stage "timestamp": RFC 3161 tokens.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TimestampErrorKind {
+    /// The token does not parse.
+    #[error("{0}")]
+    Malformed(String),
+    /// No trusted timestamp authority signed it.
+    #[error("{0}")]
+    Untrusted(String),
+    /// It timestamps something else than this signature.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// Stage "signature": the signature over the artifact and what it signs.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SignatureErrorKind {
+    /// The signature does not verify with the key (the key's own error).
+    #[error("{0}")]
+    DoesNotVerify(String),
+    /// The bundle's message digest is another artifact's.
+    #[error("the bundle's message digest is not the artifact's digest")]
+    DigestMismatch,
+    /// The DSSE payload is not an in-toto statement.
+    #[error("DSSE payload type {0:?} is not an in-toto statement")]
+    NotInToto(String),
+    /// The statement does not parse.
+    #[error("{0}")]
+    Statement(String),
+    /// No subject of the statement is the artifact (`sha256:<hex>`).
+    #[error("no in-toto subject has digest {0}")]
+    NoInTotoSubject(String),
+}
+
+/// Stage "key material": what the bundle carries against what the policy asks for.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MaterialErrorKind {
+    /// A certificate-signed bundle where a key was required.
+    #[error("bundle is signed with a certificate, but a key was required")]
+    CertificateForKey,
+    /// A key-signed bundle where a keyless identity was required.
+    #[error("bundle is signed with a bare key, but a keyless identity was required")]
+    KeyForIdentity,
 }
 
 /// What the transparency log must provide.
@@ -142,21 +257,13 @@ pub fn verify(
     let leaf = match (&bundle.material, signer) {
         (Material::Certificate(der), Signer::Identity(_)) => Some(ParsedCert::from_der(der)?),
         (Material::PublicKey { .. }, Signer::Key(_)) => None,
-        (Material::Certificate(_), Signer::Key(_)) => {
-            return Err(VerifyError::Material(
-                "bundle is signed with a certificate, but a key was required".into(),
-            ))
-        }
-        (Material::PublicKey { .. }, Signer::Identity(_)) => {
-            return Err(VerifyError::Material(
-                "bundle is signed with a bare key, but a keyless identity was required".into(),
-            ))
-        }
+        (Material::Certificate(_), Signer::Key(_)) => return Err(MaterialErrorKind::CertificateForKey.into()),
+        (Material::PublicKey { .. }, Signer::Identity(_)) => return Err(MaterialErrorKind::KeyForIdentity.into()),
     };
     let key = match (&leaf, signer) {
         (Some(l), _) => l.public_key()?,
         (None, Signer::Key(k)) => k.clone(),
-        (None, Signer::Identity(_)) => return Err(VerifyError::Material("no key".into())),
+        (None, Signer::Identity(_)) => return Err(MaterialErrorKind::KeyForIdentity.into()),
     };
 
     // 2. Signature over the artifact.
@@ -173,29 +280,25 @@ pub fn verify(
             content: &bundle.content,
         };
         for entry in &bundle.tlog_entries {
-            let log = root.tlog(&entry.log_id).ok_or_else(|| {
-                VerifyError::Tlog(format!(
-                    "entry from a log the trusted root does not know ({})",
-                    hex::encode(&entry.log_id)
-                ))
-            })?;
+            let log = root
+                .tlog(&entry.log_id)
+                .ok_or_else(|| TlogErrorKind::UnknownLog(hex::encode(&entry.log_id)))?;
             tlog::check_body(entry, &expected)?;
             if entry.set.is_none() && entry.proof.is_none() {
-                return Err(VerifyError::Tlog(
-                    "entry has neither an inclusion promise nor an inclusion proof".into(),
-                ));
+                return Err(TlogErrorKind::NoPromiseOrProof.into());
             }
             if let Some(t) = entry.integrated_time {
                 let t = DateTime::from_timestamp(t, 0)
-                    .ok_or_else(|| VerifyError::Tlog("integrated time out of range".into()))?;
+                    .ok_or_else(|| TlogErrorKind::IntegratedTime("integrated time out of range".into()))?;
                 if t > opts.now {
-                    return Err(VerifyError::Tlog(format!("integrated time {t} is in the future")));
+                    return Err(TlogErrorKind::IntegratedTime(format!("integrated time {t} is in the future")).into());
                 }
                 if !log.valid_for.contains(t) {
-                    return Err(VerifyError::Tlog(format!(
+                    return Err(TlogErrorKind::IntegratedTime(format!(
                         "log key {} was not valid at integrated time {t}",
                         log.base_url
-                    )));
+                    ))
+                    .into());
                 }
                 if entry.set.is_some() {
                     tlog::verify_set(entry, log)?;
@@ -208,9 +311,7 @@ pub fn verify(
             tlog_index.get_or_insert(entry.log_index);
         }
         if opts.tlog == TlogPolicy::Required && tlog_index.is_none() {
-            return Err(VerifyError::Tlog(
-                "a transparency log entry is required and the signature has none".into(),
-            ));
+            return Err(TlogErrorKind::Required.into());
         }
     }
 
@@ -223,10 +324,7 @@ pub fn verify(
     let signer_info = match (leaf, signer) {
         (Some(leaf), Signer::Identity(want)) => {
             if times.is_empty() {
-                return Err(VerifyError::Certificate(
-                    "no verified timestamp (transparency log or TSA) to check the short-lived certificate against"
-                        .into(),
-                ));
+                return Err(CertificateErrorKind::NoVerifiedTime.into());
             }
             let ca = cert::verify_fulcio_leaf(&leaf, root, &times)?;
             let issuer_cert = ParsedCert::from_der(ca.chain.first().map(Vec::as_slice).unwrap_or_default())?;
@@ -250,11 +348,7 @@ pub fn verify(
         (None, Signer::Key(k)) => SignerInfo::Key {
             fingerprint: k.fingerprint(),
         },
-        _ => {
-            return Err(VerifyError::Material(
-                "key material does not match the required signer".into(),
-            ))
-        }
+        _ => return Err(MaterialErrorKind::KeyForIdentity.into()),
     };
 
     Ok(Verified {
@@ -280,35 +374,28 @@ fn verify_content(
             signature,
         } => {
             if claimed.as_deref().is_some_and(|c| c != digest) {
-                return Err(VerifyError::Signature(
-                    "the bundle's message digest is not the artifact's digest".into(),
-                ));
+                return Err(SignatureErrorKind::DigestMismatch.into());
             }
             let r = match artifact {
                 Artifact::Bytes(b) => key.verify(b, signature),
                 Artifact::Sha256(d) => key.verify_digest(HashAlgorithm::Sha256, &d, signature),
             };
-            r.map_err(|e| VerifyError::Signature(e.to_string()))?;
+            r.map_err(|e| SignatureErrorKind::DoesNotVerify(e.to_string()))?;
             Ok(None)
         }
         Content::Dsse(env) => {
             let sig = env
                 .signatures
                 .first()
-                .ok_or_else(|| VerifyError::Bundle("DSSE envelope has no signature".into()))?;
+                .ok_or_else(|| BundleErrorKind::Malformed("DSSE envelope has no signature".into()))?;
             key.verify(&pae(&env.payload_type, &env.payload), sig)
-                .map_err(|e| VerifyError::Signature(format!("DSSE envelope: {e}")))?;
+                .map_err(|e| SignatureErrorKind::DoesNotVerify(format!("DSSE envelope: {e}")))?;
             if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
-                return Err(VerifyError::Signature(format!(
-                    "DSSE payload type {:?} is not an in-toto statement",
-                    env.payload_type
-                )));
+                return Err(SignatureErrorKind::NotInToto(env.payload_type.clone()).into());
             }
             let want = hex::encode(digest);
             if !statement_subject_digests(&env.payload)?.contains(&want) {
-                return Err(VerifyError::Signature(format!(
-                    "no in-toto subject has digest sha256:{want}"
-                )));
+                return Err(SignatureErrorKind::NoInTotoSubject(format!("sha256:{want}")).into());
             }
             Ok(Some(env.payload.clone()))
         }
@@ -318,11 +405,11 @@ fn verify_content(
 /// The sha256 digests (hex) of an in-toto statement's subjects.
 pub fn statement_subject_digests(payload: &[u8]) -> Result<Vec<String>, VerifyError> {
     let v: serde_json::Value = serde_json::from_slice(payload)
-        .map_err(|e| VerifyError::Signature(format!("in-toto statement is not JSON: {e}")))?;
+        .map_err(|e| SignatureErrorKind::Statement(format!("in-toto statement is not JSON: {e}")))?;
     let subjects = v
         .get("subject")
         .and_then(|s| s.as_array())
-        .ok_or_else(|| VerifyError::Signature("in-toto statement has no subject list".into()))?;
+        .ok_or_else(|| SignatureErrorKind::Statement("in-toto statement has no subject list".into()))?;
     Ok(subjects
         .iter()
         .filter_map(|s| s.get("digest")?.get("sha256")?.as_str().map(str::to_ascii_lowercase))

@@ -34,6 +34,7 @@ use kcache_core::{
     api::{ApiError, Client as ApiClient, ImageVerdict},
     digest::Digest,
     policy::Policy,
+    refusal::Refusal,
     registry::{Client as RegistryClient, Reference, RegistryConfig},
     verifier::Verifier,
 };
@@ -255,8 +256,31 @@ fn parse_stdin(media_type: &str, bytes: &[u8]) -> Result<Descriptor, String> {
 // ---------------------------------------------------------------------------------------------
 // The decision.
 
-fn line(prefix: &str, v: &ImageVerdict, source: &str) -> String {
-    format!("kcache: {}{prefix} [{source}]", v.summary())
+/// The verdict line: a refusal carries kcache's [`Refusal`] line (the same the snapshotter gate
+/// prints), so the CRI client and `kcache doctor` recognise it whichever refused.
+fn line(v: &ImageVerdict, source: &str) -> String {
+    if v.permits() {
+        return format!("kcache: {} [{source}]", v.summary());
+    }
+    let digest = v.digest.as_ref().map(|d| d.to_string());
+    let refusal = Refusal {
+        image: &v.image,
+        digest: digest.as_deref().unwrap_or("<unresolved>"),
+        rule: v.rule.as_deref().unwrap_or("<default>"),
+        reason: &v.reason,
+    };
+    format!("{refusal} [{source}]")
+}
+
+/// A refusal before any rule was reached (bad request, kcached's answer unusable, no policy).
+fn refused(image: &str, digest: &str, reason: &str) -> String {
+    Refusal {
+        image,
+        digest,
+        rule: "<none>",
+        reason,
+    }
+    .to_string()
 }
 
 fn load_policy(path: &Path) -> Result<Policy, String> {
@@ -281,16 +305,20 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
             if v.digest.as_ref() != Some(&digest) {
                 conclude(
                     1,
-                    &format!(
-                        "kcache: denied: image {image} digest {digest}: kcached answered for another digest ({})",
-                        v.digest.as_ref().map_or("none".to_string(), |d| d.to_string())
+                    &refused(
+                        &image.to_string(),
+                        digest.as_str(),
+                        &format!(
+                            "kcached answered for another digest ({})",
+                            v.digest.as_ref().map_or("none".to_string(), |d| d.to_string())
+                        ),
                     ),
                 );
             }
             let source = if v.cached { "kcached, cached verdict" } else { "kcached" };
-            conclude(if v.permits() { 0 } else { 1 }, &line("", &v, source));
+            conclude(if v.permits() { 0 } else { 1 }, &line(&v, source));
         }
-        Err(e) if !falls_back(&e) => conclude(1, &format!("kcache: denied: image {image} digest {digest}: {e}")),
+        Err(e) if !falls_back(&e) => conclude(1, &refused(&image.to_string(), digest.as_str(), &format!("{e}"))),
         Err(e) => e,
     };
     tracing::info!(%daemon_error, "verifying in process");
@@ -299,19 +327,23 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
         Ok(p) => p,
         Err(e) => conclude(
             2,
-            &format!("kcache: denied: image {image} digest {digest}: {daemon_error}, and {e}"),
+            &refused(&image.to_string(), digest.as_str(), &format!("{daemon_error}, and {e}")),
         ),
     };
     let client = match RegistryClient::new(s.registry) {
         Ok(c) => Arc::new(c),
         Err(e) => conclude(
             2,
-            &format!("kcache: denied: image {image} digest {digest}: cannot set up the registry client: {e}"),
+            &refused(
+                &image.to_string(),
+                digest.as_str(),
+                &format!("cannot set up the registry client: {e}"),
+            ),
         ),
     };
     let v = Verifier::new(client).verify_digest(&policy, &reference, &digest).await;
     let source = format!("in process: {daemon_error}");
-    conclude(if v.permits() { 0 } else { 1 }, &line("", &v, &source))
+    conclude(if v.permits() { 0 } else { 1 }, &line(&v, &source))
 }
 
 fn main() {
@@ -351,7 +383,7 @@ fn main() {
     };
     let s = match settings() {
         Ok(s) => s,
-        Err(e) => conclude(2, &format!("kcache: denied: image {name} digest {digest}: {e}")),
+        Err(e) => conclude(2, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
     };
     let deadline = started + s.deadline;
     let progress = Progress::default();
@@ -361,10 +393,10 @@ fn main() {
             std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
             conclude(
                 1,
-                &format!(
-                    "kcache: denied: image {name} digest {digest}: no decision within {} ms ({})",
-                    budget.as_millis(),
-                    progress.get()
+                &refused(
+                    &name.to_string(),
+                    digest.as_str(),
+                    &format!("no decision within {} ms ({})", budget.as_millis(), progress.get()),
                 ),
             );
         });
@@ -376,25 +408,30 @@ fn main() {
     if let Err(e) = std::io::stdin().lock().take(MAX_STDIN + 1).read_to_end(&mut raw) {
         conclude(
             1,
-            &format!("kcache: denied: image {name} digest {digest}: cannot read stdin: {e}"),
+            &refused(&name.to_string(), digest.as_str(), &format!("cannot read stdin: {e}")),
         );
     }
     if raw.len() as u64 > MAX_STDIN {
         conclude(
             1,
-            &format!("kcache: denied: image {name} digest {digest}: stdin is larger than {MAX_STDIN} bytes"),
+            &refused(
+                &name.to_string(),
+                digest.as_str(),
+                &format!("stdin is larger than {MAX_STDIN} bytes"),
+            ),
         );
     }
     let desc = match parse_stdin(&media_type, &raw) {
         Ok(d) => d,
-        Err(e) => conclude(1, &format!("kcache: denied: image {name} digest {digest}: {e}")),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
     };
     if desc.digest != digest.as_str() {
         conclude(
             1,
-            &format!(
-                "kcache: denied: image {name} digest {digest}: the descriptor on stdin is for {:?}, not -digest",
-                desc.digest
+            &refused(
+                &name.to_string(),
+                digest.as_str(),
+                &format!("the descriptor on stdin is for {:?}, not -digest", desc.digest),
             ),
         );
     }
@@ -403,20 +440,24 @@ fn main() {
     // -name: the repository and tag; never what is verified.
     let mut reference = match Reference::parse(&name) {
         Ok(r) => r,
-        Err(e) => conclude(1, &format!("kcache: denied: image {name} digest {digest}: {e}")),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
     };
     if let Some(pinned) = reference.digest.take() {
         if pinned != digest {
             conclude(
                 1,
-                &format!("kcache: denied: image {name} digest {digest}: -name pins another digest ({pinned})"),
+                &refused(
+                    &name.to_string(),
+                    digest.as_str(),
+                    &format!("-name pins another digest ({pinned})"),
+                ),
             );
         }
     }
 
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => conclude(1, &format!("kcache: denied: image {name} digest {digest}: {e}")),
+        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &format!("{e}"))),
     };
     rt.block_on(decide(s, reference, digest, deadline, progress))
 }

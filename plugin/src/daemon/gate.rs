@@ -24,7 +24,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use kcache_core::{digest::Digest, policy::Mode, registry::Reference, verifier::Verifier};
+use kcache_core::{digest::Digest, policy::Mode, refusal::Refusal, registry::Reference, verifier::Verifier};
 use tonic::Status;
 
 use super::{metrics::Metrics, policy_store::PolicyStore};
@@ -147,9 +147,13 @@ impl Gate {
                 1,
             );
             let rule = rule.unwrap_or("<none>");
-            Status::permission_denied(format!(
-                "kcache: image {image} ({digest}) denied by rule {rule}: {reason} (snapshot {key})"
-            ))
+            let refusal = Refusal {
+                image,
+                digest,
+                rule,
+                reason: &reason,
+            };
+            Status::permission_denied(format!("{refusal} (snapshot {key})"))
         };
         let reference = match Reference::parse(image) {
             Ok(r) => r,
@@ -178,10 +182,13 @@ impl Gate {
             self.metrics
                 .inc("kcache_denied_pulls_total", vec![("reason", "policy".into())], 1);
             tracing::warn!(%image, %digest, rule, reason = %v.reason, snapshot = key, "pull denied");
-            return Err(Status::permission_denied(format!(
-                "kcache: image {image} ({digest}) denied by rule {rule}: {}",
-                v.reason
-            )));
+            let refusal = Refusal {
+                image,
+                digest,
+                rule,
+                reason: &v.reason,
+            };
+            return Err(Status::permission_denied(refusal.to_string()));
         }
         match v.decision {
             kcache_core::api::Decision::Allow => {

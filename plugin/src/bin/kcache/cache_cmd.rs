@@ -11,9 +11,11 @@ use kcache_core::{
         builder::{build_cache_layer_with, image_config_json, BuildOptions},
         format::CacheKind,
     },
-    cosign::sign::OCI_MANIFEST,
     gpu::{self, ProbeOptions},
-    registry::Reference,
+    registry::{
+        artifact::{image_manifest, push_image, Blob, OCI_CONFIG},
+        Reference,
+    },
 };
 
 use crate::{registry_args::RegistryArgs, verify_cmd::Output, Outcome};
@@ -127,18 +129,15 @@ fn build(a: BuildArgs) -> Result<Outcome> {
     for w in &built.warnings {
         eprintln!("warning: {w}");
     }
-    let config = image_config_json(&built);
-    let config_digest = kcache_core::digest::Digest::sha256_of(&config);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": built.layer_digest.as_str(), "size": built.layer_size}],
-    })
-    .to_string()
-    .into_bytes();
-    std::fs::write(a.out.join("config.json"), &config)?;
-    std::fs::write(a.out.join("manifest.json"), &manifest)?;
+    let config = Blob::new(image_config_json(&built));
+    let layer = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": built.layer_digest.as_str(),
+        "size": built.layer_size,
+    });
+    let manifest = image_manifest(config.descriptor(OCI_CONFIG), vec![layer], Default::default());
+    std::fs::write(a.out.join("config.json"), &config.bytes)?;
+    std::fs::write(a.out.join("manifest.json"), &manifest.bytes)?;
     let targets: Vec<String> = built
         .summary
         .targets
@@ -157,14 +156,8 @@ fn build(a: BuildArgs) -> Result<Outcome> {
         let client = a.registry.client()?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let digest = rt.block_on(async {
-            let layer = std::fs::read(&layer_path)?;
-            client.push_blob(&r, &layer).await?;
-            client.push_blob(&r, &config).await?;
-            anyhow::Ok(
-                client
-                    .push_manifest(&r, &r.reference(), OCI_MANIFEST, &manifest)
-                    .await?,
-            )
+            let layer = Blob::new(std::fs::read(&layer_path)?);
+            anyhow::Ok(push_image(&client, &r, &r.reference(), &[&layer, &config], &manifest).await?)
         })?;
         println!("pushed {}@{digest}", r.name());
     }

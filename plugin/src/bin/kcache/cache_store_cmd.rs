@@ -21,6 +21,7 @@ use kcache_core::{
         meta::GpuInventory,
         refs,
         store::{self, CacheRecord, NodeCaches, StoreLayout},
+        summary::{self, KernelSummary},
     },
     digest::Digest,
     gpu::{self, ProbeOptions},
@@ -240,6 +241,7 @@ struct Entry {
     digest: Digest,
     record: Option<CacheRecord>,
     refs: usize,
+    kernels: Option<KernelSummary>,
 }
 
 /// The store's entries, by GC's walk, each with its live refs counted as GC counts them (refs
@@ -255,7 +257,16 @@ fn entries(layout: &StoreLayout) -> Result<Vec<Entry>> {
         let dir = layout.refs_dir(&digest);
         let refs =
             refs::count_live(&dir, boot.as_deref(), false).with_context(|| format!("cannot list {}", dir.display()))?;
-        out.push(Entry { digest, record, refs });
+        // A tree that cannot be scanned still lists (inspect says why).
+        let kernels = record
+            .as_ref()
+            .and_then(|r| kernels_of(&layout.tree_dir(&digest).join(&r.cache_subdir)).ok());
+        out.push(Entry {
+            digest,
+            record,
+            refs,
+            kernels,
+        });
     }
     Ok(out)
 }
@@ -276,6 +287,7 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                         "files": e.record.as_ref().map(|r| r.files),
                         "bytes": e.record.as_ref().map(|r| r.bytes),
                         "refs": e.refs,
+                        "kernels": e.kernels,
                         "approved": state.caches.iter().any(|c| c.digest.as_ref() == Some(&e.digest)),
                     })
                 })
@@ -306,6 +318,10 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                 if let Some(r) = &c.reason {
                     println!("  reason: {r}");
                 }
+                let entry = entries.iter().find(|e| Some(&e.digest) == c.digest.as_ref());
+                if let Some(k) = entry.and_then(|e| e.kernels.as_ref()) {
+                    println!("  {}", k.one_line());
+                }
             }
             let unapproved: Vec<_> = entries
                 .iter()
@@ -315,10 +331,14 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                 println!("\nentries no approved cache points at (gc removes them once unused):");
                 for e in unapproved {
                     println!(
-                        "  {} {} refs={}",
+                        "  {} {} refs={}{}",
                         short(e.digest.as_str()),
                         e.record.as_ref().map_or("(incomplete)", |r| r.image.as_str()),
-                        e.refs
+                        e.refs,
+                        e.kernels
+                            .as_ref()
+                            .map(|k| format!(": {}", k.one_line()))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -359,7 +379,24 @@ fn inventory(explicit: Option<&Path>, layout: &StoreLayout) -> Result<GpuInvento
     Ok(gpu::probe(&ProbeOptions::default()))
 }
 
+/// The kernels of a store entry (or of a cache dir), scanned from its files.
+fn kernels_of(dir: &Path) -> Result<KernelSummary> {
+    summary::summarize_dir(dir, summary::DEFAULT_LARGEST).with_context(|| format!("cannot scan {}", dir.display()))
+}
+
 pub fn inspect(a: InspectArgs) -> Result<Outcome> {
+    if a.target.contains('/') && Path::new(&a.target).is_dir() {
+        // A Triton cache dir (`TRITON_CACHE_DIR`), before it is built into an image.
+        let s = kernels_of(Path::new(&a.target))?;
+        match a.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"path": a.target, "kernels": s}))?
+            ),
+            Output::Text => print!("path:     {}\n{s}", a.target),
+        }
+        return Ok(Outcome::Ok);
+    }
     let layout = a.store.layout();
     let digest = layout.resolve(&a.target, a.namespace.as_deref())?;
     let Some(record) = layout.read_record(&digest)? else {
@@ -367,6 +404,7 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
     };
     let inv = inventory(a.gpus.as_deref(), &layout)?;
     let (ok, bad) = manager::compat_of(&record, &inv);
+    let kernels = kernels_of(&layout.tree_dir(&digest).join(&record.cache_subdir))?;
     let refs = refs::list(&layout, &digest)?;
     match a.output {
         Output::Json => println!(
@@ -377,6 +415,7 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
                 "refs": refs,
                 "compatible_gpus": ok,
                 "incompatible_gpus": bad,
+                "kernels": kernels,
             }))?
         ),
         Output::Text => {
@@ -395,6 +434,7 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
             if inv.gpus.is_empty() {
                 println!("gpus:     none found");
             }
+            print!("{kernels}");
         }
     }
     Ok(Outcome::Ok)

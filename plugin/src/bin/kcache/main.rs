@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod cache_cmd;
 mod cache_store_cmd;
 mod doctor_cmd;
+mod generate_cmd;
 mod install_cmd;
 mod policy_cmd;
 mod registry_args;
@@ -59,6 +60,12 @@ enum Command {
         #[command(subcommand)]
         command: sigstore_cmd::SigstoreCommand,
     },
+    /// Man pages and shell completions for packaging.
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        command: generate_cmd::GenerateCommand,
+    },
 }
 
 /// Exit codes shared by every command.
@@ -87,6 +94,7 @@ fn main() -> ExitCode {
         Command::Install { command } => install_cmd::run(command),
         Command::Policy { command } => policy_cmd::run(command),
         Command::Doctor(a) => doctor_cmd::run(*a),
+        Command::Generate { command } => generate_cmd::run(command),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
