@@ -49,7 +49,6 @@ use kcache_core::{
     cache::{grp, store::StoreLayout},
     gpu,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{
     oci::{Spec, State},
@@ -181,65 +180,9 @@ impl Log {
     }
 }
 
-/// What the hook leaves in `<run>/containers/<id>/hook.json` for poststop.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Mounted {
-    /// The container.
-    pub container: String,
-    /// The cache name.
-    pub cache: String,
-    /// The pod namespace.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// The entry's digest.
-    pub digest: String,
-    /// The mount path inside the container.
-    pub target: String,
-    /// When (seconds since the epoch).
-    pub at: u64,
-    /// The container's init pid at prestart (a second prestart call for the same container is
-    /// recognised by it).
-    #[serde(default)]
-    pub pid: Option<i32>,
-    /// `/proc/sys/kernel/random/boot_id`: refs (which hold this document) from an earlier boot
-    /// are stale, whatever their container id.
-    #[serde(default)]
-    pub boot_id: Option<String>,
-}
-
-impl Mounted {
-    /// What prestart records now, in this boot, for `container` using `digest` at `target`:
-    /// the body of its `hook.json` and of the entry's `refs/<container>` (whose `boot_id` GC
-    /// reads to drop refs from an earlier boot).
-    pub fn now(
-        container: &str,
-        cache: &str,
-        namespace: Option<&str>,
-        digest: &kcache_core::digest::Digest,
-        target: &str,
-        pid: Option<i32>,
-    ) -> Self {
-        Self {
-            container: container.to_string(),
-            cache: cache.to_string(),
-            namespace: namespace.map(str::to_string),
-            digest: digest.to_string(),
-            target: target.to_string(),
-            at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-            pid,
-            boot_id: boot_id(),
-        }
-    }
-}
-
-fn boot_id() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-}
+/// What the hook leaves in `<run>/containers/<id>/hook.json` for poststop: the same record as
+/// the entry's `refs/<container>` (`kcache_core::cache::refs::ContainerRef`).
+pub use kcache_core::cache::refs::ContainerRef as Mounted;
 
 /// The file name of [`Mounted`] under the container dir.
 pub const MOUNTED_FILE: &str = "hook.json";
@@ -379,10 +322,10 @@ fn try_mount(
         .container_dir(&state.id)
         .ok_or_else(|| format!("container id {:?} cannot name a directory", state.id))?;
 
-    let boot = boot_id();
+    let boot = refs::boot_id();
     if let Some(prev) = read_mounted(&cdir) {
         let alive = Path::new(&format!("/proc/{pid}")).exists();
-        if prev.pid == Some(pid) && prev.boot_id == boot && alive && prev.digest == sel.digest.to_string() {
+        if prev.pid == Some(pid) && prev.boot_id == boot && alive && prev.digest == sel.digest {
             return Ok((sel, target, true));
         }
     }
@@ -396,7 +339,7 @@ fn try_mount(
             &target.path,
             Some(pid),
         );
-        let body = serde_json::to_vec(&mounted).map_err(|e| e.to_string())?;
+        let body = mounted.to_bytes();
         // Plain write, no fsync: /run does not outlive a reboot, and neither does the container.
         fs::OpenOptions::new()
             .write(true)
@@ -405,8 +348,8 @@ fn try_mount(
             .open(cdir.join(MOUNTED_FILE))
             .and_then(|mut f| f.write_all(&body))
             .map_err(|e| format!("{}: {e}", cdir.display()))?;
-        let guard = refs::add(layout, &sel.digest, &state.id, &body).map_err(|e| e.to_string())?;
-        let grp = grp_layer(layout, &sel, &target)?;
+        let guard = refs::add(layout, &mounted).map_err(|e| e.to_string())?;
+        let grp = grp::layer(layout, &sel.digest, &sel.cache_dir, &target.path).map_err(|e| error_chain(&e))?;
         drop(guard);
         let mut lowers: Vec<PathBuf> = grp.into_iter().collect();
         lowers.push(sel.cache_dir.clone());
@@ -463,50 +406,6 @@ fn prepare_container_dir(cdir: &Path, owner: (u32, u32)) -> io::Result<PathBuf> 
     Ok(cdir.to_path_buf())
 }
 
-/// The `__grp__` rewrite for `target`: `<entry>/grp/<key>/`, made once per entry and target
-/// (through a temp dir and one rename) while the caller holds the entry's shared lock. The root
-/// the paths move from is the one the group files name ([`grp::infer_root`]), never the image's
-/// label. `None` when nothing needs rewriting (the cache is mounted where Triton wrote it, or
-/// names no root); the empty dir stays as the record that this was worked out.
-fn grp_layer(layout: &StoreLayout, sel: &Selected, target: &Target) -> Result<Option<PathBuf>, String> {
-    let dir = layout.grp_dir(&sel.digest, &target.path);
-    let used = |dir: PathBuf| {
-        let nonempty = fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
-        nonempty.then_some(dir)
-    };
-    if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-        return Ok(used(dir));
-    }
-    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-        return Err(format!("grp dir {} has no parent", dir.display()));
-    };
-    let io = |e: io::Error| format!("__grp__ layer {}: {e}", dir.display());
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(parent)
-        .map_err(io)?;
-    let tmp = parent.join(format!(".tmp-{}-{}", name.to_string_lossy(), std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::DirBuilder::new().mode(0o755).create(&tmp).map_err(io)?;
-    if let Err(e) = grp::rewrite_tree(&sel.cache_dir, &target.path, &tmp) {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(format!(
-            "cannot rewrite the __grp__ files for {}: {}",
-            target.path,
-            error_chain(&e)
-        ));
-    }
-    if let Err(e) = fs::rename(&tmp, &dir) {
-        let _ = fs::remove_dir_all(&tmp);
-        // Another hook made it first.
-        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-            return Err(io(e));
-        }
-    }
-    Ok(used(dir))
-}
-
 /// poststop: undo what prestart did for `id`. Missing pieces are fine (prestart skipped, or a
 /// second poststop); errors are reported but every step is tried.
 fn poststop(opts: &Options, id: &str, log: &mut Log) -> Result<(), String> {
@@ -523,13 +422,8 @@ fn poststop(opts: &Options, id: &str, log: &mut Log) -> Result<(), String> {
         log.line(&msg);
     }
     if let Some(m) = &mounted {
-        match kcache_core::digest::Digest::parse(&m.digest) {
-            Ok(d) => {
-                if let Err(e) = refs::remove(layout, &d, id) {
-                    errors.push(format!("cannot drop the ref on {d}: {e}"));
-                }
-            }
-            Err(e) => errors.push(format!("{}: {e}", cdir.join(MOUNTED_FILE).display())),
+        if let Err(e) = refs::remove(layout, &m.digest, id) {
+            errors.push(format!("cannot drop the ref on {}: {e}", m.digest));
         }
     }
     match fs::remove_dir_all(&cdir) {
@@ -619,14 +513,15 @@ mod tests {
         let mut layers = Vec::new();
         for path in targets {
             let t = target::check(path, target::Source::Annotation).unwrap();
-            let layer = grp_layer(&store.layout, &sel, &t).unwrap().unwrap();
+            let grp_layer = || grp::layer(&store.layout, &sel.digest, &sel.cache_dir, &t.path);
+            let layer = grp_layer().unwrap().unwrap();
             assert!(layer.starts_with(store.layout.entry_dir(&digest).join("grp")));
             let grp = fs::read_to_string(layer.join(testing::KEY).join(testing::GRP_FILE)).unwrap();
             assert!(
                 grp.contains(&format!("\"{path}/{}/add_kernel.json\"", testing::KEY)),
                 "{grp}"
             );
-            assert_eq!(grp_layer(&store.layout, &sel, &t).unwrap().unwrap(), layer, "reused");
+            assert_eq!(grp_layer().unwrap().unwrap(), layer, "reused");
             layers.push(layer);
         }
         let distinct: std::collections::BTreeSet<_> = layers.iter().collect();

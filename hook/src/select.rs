@@ -95,11 +95,10 @@ pub fn select(
             detail: status.reason.clone(),
         });
     }
-    let raw = status
+    let digest = status
         .digest
-        .as_deref()
+        .clone()
         .ok_or_else(|| Reason::BadDigest("ready without a digest".into()))?;
-    let digest = Digest::parse(raw).map_err(|e| Reason::BadDigest(e.to_string()))?;
     let record = layout
         .read_record(&digest)
         .map_err(|e| Reason::Store(e.to_string()))?
@@ -108,7 +107,7 @@ pub fn select(
         digest: digest.clone(),
         why,
     };
-    if record.digest != digest.to_string() {
+    if record.digest != digest {
         return Err(untrusted(format!("its record is for {}", record.digest)));
     }
     if !TRUSTED_DECISIONS.contains(&record.verification.decision.as_str()) {
@@ -221,14 +220,16 @@ mod tests {
         }
         s.approve("llama", Some("ml"), None, CacheState::Ready);
         assert!(matches!(run(&s, &req("llama", Some("ml"))), Err(Reason::BadDigest(_))));
-        s.update_state(|st| {
-            st.caches
-                .iter_mut()
-                .find(|c| c.namespace.as_deref() == Some("ml"))
-                .unwrap()
-                .digest = Some("sha256:../../etc".into());
-        });
-        assert!(matches!(run(&s, &req("llama", Some("ml"))), Err(Reason::BadDigest(_))));
+        // A state.json naming something that is not a digest is not read at all.
+        let good = s.state();
+        let mut raw: serde_json::Value = serde_json::to_value(&good).unwrap();
+        for c in raw["caches"].as_array_mut().unwrap() {
+            c["digest"] = "sha256:../../etc".into();
+        }
+        std::fs::write(s.layout.state_path(), raw.to_string()).unwrap();
+        let err = s.layout.read_state().unwrap_err().to_string();
+        assert!(err.contains("not lowercase hex"), "{err}");
+        std::fs::write(s.layout.state_path(), serde_json::to_vec(&good).unwrap()).unwrap();
 
         // The state points at an entry that is not (or no longer) extracted.
         let gone = kcache_core::digest::Digest::parse(&format!("sha256:{:064x}", 99)).unwrap();
@@ -240,13 +241,13 @@ mod tests {
 
         // Records that do not vouch for themselves.
         s.approve("llama", Some("ml"), Some(&ml), CacheState::Ready);
-        s.update_record(&ml, |r| r.digest = old.to_string());
+        s.update_record(&ml, |r| r.digest = old.clone());
         assert!(run(&s, &req("llama", Some("ml")))
             .unwrap_err()
             .to_string()
             .contains("its record is for"));
         s.update_record(&ml, |r| {
-            r.digest = ml.to_string();
+            r.digest = ml.clone();
             r.verification.decision = "deny".into();
         });
         assert!(run(&s, &req("llama", Some("ml")))

@@ -158,7 +158,7 @@ impl FakeStore {
             &serde_json::to_vec(&serde_json::json!({ "child_paths": children })).expect("grp json"),
         );
         let record = CacheRecord {
-            digest: digest.to_string(),
+            digest: digest.clone(),
             image: format!("registry.test/caches/{name}@{digest}"),
             kind: spec.kind.into(),
             targets: spec
@@ -206,7 +206,7 @@ impl FakeStore {
                 namespace: namespace.map(Into::into),
                 image: format!("registry.test/caches/{name}:v1"),
                 state,
-                digest: digest.map(ToString::to_string),
+                digest: digest.cloned(),
                 reason: (state != CacheState::Ready).then(|| "fixture says so".to_string()),
                 compatible_gpus: vec![],
                 incompatible_gpus: vec![],

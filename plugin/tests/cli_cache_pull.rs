@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kcache_core::cache::refs::{self, ContainerRef};
 use kcache_core::{
     cache::{
         approved::ApprovedCache,
@@ -36,7 +37,6 @@ use kcache_core::{
     signing::PrivateKey,
     verifier::Verifier,
 };
-use kcache_hook::{refs, Mounted};
 use kcache_tests::TestRegistry;
 
 const KEY_H100: &str = "QWJ3OZ3CR4HNZ6LOHG7LYCUUQYZFXAY6SY62SNYRVQHW3G4FOCLQ";
@@ -317,7 +317,7 @@ async fn signed_cache_pulls_once_and_unsigned_is_denied() {
         .await
         .unwrap();
     assert_eq!(outcome, PullOutcome::Extracted);
-    assert_eq!(record.digest, pushed.digest.to_string());
+    assert_eq!(record.digest, pushed.digest);
     assert_eq!(record.image, format!("{}@{}", env.image("caches/llama"), pushed.digest));
     assert_eq!(record.targets.len(), 3);
     assert_eq!(record.verification.rule, "caches");
@@ -495,7 +495,7 @@ async fn tampered_layers_are_rejected_before_anything_is_visible() {
         .pull(&env.policy, 1, &env.image("caches/plain:v1"), NO_PROGRESS)
         .await
         .unwrap();
-    assert_eq!(record.digest, pushed.digest.to_string());
+    assert_eq!(record.digest, pushed.digest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,7 +532,7 @@ async fn reconcile_writes_state_with_gpu_compat_and_gc_honours_refs() {
     let by = |name: &str| state.caches.iter().find(|c| c.name == name).unwrap().clone();
     let all_s = by("all");
     assert_eq!(all_s.state, CacheState::Ready);
-    assert_eq!(all_s.digest.as_deref(), Some(all_pushed.digest.as_str()));
+    assert_eq!(all_s.digest.as_ref(), Some(&all_pushed.digest));
     assert_eq!(all_s.compatible_gpus, ["GPU-h100", "GPU-a100", "amd-mi300"]);
     let sm90_s = by("sm90");
     assert_eq!(sm90_s.state, CacheState::Ready);
@@ -615,7 +615,7 @@ async fn reconcile_writes_state_with_gpu_compat_and_gc_honours_refs() {
     assert_eq!(state2.generation, 2);
     let all2 = state2.caches.iter().find(|c| c.name == "all").unwrap();
     assert_eq!(all2.state, CacheState::Ready);
-    assert_eq!(all2.digest.as_deref(), Some(all_pushed.digest.as_str()));
+    assert_eq!(all2.digest.as_ref(), Some(&all_pushed.digest));
     assert!(
         all2.reason.as_deref().unwrap().contains("re-pull failed"),
         "{:?}",
@@ -739,7 +739,7 @@ async fn kill_during_extraction_leaves_nothing_and_concurrent_cli_pulls_extract_
         namespace: None,
         image,
         state: CacheState::Ready,
-        digest: Some(pushed.digest.to_string()),
+        digest: Some(pushed.digest.clone()),
         reason: None,
         compatible_gpus: vec![],
         incompatible_gpus: vec![],
@@ -779,11 +779,11 @@ async fn a_digest_change_keeps_the_old_copy_until_its_last_container_stops() {
     let state = mgr.reconcile(&env.policy, 1, &list, &inv).await;
     let current = |s: &kcache_core::cache::store::NodeCaches| s.lookup(Some("ml"), "moving").unwrap().clone();
     assert_eq!(current(&state).state, CacheState::Ready);
-    assert_eq!(current(&state).digest.as_deref(), Some(first.digest.as_str()));
+    assert_eq!(current(&state).digest.as_ref(), Some(&first.digest));
 
     // A container starts on v1: its ref, as the hook's prestart writes it (this boot's id).
     let pid = std::process::id() as i32;
-    let mounted = Mounted::now(
+    let mounted = ContainerRef::now(
         "c-old",
         "moving",
         Some("ml"),
@@ -791,9 +791,9 @@ async fn a_digest_change_keeps_the_old_copy_until_its_last_container_stops() {
         "/root/.triton/cache",
         Some(pid),
     );
-    drop(refs::add(&layout, &first.digest, "c-old", &serde_json::to_vec(&mounted).unwrap()).unwrap());
+    drop(refs::add(&layout, &mounted).unwrap());
     // And one left by a container of an earlier boot (no container outlives a reboot).
-    let mut stale = Mounted::now(
+    let mut stale = ContainerRef::now(
         "c-reboot",
         "moving",
         Some("ml"),
@@ -802,7 +802,7 @@ async fn a_digest_change_keeps_the_old_copy_until_its_last_container_stops() {
         None,
     );
     stale.boot_id = Some("an-earlier-boot".into());
-    drop(refs::add(&layout, &first.digest, "c-reboot", &serde_json::to_vec(&stale).unwrap()).unwrap());
+    drop(refs::add(&layout, &stale).unwrap());
 
     // The tag moves to v2.
     let second = env.push(tag, &v2, true).await;
@@ -810,7 +810,7 @@ async fn a_digest_change_keeps_the_old_copy_until_its_last_container_stops() {
     env.sign(tag).await;
     let state = mgr.reconcile(&env.policy, 1, &list, &inv).await;
     assert_eq!(current(&state).state, CacheState::Ready);
-    assert_eq!(current(&state).digest.as_deref(), Some(second.digest.as_str()));
+    assert_eq!(current(&state).digest.as_ref(), Some(&second.digest));
     assert!(layout.record_path(&first.digest).exists() && layout.record_path(&second.digest).exists());
     assert_eq!(layout.read_state().unwrap(), state);
 
@@ -824,6 +824,17 @@ async fn a_digest_change_keeps_the_old_copy_until_its_last_container_stops() {
         "{dry}"
     );
     assert_eq!(refs::list(&layout, &first.digest).unwrap(), ["c-old", "c-reboot"]);
+    // `kcache cache ls` counts refs as GC does: the earlier boot's ref holds nothing.
+    let out = env.kcache(&["cache", "ls", "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ls: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let old = ls["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["digest"] == first.digest.as_str())
+        .unwrap();
+    assert_eq!((&old["refs"], &old["approved"]), (&1.into(), &false.into()), "{ls}");
     // The daemon's GC: the old copy is in use; the earlier boot's ref goes.
     let report = mgr.gc(&state);
     assert_eq!(report.kept_in_use, [(first.digest.to_string(), 1)], "{report:?}");
@@ -919,7 +930,7 @@ async fn the_daemon_loop_follows_caches_d() {
     });
     let state = layout.read_state().unwrap();
     let c = state.lookup(Some("ml"), "watched").unwrap();
-    assert_eq!(c.digest.as_deref(), Some(pushed.digest.as_str()));
+    assert_eq!(c.digest.as_ref(), Some(&pushed.digest));
     assert_eq!(c.compatible_gpus, ["GPU-h100"]);
     assert!(state.lookup(Some("other"), "watched").is_none());
 
@@ -1032,7 +1043,7 @@ async fn signed_but_hostile_layers_are_rejected_and_indexes_resolve() {
         .pull(&env.policy, 1, &env.image("caches/good:multi"), NO_PROGRESS)
         .await
         .unwrap();
-    assert_eq!(record.digest, index_digest.to_string());
+    assert_eq!(record.digest, index_digest);
     assert_eq!(record.targets.len(), 1);
     assert!(mgr
         .layout()

@@ -82,7 +82,7 @@ async fn wait_ready(api: &Api, kcached: &Kcached) -> String {
             if let Some(c) = state.caches.iter().find(|c| c.name == "triton") {
                 if c.state == CacheState::Ready {
                     assert_eq!(c.compatible_gpus, vec!["GPU-h100".to_string()], "{c:?}");
-                    return c.digest.clone().unwrap();
+                    return c.digest.clone().unwrap().to_string();
                 }
             }
         }

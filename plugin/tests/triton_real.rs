@@ -414,10 +414,7 @@ fn real_triton_caches_hit_in_a_runc_container_through_the_node_path() {
         let c = by_name(n);
         assert_eq!(c.state, CacheState::Ready, "{c:?}\n{}", kcached.log());
         assert_eq!(c.compatible_gpus, ["GPU-a100"], "{c:?}");
-        let record = layout
-            .read_record(&kcache_core::digest::Digest::parse(c.digest.as_deref().unwrap()).unwrap())
-            .unwrap()
-            .unwrap();
+        let record = layout.read_record(c.digest.as_ref().unwrap()).unwrap().unwrap();
         let want = if n == "triton" { VERSION } else { OTHER_VERSION };
         assert_eq!(record.requirements.triton_version.as_deref(), Some(want));
         assert_eq!(record.verification.rule, "caches");

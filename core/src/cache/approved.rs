@@ -89,6 +89,42 @@ impl fmt::Display for ApprovedError {
 
 impl std::error::Error for ApprovedError {}
 
+/// What `kcache cache pull TARGET` names: an image reference as given (it has a `/`, `:` or
+/// `@`), else the image of the cache approved as `TARGET` (for `namespace`, or cluster-wide
+/// with `None`) in `dir`.
+pub fn image_for(dir: &Path, target: &str, namespace: Option<&str>) -> Result<String, LookupError> {
+    if target.contains(['/', ':', '@']) {
+        return Ok(target.to_owned());
+    }
+    load_dir(dir)?
+        .into_iter()
+        .find(|c| c.name == target && c.namespace.as_deref() == namespace)
+        .map(|c| c.image)
+        .ok_or_else(|| LookupError::NotApproved {
+            name: target.to_owned(),
+            namespace: namespace.map(str::to_owned),
+            dir: dir.to_owned(),
+        })
+}
+
+/// Why [`image_for`] found no image.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// caches.d is broken.
+    #[error(transparent)]
+    Invalid(#[from] ApprovedError),
+    /// No such approved cache.
+    #[error("no approved cache {name}{} in {}", namespace.as_deref().map(|n| format!(" in namespace {n}")).unwrap_or_default(), dir.display())]
+    NotApproved {
+        /// The name.
+        name: String,
+        /// The namespace.
+        namespace: Option<String>,
+        /// caches.d.
+        dir: PathBuf,
+    },
+}
+
 /// Loads every file in `dir`; any problem fails the whole load. A missing `dir` is empty.
 pub fn load_dir(dir: &Path) -> Result<Vec<ApprovedCache>, ApprovedError> {
     let (caches, problems) = load_dir_lenient(dir);

@@ -23,8 +23,11 @@
 
 use std::{
     fs, io,
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
+
+use crate::{cache::store::StoreLayout, digest::Digest};
 
 /// Largest `__grp__` file read (real ones hold a handful of paths).
 const MAX_GRP_BYTES: u64 = 1 << 20;
@@ -87,6 +90,24 @@ pub enum GrpError {
         other: String,
         /// The group file that named it.
         other_file: String,
+    },
+    /// The rewrite layer for a mount path could not be made.
+    #[error("cannot rewrite the __grp__ files for {target}")]
+    Layer {
+        /// The mount path.
+        target: String,
+        /// The cause.
+        #[source]
+        source: Box<GrpError>,
+    },
+    /// The rewrite layer's directory could not be made.
+    #[error("__grp__ layer {path}")]
+    LayerDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
     },
 }
 
@@ -281,6 +302,61 @@ pub fn rewrite_tree(cache_dir: &Path, target_root: &str, out_dir: &Path) -> Resu
         root: Some(root),
         files,
     })
+}
+
+/// The `__grp__` rewrite layer of the store entry `digest` for a cache mounted at `target`:
+/// `<entry>/grp/<key>/` ([`StoreLayout::grp_dir`]), an overlay lower layer above `cache_dir`
+/// (the entry's `tree/<cache_subdir>`). Made once per entry and target, through a temp dir and
+/// one rename, by the OCI hook or kcached, whichever comes first; the caller holds the entry's
+/// shared lock. `None` when nothing needs rewriting (the cache is mounted where Triton wrote
+/// it, or its files name no root); the empty dir stays as the record that this was worked out.
+pub fn layer(layout: &StoreLayout, digest: &Digest, cache_dir: &Path, target: &str) -> Result<Option<PathBuf>> {
+    let dir = layout.grp_dir(digest, target);
+    let used = |dir: PathBuf| {
+        let nonempty = fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+        nonempty.then_some(dir)
+    };
+    let is_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if is_dir(&dir) {
+        return Ok(used(dir));
+    }
+    let dir_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GrpError::LayerDir { path, source }
+    };
+    // The key may be several components (a long target): build the layer beside its final place.
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(dir_err(&dir)(io::Error::other("it has no parent directory")));
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(dir_err(parent))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = parent.join(format!(
+        ".tmp-{}-{}-{nanos:x}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    fs::DirBuilder::new().mode(0o755).create(&tmp).map_err(dir_err(&tmp))?;
+    if let Err(e) = rewrite_tree(cache_dir, target, &tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(GrpError::Layer {
+            target: target.to_owned(),
+            source: Box::new(e),
+        });
+    }
+    if let Err(e) = fs::rename(&tmp, &dir) {
+        let _ = fs::remove_dir_all(&tmp);
+        // Another hook (or kcached) made it first.
+        if !is_dir(&dir) {
+            return Err(dir_err(&dir)(e));
+        }
+    }
+    Ok(used(dir))
 }
 
 /// Calls `f` with the path (relative to the walk's start) and the bytes of every group file

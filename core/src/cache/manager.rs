@@ -44,7 +44,7 @@ use crate::{
         approved::{self, ApprovedCache},
         extract::{extract_once_checked, ExtractError, ExtractLimits, ExtractOutcome},
         format::{layer_compression, CacheImageMeta, LayerCompression},
-        gc::{self, gc_entry, now_nanos, EntryLock, GcReport},
+        gc::{self, gc_entry, EntryLock, GcReport},
         grp,
         meta::GpuInventory,
         store::{
@@ -207,6 +207,17 @@ impl PullError {
     /// Whether the policy denied the image (as opposed to a failure).
     pub fn is_denied(&self) -> bool {
         matches!(self, Self::Denied { .. })
+    }
+
+    /// Whether the image was refused: denied by the policy, or its content failed a check
+    /// (not a cache image, a hostile layer, content other than its digest or size says). The
+    /// rest (a bad reference, an unreachable registry, the store) failed to decide.
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            Self::Denied { .. } | Self::Format { .. } | Self::Extract { .. } => true,
+            Self::Registry { source, .. } => source.is_bad_content(),
+            Self::Reference { .. } | Self::Store { .. } => false,
+        }
     }
 }
 
@@ -618,9 +629,8 @@ impl CacheManager {
                     tracing::warn!(cache = %a.name, error = %e, "cache pull failed");
                     let kept = old
                         .filter(|o| o.image == a.image || o.state == CacheState::Ready)
-                        .and_then(|o| o.digest.as_deref())
-                        .and_then(|d| Digest::parse(d).ok())
-                        .and_then(|d| self.layout.read_record(&d).ok().flatten());
+                        .and_then(|o| o.digest.as_ref())
+                        .and_then(|d| self.layout.read_record(d).ok().flatten());
                     match kept {
                         Some(record) => {
                             status.state = CacheState::Ready;
@@ -951,7 +961,7 @@ impl Job {
         };
         let meta = &self.record.meta;
         let record = CacheRecord {
-            digest: self.digest.to_string(),
+            digest: self.digest.clone(),
             image: self.record.image.clone(),
             kind: meta.kind.name().to_string(),
             targets: meta.summary.targets.clone(),
@@ -1049,33 +1059,9 @@ pub fn prepare_grp(layout: &StoreLayout, digest: &Digest, target: &str) -> Resul
             source: io::Error::new(io::ErrorKind::NotFound, format!("{RECORD_FILE} not found")),
         })?;
     let out = layout.grp_dir(digest, target);
-    let used = |out: PathBuf| {
-        let nonempty = std::fs::read_dir(&out).is_ok_and(|mut d| d.next().is_some());
-        nonempty.then_some(out)
-    };
-    if out.is_dir() {
-        return Ok(used(out));
-    }
     let _lock = EntryLock::shared(layout, digest).map_err(PullError::store(&out))?;
-    // The key may be several components (a long target): build the layer beside its final place.
-    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
-        return Err(PullError::store(&out)(io::Error::other("grp dir has no parent")));
-    };
-    std::fs::create_dir_all(parent).map_err(PullError::store(parent))?;
-    let tmp = parent.join(format!(".tmp-{}-{:x}", name.to_string_lossy(), now_nanos()));
-    std::fs::create_dir(&tmp).map_err(PullError::store(&tmp))?;
     let src = layout.tree_dir(digest).join(&record.cache_subdir);
-    let result = grp::rewrite_tree(&src, target, &tmp)
-        .map_err(|e| PullError::store(&out)(io::Error::other(chain(&e))))
-        .and_then(|_| match std::fs::rename(&tmp, &out) {
-            Ok(()) => Ok(()),
-            Err(_) if out.is_dir() => Ok(()),
-            Err(e) => Err(PullError::store(&out)(e)),
-        });
-    if result.is_err() || tmp.exists() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.map(|()| used(out))
+    grp::layer(layout, digest, &src, target).map_err(|e| PullError::store(&out)(io::Error::other(chain(&e))))
 }
 
 #[cfg(test)]

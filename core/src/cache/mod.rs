@@ -5,8 +5,10 @@
 //! - [`triton`]: scanning a Triton cache directory (targets, kernels, manifest).
 //! - [`summary`]: what a cache holds for people (per-target counts, sizes, largest kernels).
 //! - [`store`]: the node store layout kcached writes and the hook reads.
-//! - [`gc`]: the entry locks and the garbage collector (kcached, `kcache cache gc`, the hook's
-//!   tests: one implementation).
+//! - [`lock`]: the entry and name locks; [`refs`]: the container refs the hook writes (and
+//!   their one record type), counted the same way by GC and `kcache cache ls`.
+//! - [`gc`]: the garbage collector (kcached, `kcache cache gc`, the hook's tests: one
+//!   implementation).
 //! - [`grp`]: rewriting Triton's `__grp__*.json` absolute paths for another mount path.
 //! - `builder` (feature `cache`): a deterministic tar.gz layer + image config from a cache dir.
 //! - `extract` (feature `cache`): unpacks a cache image layer into the store, safely.
@@ -24,9 +26,11 @@ pub mod extract;
 pub mod format;
 pub mod gc;
 pub mod grp;
+pub mod lock;
 #[cfg(all(feature = "verify", feature = "cache"))]
 pub mod manager;
 pub mod meta;
+pub mod refs;
 pub mod store;
 pub mod summary;
 pub mod triton;

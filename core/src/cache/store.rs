@@ -152,6 +152,128 @@ impl StoreLayout {
     }
 }
 
+/// Prefix of the dirs GC renames entries to before removing them (an interrupted removal
+/// leaves one).
+pub const GRAVE_PREFIX: &str = ".tmp-gc-";
+
+/// One thing under the store root, as [`StoreLayout::walk`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreDirent {
+    /// An entry dir: its name is the hex of a sha256 digest.
+    Entry {
+        /// The entry's digest.
+        digest: Digest,
+        /// `<root>/<hex>`.
+        path: PathBuf,
+    },
+    /// An entry GC renamed away and did not finish removing.
+    Grave(PathBuf),
+}
+
+impl StoreLayout {
+    /// The entries and unfinished removals under the root, sorted by name; a missing root is
+    /// empty. An entry is a directory (never a symlink) whose name is what [`Digest::parse`]
+    /// accepts as `sha256:<name>` (lowercase hex); anything else is not the store's and is left
+    /// alone. The one walk GC, `kcache cache ls` and the manager use.
+    pub fn walk(&self) -> io::Result<Vec<StoreDirent>> {
+        let dir = match std::fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for dirent in dir {
+            let dirent = dirent?;
+            if !dirent.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Some(name) = dirent.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if name.starts_with(GRAVE_PREFIX) {
+                out.push((name, StoreDirent::Grave(dirent.path())));
+            } else if let Some(digest) = entry_digest(&name) {
+                out.push((
+                    name,
+                    StoreDirent::Entry {
+                        digest,
+                        path: dirent.path(),
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out.into_iter().map(|(_, d)| d).collect())
+    }
+
+    /// The digests of the entries under the root ([`walk`](Self::walk)), sorted.
+    pub fn entries(&self) -> io::Result<Vec<Digest>> {
+        Ok(self
+            .walk()?
+            .into_iter()
+            .filter_map(|d| match d {
+                StoreDirent::Entry { digest, .. } => Some(digest),
+                StoreDirent::Grave(_) => None,
+            })
+            .collect())
+    }
+
+    /// What `target` names: a digest (`sha256:<hex>`, or the bare hex as the entry dir is
+    /// named), else an approved cache in `state.json` for a pod in `namespace`, which must
+    /// have a copy on this node.
+    pub fn resolve(&self, target: &str, namespace: Option<&str>) -> Result<Digest, ResolveError> {
+        if let Some(d) = Digest::parse(target).ok().or_else(|| entry_digest(target)) {
+            return Ok(d);
+        }
+        let state = self.read_state()?;
+        let Some(c) = state.lookup(namespace, target) else {
+            return Err(ResolveError::NoSuchCache {
+                name: target.to_owned(),
+                namespace: namespace.map(str::to_owned),
+                state: self.state_path(),
+            });
+        };
+        c.digest.clone().ok_or_else(|| ResolveError::NoCopy {
+            name: target.to_owned(),
+            state: c.state,
+            reason: c.reason.clone(),
+        })
+    }
+}
+
+/// The digest an entry dir named `name` holds: `sha256:<name>` when that is a digest.
+pub fn entry_digest(name: &str) -> Option<Digest> {
+    Digest::parse(&format!("sha256:{name}")).ok()
+}
+
+/// What a name or digest given to [`StoreLayout::resolve`] does not name.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// No approved cache of that name (for that namespace).
+    #[error("no approved cache {name}{} in {}", namespace.as_deref().map(|n| format!(" for namespace {n}")).unwrap_or_default(), state.display())]
+    NoSuchCache {
+        /// The name.
+        name: String,
+        /// The namespace.
+        namespace: Option<String>,
+        /// The state file read.
+        state: PathBuf,
+    },
+    /// The cache is approved but has no copy here.
+    #[error("cache {name} is {state}: {}", reason.as_deref().unwrap_or("no copy on this node"))]
+    NoCopy {
+        /// The name.
+        name: String,
+        /// Where it stands.
+        state: CacheState,
+        /// Why.
+        reason: Option<String>,
+    },
+    /// `state.json` could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Most bytes of one component of a [`target_key`] (a name may have 255; the rest leaves room
 /// for the `.tmp-<name>-<suffix>` dirs a layer is built in).
 const KEY_COMPONENT_MAX: usize = 200;
@@ -273,7 +395,7 @@ pub struct CacheStatus {
     pub state: CacheState,
     /// The manifest digest of the current copy, once one is ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     /// Why it is not ready (failed or denied), for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -302,6 +424,24 @@ pub enum CacheState {
     Failed,
 }
 
+impl CacheState {
+    /// `pending`, `ready`, `denied` or `failed`, as `state.json` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Denied => "denied",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for CacheState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A GPU the cache does not run on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuMismatch {
@@ -315,7 +455,7 @@ pub struct GpuMismatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheRecord {
     /// The manifest digest (`sha256:<hex>`).
-    pub digest: String,
+    pub digest: Digest,
     /// The reference it was pulled as (`repo@digest`).
     pub image: String,
     /// `triton` or `vllm`.

@@ -99,6 +99,16 @@ pub enum RegistryError {
         /// Computed.
         actual: String,
     },
+    /// A blob's size is not the size its descriptor says.
+    #[error("registry protocol error at {url}: blob is {actual} bytes, its descriptor says {expected}")]
+    SizeMismatch {
+        /// The URL.
+        url: String,
+        /// What the descriptor says.
+        expected: u64,
+        /// What was read.
+        actual: u64,
+    },
     /// Anything else the registry did wrong.
     #[error("registry protocol error at {url}: {reason}")]
     Protocol {
@@ -110,6 +120,17 @@ pub enum RegistryError {
     /// Bad local configuration (auth file).
     #[error("registry configuration: {0}")]
     Config(String),
+}
+
+impl RegistryError {
+    /// Whether the content itself failed a check (wrong digest, wrong size, too large): the
+    /// registry served something other than what was asked for, as opposed to not serving.
+    pub fn is_bad_content(&self) -> bool {
+        matches!(
+            self,
+            Self::DigestMismatch { .. } | Self::SizeMismatch { .. } | Self::TooLarge { .. }
+        )
+    }
 }
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -867,9 +888,10 @@ impl BlobStream {
                     });
                 }
                 if let Some(size) = self.expected_size.filter(|s| *s != self.read) {
-                    return Err(RegistryError::Protocol {
+                    return Err(RegistryError::SizeMismatch {
                         url: self.url.clone(),
-                        reason: format!("blob is {} bytes, its descriptor says {size}", self.read),
+                        expected: size,
+                        actual: self.read,
                     });
                 }
                 self.done = true;

@@ -17,14 +17,14 @@ use kcache_core::{
         approved::{self, DEFAULT_CACHES_DIR},
         extract::ExtractLimits,
         gc,
-        manager::{self, CacheManager, Phase, Progress, PullError},
+        manager::{self, CacheManager, Phase, Progress},
         meta::GpuInventory,
+        refs,
         store::{self, CacheRecord, NodeCaches, StoreLayout},
         summary::{self, KernelSummary},
     },
     digest::Digest,
     gpu::{self, ProbeOptions},
-    registry::RegistryError,
     verifier::Verifier,
 };
 use kcache_plugin::daemon::config::{FileConfig, DEFAULT_CONFIG};
@@ -90,32 +90,8 @@ fn extract_limits(config: Option<&Path>) -> Result<ExtractLimits> {
         .with_context(|| format!("{}: [cache]", path.display()))
 }
 
-/// A name has no `/`, `:` or `@`; anything else is an image reference.
-fn is_image(target: &str) -> bool {
-    target.contains(['/', ':', '@'])
-}
-
 pub fn pull(a: PullArgs) -> Result<Outcome> {
-    let image = if is_image(&a.target) {
-        a.target.clone()
-    } else {
-        let caches = approved::load_dir(&a.caches_dir)?;
-        caches
-            .iter()
-            .find(|c| c.name == a.target && c.namespace == a.namespace)
-            .map(|c| c.image.clone())
-            .with_context(|| {
-                format!(
-                    "no approved cache {}{} in {}",
-                    a.target,
-                    a.namespace
-                        .as_deref()
-                        .map(|n| format!(" in namespace {n}"))
-                        .unwrap_or_default(),
-                    a.caches_dir.display()
-                )
-            })?
-    };
+    let image = approved::image_for(&a.caches_dir, &a.target, a.namespace.as_deref())?;
     let policy = load_policy(&a.policy)?;
     let client = a.registry.client()?;
     let verifier = Arc::new(Verifier::new(client.clone()));
@@ -138,7 +114,7 @@ pub fn pull(a: PullArgs) -> Result<Outcome> {
                         "image": image,
                         "digest": record.digest,
                         "outcome": outcome,
-                        "path": mgr.layout().entry_dir(&Digest::parse(&record.digest)?),
+                        "path": mgr.layout().entry_dir(&record.digest),
                         "elapsed_ms": start.elapsed().as_millis() as u64,
                         "record": record,
                     }))?
@@ -155,7 +131,7 @@ pub fn pull(a: PullArgs) -> Result<Outcome> {
             Ok(Outcome::Ok)
         }
         Err(e) => {
-            let rejected = rejects(&e);
+            let rejected = e.is_rejection();
             if matches!(a.output, Output::Json) {
                 println!(
                     "{}",
@@ -171,19 +147,6 @@ pub fn pull(a: PullArgs) -> Result<Outcome> {
                 false => Err(e.into()),
             }
         }
-    }
-}
-
-/// Denied, or the content failed a check: exit 1. Anything else (network, store): exit 2.
-fn rejects(e: &PullError) -> bool {
-    match e {
-        PullError::Denied { .. } | PullError::Format { .. } | PullError::Extract { .. } => true,
-        PullError::Registry { source, .. } => match &**source {
-            RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. } => true,
-            RegistryError::Protocol { reason, .. } => reason.contains("descriptor says"),
-            _ => false,
-        },
-        PullError::Reference { .. } | PullError::Store { .. } => false,
     }
 }
 
@@ -281,20 +244,19 @@ struct Entry {
     kernels: Option<KernelSummary>,
 }
 
+/// The store's entries, by GC's walk, each with its live refs counted as GC counts them (refs
+/// from an earlier boot do not hold an entry).
 fn entries(layout: &StoreLayout) -> Result<Vec<Entry>> {
+    let boot = refs::boot_id();
+    let digests = layout
+        .entries()
+        .with_context(|| format!("cannot list {}", layout.root().display()))?;
     let mut out = Vec::new();
-    let dir = match std::fs::read_dir(layout.root()) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", layout.root().display())),
-    };
-    for d in dir {
-        let name = d?.file_name().to_string_lossy().into_owned();
-        let Ok(digest) = Digest::parse(&format!("sha256:{name}")) else {
-            continue;
-        };
+    for digest in digests {
         let record = layout.read_record(&digest)?;
-        let refs = std::fs::read_dir(layout.refs_dir(&digest)).map_or(0, |d| d.count());
+        let dir = layout.refs_dir(&digest);
+        let refs =
+            refs::count_live(&dir, boot.as_deref(), false).with_context(|| format!("cannot list {}", dir.display()))?;
         // A tree that cannot be scanned still lists (inspect says why).
         let kernels = record
             .as_ref()
@@ -306,7 +268,6 @@ fn entries(layout: &StoreLayout) -> Result<Vec<Entry>> {
             kernels,
         });
     }
-    out.sort_by(|a, b| a.digest.as_str().cmp(b.digest.as_str()));
     Ok(out)
 }
 
@@ -327,7 +288,7 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                         "bytes": e.record.as_ref().map(|r| r.bytes),
                         "refs": e.refs,
                         "kernels": e.kernels,
-                        "approved": state.caches.iter().any(|c| c.digest.as_deref() == Some(e.digest.as_str())),
+                        "approved": state.caches.iter().any(|c| c.digest.as_ref() == Some(&e.digest)),
                     })
                 })
                 .collect();
@@ -342,13 +303,12 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                 "NAME", "NAMESPACE", "STATE", "DIGEST"
             );
             for c in &state.caches {
-                let state = serde_json::to_value(c.state)?;
                 println!(
                     "{:<24} {:<16} {:<8} {:<19} {}",
                     c.name,
                     c.namespace.as_deref().unwrap_or("*"),
-                    state.as_str().unwrap_or("?"),
-                    c.digest.as_deref().map_or("-".to_string(), short),
+                    c.state.as_str(),
+                    c.digest.as_ref().map_or("-".to_string(), |d| short(d.as_str())),
                     if c.compatible_gpus.is_empty() {
                         "-".to_string()
                     } else {
@@ -358,19 +318,14 @@ pub fn ls(a: LsArgs) -> Result<Outcome> {
                 if let Some(r) = &c.reason {
                     println!("  reason: {r}");
                 }
-                let entry = entries.iter().find(|e| Some(e.digest.as_str()) == c.digest.as_deref());
+                let entry = entries.iter().find(|e| Some(&e.digest) == c.digest.as_ref());
                 if let Some(k) = entry.and_then(|e| e.kernels.as_ref()) {
                     println!("  {}", k.one_line());
                 }
             }
             let unapproved: Vec<_> = entries
                 .iter()
-                .filter(|e| {
-                    !state
-                        .caches
-                        .iter()
-                        .any(|c| c.digest.as_deref() == Some(e.digest.as_str()))
-                })
+                .filter(|e| !state.caches.iter().any(|c| c.digest.as_ref() == Some(&e.digest)))
                 .collect();
             if !unapproved.is_empty() {
                 println!("\nentries no approved cache points at (gc removes them once unused):");
@@ -443,37 +398,14 @@ pub fn inspect(a: InspectArgs) -> Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     let layout = a.store.layout();
-    let hexish = a.target.strip_prefix("sha256:").unwrap_or(&a.target);
-    let digest = if hexish.len() == 64 && hexish.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Digest::parse(&format!("sha256:{hexish}"))?
-    } else {
-        let state = layout.read_state()?;
-        let Some(c) = state.lookup(a.namespace.as_deref(), &a.target) else {
-            bail!("no approved cache {} in {}", a.target, layout.state_path().display());
-        };
-        match &c.digest {
-            Some(d) => Digest::parse(d)?,
-            None => bail!(
-                "cache {} is {}: {}",
-                a.target,
-                serde_json::to_value(c.state)?.as_str().unwrap_or("?"),
-                c.reason.as_deref().unwrap_or("no copy on this node")
-            ),
-        }
-    };
+    let digest = layout.resolve(&a.target, a.namespace.as_deref())?;
     let Some(record) = layout.read_record(&digest)? else {
         bail!("{digest} is not in the store {}", layout.root().display());
     };
     let inv = inventory(a.gpus.as_deref(), &layout)?;
     let (ok, bad) = manager::compat_of(&record, &inv);
     let kernels = kernels_of(&layout.tree_dir(&digest).join(&record.cache_subdir))?;
-    let refs: Vec<String> = std::fs::read_dir(layout.refs_dir(&digest))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let refs = refs::list(&layout, &digest)?;
     match a.output {
         Output::Json => println!(
             "{}",
