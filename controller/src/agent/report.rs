@@ -79,7 +79,7 @@ pub fn caches(state: &NodeCaches, store: Option<&StoreLayout>) -> Vec<NodeCache>
         .caches
         .iter()
         .map(|c| {
-            let digest = c.digest.as_deref().and_then(|d| Digest::parse(d).ok());
+            let digest = c.digest.clone();
             let record = match (store, &digest) {
                 (Some(s), Some(d)) => s.read_record(d).ok().flatten(),
                 _ => None,
@@ -93,7 +93,7 @@ pub fn caches(state: &NodeCaches, store: Option<&StoreLayout>) -> Vec<NodeCache>
                 name: c.name.clone(),
                 namespace: c.namespace.clone(),
                 image: c.image.clone(),
-                digest: c.digest.clone(),
+                digest: c.digest.as_ref().map(Digest::to_string),
                 state: match c.state {
                     CacheState::Pending => "pending",
                     CacheState::Ready => "ready",
