@@ -771,7 +771,7 @@ mod tests {
         let gate = |chain_check| {
             Ok(GateStatus {
                 chain_check,
-                unlabeled: crate::api::Unlabeled::Allow,
+                unlabeled: Unlabeled::Allow,
             })
         };
         let f = check_daemon(Ok(status(Mode::Enforce)), gate(true));
