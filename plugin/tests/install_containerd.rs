@@ -309,10 +309,16 @@ fn writing_for_containerd_2_keeps_the_nodes_base_spec_and_links_the_verifier() {
     )
     .unwrap();
     let original = format!(
-        "version = 3\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n  base_runtime_spec = '{}'\n",
+        "version = 3\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n  base_runtime_spec = '{}'\n\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n",
         node_spec.display()
     );
     fs::write(&config, &original).unwrap();
+    // kcache's own config: its registry config_path follows containerd's, the rest is kept.
+    let kcache_config = dir.join("etc-kcache/config.toml");
+    fs::create_dir_all(kcache_config.parent().unwrap()).unwrap();
+    let kcache_original =
+        "# the admin's note\npolicy = \"/etc/kcache/policy.yaml\"\n\n[registry]\ntimeout_seconds = 7\n";
+    fs::write(&kcache_config, kcache_original).unwrap();
     let bin_dir = dir.join("verifiers");
     let base_spec = dir.join("kcache-spec.json");
     let install = |extra: &[&str]| {
@@ -327,6 +333,8 @@ fn writing_for_containerd_2_keeps_the_nodes_base_spec_and_links_the_verifier() {
             .arg(&bin_dir)
             .args(["--verifier-path", env!("CARGO_BIN_EXE_kcache-image-verifier")])
             .args(["--ctr", "/nonexistent/ctr"])
+            .arg("--kcache-config")
+            .arg(&kcache_config)
             .output()
             .unwrap()
     };
@@ -339,7 +347,12 @@ fn writing_for_containerd_2_keeps_the_nodes_base_spec_and_links_the_verifier() {
         said.contains("enable_remote_snapshot_annotations") && said.contains(node_spec.to_str().unwrap()),
         "{said}"
     );
+    assert!(
+        said.contains(r#"[registry] config_path = "/etc/containerd/certs.d:/etc/docker/certs.d""#),
+        "{said}"
+    );
     assert_eq!(fs::read_to_string(&config).unwrap(), original);
+    assert_eq!(fs::read_to_string(&kcache_config).unwrap(), kcache_original);
     assert!(!base_spec.exists() && !bin_dir.exists());
 
     let out = install(&["--write"]);
@@ -384,6 +397,18 @@ fn writing_for_containerd_2_keeps_the_nodes_base_spec_and_links_the_verifier() {
     assert_eq!(spec["process"]["rlimits"][0]["hard"], 4242, "{spec}");
     assert_eq!(spec["hooks"]["prestart"][0]["args"][1], "prestart");
     assert_eq!(spec["hooks"]["poststop"][0]["timeout"], 10);
+    // kcache asks the hosts containerd pulls from; the admin's note and keys stay, and the
+    // file parses as kcached's config.
+    let kc = fs::read_to_string(&kcache_config).unwrap();
+    assert!(
+        kc.starts_with("# the admin's note\n") && kc.contains("timeout_seconds = 7"),
+        "{kc}"
+    );
+    let parsed = kcache_plugin::daemon::config::FileConfig::load(&kcache_config, true).unwrap();
+    assert_eq!(
+        parsed.registry.config_path.as_deref(),
+        Some("/etc/containerd/certs.d:/etc/docker/certs.d")
+    );
 
     // Idempotent: nothing changes, no second backup, the verifier link stays.
     let out = install(&["--write"]);

@@ -376,6 +376,7 @@ impl ContainerdConfig {
         let socket = self.kcache_socket.clone().expect("kcache's socket");
         let cri = self.cri.clone().unwrap_or_default();
         let request = InstallRequest {
+            kcache_config: None,
             flavor: p.flavor,
             config: config.to_owned(),
             drop_in: Some(dir.join("conf.d/kcache.toml")),

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use super::{path, ErrorBody, GateStatus, ImageVerdict, NodeCaches, PolicyStatus, VerifyRequest};
+use super::{path, ErrorBody, GateStatus, ImageVerdict, NodeCaches, PolicyStatus, RegistryStatus, VerifyRequest};
 use crate::digest::Digest;
 
 /// Largest response body the client reads.
@@ -100,6 +100,11 @@ impl Client {
     /// The snapshotter gate's settings.
     pub async fn gate(&self) -> Result<GateStatus, ApiError> {
         self.call_json(Method::GET, path::GATE, None).await
+    }
+
+    /// Where kcached looks for registry hosts.
+    pub async fn registry(&self) -> Result<RegistryStatus, ApiError> {
+        self.call_json(Method::GET, path::REGISTRY, None).await
     }
 
     /// The node's approved caches.

@@ -10,6 +10,7 @@
 //! | `GET /v1/policy` | [`PolicyStatus`] |
 //! | `GET /v1/caches` | the cache store's `state.json` ([`NodeCaches`]) |
 //! | `GET /v1/gate` | the snapshotter gate's settings ([`GateStatus`]) |
+//! | `GET /v1/registry` | the registry hosts configuration kcached reads ([`RegistryStatus`]) |
 //! | `GET /v1/health` | `ok` |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -47,8 +48,10 @@ pub mod path {
     pub const HEALTH: &str = "/v1/health";
     /// `GET`: Prometheus text.
     pub const METRICS: &str = "/metrics";
+    /// `GET`: [`super::RegistryStatus`].
+    pub const REGISTRY: &str = "/v1/registry";
     /// Every path the API serves.
-    pub const ALL: [&str; 6] = [VERIFY, POLICY, CACHES, GATE, HEALTH, METRICS];
+    pub const ALL: [&str; 7] = [VERIFY, POLICY, CACHES, GATE, REGISTRY, HEALTH, METRICS];
 }
 
 /// A `POST /v1/verify` body.
@@ -390,6 +393,16 @@ pub struct GateStatus {
     pub chain_check: bool,
     /// Unpacks without CRI image labels.
     pub unlabeled: Unlabeled,
+}
+
+/// `GET /v1/registry`: where kcached looks for registry hosts (mirrors, CAs), so `kcache doctor`
+/// can compare it with containerd's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStatus {
+    /// containerd-style `config_path` directories, in lookup order (empty: none).
+    pub config_path: Vec<std::path::PathBuf>,
+    /// Registries whose default server is plain HTTP.
+    pub insecure: Vec<String>,
 }
 
 #[cfg(test)]

@@ -6,7 +6,11 @@
 //! Each finding is [`Level::Ok`], [`Level::Warn`] (verification still holds, something else is
 //! off) or [`Level::Fail`] (pulls could skip verification, or kcache could not check).
 
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use serde::Serialize;
 use toml::Value;
@@ -15,7 +19,7 @@ use super::{
     cri_tables, ContainerdError, Flavor, PullPath, Result, BINDIR, CRI_IMAGES, POD_ANNOTATIONS, TRANSFER, VERIFIER_LINK,
 };
 use crate::{
-    api::{GateStatus, PolicyStatus},
+    api::{GateStatus, PolicyStatus, RegistryStatus},
     policy::Mode,
     refusal,
 };
@@ -71,6 +75,8 @@ pub enum Check {
     PolicyReload,
     /// The gate's chain check.
     ChainCheck,
+    /// kcache asks the registry hosts containerd pulls from (`config_path`).
+    RegistryHosts,
     /// A canary pull through CRI is refused.
     Canary,
 }
@@ -91,6 +97,7 @@ impl Check {
             Check::PolicyMode => "policy-mode",
             Check::PolicyReload => "policy-reload",
             Check::ChainCheck => "chain-check",
+            Check::RegistryHosts => "registry-hosts",
             Check::Canary => "canary",
         }
     }
@@ -543,6 +550,68 @@ pub fn check_daemon(
     out
 }
 
+/// containerd's CRI registry `config_path` (`:`-separated directories), and whether the
+/// deprecated `registry.mirrors` table is in use.
+pub fn registry_hosts(dump: &Value, flavor: Flavor) -> (Vec<PathBuf>, bool) {
+    let registry: &[&str] = if flavor.default_schema() >= 3 {
+        &["plugins", CRI_IMAGES, "registry"]
+    } else {
+        &["plugins", super::CRI_V2, "registry"]
+    };
+    let path = str_at(dump, &[registry, &["config_path"]].concat())
+        .map(crate::registry::split_config_path)
+        .unwrap_or_default();
+    let mirrors = at(dump, &[registry, &["mirrors"]].concat())
+        .and_then(Value::as_table)
+        .is_some_and(|t| !t.is_empty());
+    (path, mirrors)
+}
+
+/// Whether kcached asks the registry hosts containerd pulls from: the same `config_path`
+/// (signatures and referrers then come from the host the image came from).
+pub fn check_registry_hosts(
+    containerd: &[PathBuf],
+    legacy_mirrors: bool,
+    kcached: std::result::Result<RegistryStatus, String>,
+) -> Finding {
+    let show = |p: &[PathBuf]| {
+        if p.is_empty() {
+            "none".to_owned()
+        } else {
+            p.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+        }
+    };
+    match kcached {
+        Err(e) => finding(
+            Level::Warn,
+            Check::RegistryHosts,
+            format!("cannot read kcached's registry settings: {e}"),
+        ),
+        Ok(_) if legacy_mirrors => finding(
+            Level::Warn,
+            Check::RegistryHosts,
+            "containerd uses the deprecated registry.mirrors table, which kcache does not read: move the mirrors to \
+             hosts.toml under a config_path (kcache then asks the same mirrors)",
+        ),
+        Ok(k) if k.config_path == containerd => finding(
+            Level::Ok,
+            Check::RegistryHosts,
+            format!("kcached and containerd read the same registry hosts (config_path {})", show(containerd)),
+        ),
+        Ok(k) => finding(
+            Level::Warn,
+            Check::RegistryHosts,
+            format!(
+                "containerd's registry config_path is {} but kcached's is {}: signatures may be looked up on other hosts \
+                 than the image comes from (set [registry] config_path in kcache's config.toml, or run \
+                 kcache install containerd --write)",
+                show(containerd),
+                show(&k.config_path)
+            ),
+        ),
+    }
+}
+
 /// How a canary pull through CRI ended.
 #[derive(Debug, Clone)]
 pub enum CanaryPull {
@@ -589,6 +658,48 @@ pub fn check_canary(image: &str, pull: CanaryPull) -> Finding {
 mod tests {
     use super::*;
     use crate::api::Unlabeled;
+
+    #[test]
+    fn registry_hosts_compare_containerd_and_kcached() {
+        let dump: Value = toml::from_str(
+            "[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n",
+        )
+        .unwrap();
+        let (path, legacy) = registry_hosts(&dump, Flavor::V2_1);
+        assert_eq!(
+            path,
+            [
+                PathBuf::from("/etc/containerd/certs.d"),
+                PathBuf::from("/etc/docker/certs.d")
+            ]
+        );
+        assert!(!legacy);
+        let same = RegistryStatus {
+            config_path: path.clone(),
+            insecure: vec![],
+        };
+        assert_eq!(check_registry_hosts(&path, false, Ok(same)).level, Level::Ok);
+        let f = check_registry_hosts(&path, false, Ok(RegistryStatus::default()));
+        assert_eq!(f.level, Level::Warn);
+        assert!(
+            f.detail.contains("/etc/containerd/certs.d:/etc/docker/certs.d") && f.detail.contains("none"),
+            "{}",
+            f.detail
+        );
+        // 1.x keeps the registry table under the CRI plugin; the deprecated mirrors are named.
+        let v1: Value = toml::from_str(
+            "[plugins.'io.containerd.grpc.v1.cri'.registry.mirrors.'docker.io']\nendpoint = ['https://m.example']\n",
+        )
+        .unwrap();
+        let (path, legacy) = registry_hosts(&v1, Flavor::V1);
+        assert!(path.is_empty() && legacy);
+        let f = check_registry_hosts(&path, legacy, Ok(RegistryStatus::default()));
+        assert!(
+            f.level == Level::Warn && f.detail.contains("registry.mirrors"),
+            "{}",
+            f.detail
+        );
+    }
 
     fn dump(text: &str) -> Value {
         toml::from_str(text).unwrap()

@@ -91,6 +91,14 @@ pub enum ContainerdError {
         #[source]
         source: Box<toml_edit::TomlError>,
     },
+    /// kcache's own config.toml cannot take the registry setting.
+    #[error("{path}: {reason}")]
+    KcacheConfig {
+        /// kcache's config.toml.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A key kcache must descend into holds a value.
     #[error("{0} is not a table in the containerd config")]
     NotATable(String),

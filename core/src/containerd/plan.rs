@@ -55,6 +55,9 @@ pub struct InstallRequest {
     /// containerd 2.1+: the platforms the transfer service unpacks into kcache (empty: this
     /// node's).
     pub platforms: Vec<String>,
+    /// kcache's own config.toml: its `[registry] config_path` is set to containerd's, so that
+    /// kcache asks the mirrors and trusts the CAs containerd does. None: left alone.
+    pub kcache_config: Option<PathBuf>,
 }
 
 impl InstallRequest {
@@ -235,6 +238,9 @@ pub struct InstallPlan {
     pub verifier: Option<VerifierLink>,
     /// What the admin should know.
     pub warnings: Vec<Warning>,
+    /// kcache's config.toml and the registry `config_path` set in it (containerd's), when
+    /// that changes it.
+    pub registry_config_path: Option<(PathBuf, String)>,
 }
 
 /// A file's text, None when it does not exist.
@@ -349,6 +355,15 @@ pub fn plan(r: &InstallRequest) -> Result<InstallPlan> {
         render::apply(&mut d, &target)?;
         fragment = d.to_string();
     }
+    let registry_config_path = match (&r.kcache_config, containerd_config_path(&main, schema)) {
+        (Some(kc), Some(cp)) => {
+            let change = kcache_registry_change(kc, &cp)?;
+            let set = change.as_ref().map(|_| (kc.clone(), cp));
+            changes.extend(change);
+            set
+        }
+        _ => None,
+    };
     changes.insert(
         0,
         FileChange {
@@ -376,7 +391,50 @@ pub fn plan(r: &InstallRequest) -> Result<InstallPlan> {
             max: r.max_verifiers,
         }),
         warnings,
+        registry_config_path,
     })
+}
+
+/// containerd's CRI registry `config_path` in its main config, when set (not empty).
+fn containerd_config_path(main: &DocumentMut, schema: i64) -> Option<String> {
+    let plugin = if schema >= 3 { CRI_IMAGES } else { super::CRI_V2 };
+    main.get("plugins")?
+        .get(plugin)?
+        .get("registry")?
+        .get("config_path")?
+        .as_str()
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_owned)
+}
+
+/// The edit of kcache's config.toml that sets `[registry] config_path` (comments and other
+/// keys kept), or None when it already says so.
+fn kcache_registry_change(path: &Path, config_path: &str) -> Result<Option<FileChange>> {
+    let old = read_optional(path)?;
+    let mut doc = parse_doc(old.as_deref().unwrap_or(""), path)?;
+    let current = doc
+        .get("registry")
+        .and_then(|r| r.get("config_path"))
+        .and_then(|v| v.as_str());
+    if current == Some(config_path) {
+        return Ok(None);
+    }
+    let registry = doc
+        .entry("registry")
+        .or_insert_with(|| Item::Table(toml_edit::Table::new()))
+        .as_table_like_mut()
+        .ok_or_else(|| ContainerdError::KcacheConfig {
+            path: path.to_owned(),
+            reason: "`registry` is not a table".into(),
+        })?;
+    registry.insert("config_path", Item::Value(Value::from(config_path)));
+    Ok(Some(FileChange {
+        path: path.to_owned(),
+        new: doc.to_string(),
+        mode: mode_of(path),
+        backup: old.is_some(),
+        old,
+    }))
 }
 
 /// `path` with `.kcache-bak-<stamp>` appended.

@@ -4,15 +4,19 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     path::PathBuf,
-    sync::{Mutex, OnceLock},
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
-use base64::Engine as _;
 use reqwest::{header, Method, StatusCode};
 
-use super::{auth::AuthFile, Reference};
+use super::{
+    auth::AuthFile,
+    hosts::{self, Capabilities, Endpoint, TlsSettings},
+    Reference,
+};
 use crate::digest::Digest;
 
 /// Every manifest media type kcache reads (OCI and Docker v2, images and indexes).
@@ -24,8 +28,12 @@ application/vnd.docker.distribution.manifest.list.v2+json";
 /// Registry client settings.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
-    /// Registries (`host[:port]`) reached over plain HTTP; every other registry is HTTPS only.
+    /// Registries (`host[:port]`) whose default server is plain HTTP; every other registry's
+    /// is HTTPS. `http://` hosts in `hosts.toml` are plain HTTP too.
     pub insecure: Vec<String>,
+    /// containerd's `config_path`: directories of `<host>/hosts.toml` (mirrors, CAs, client
+    /// certificates), read as containerd reads them; see [`super::hosts`].
+    pub config_path: Vec<PathBuf>,
     /// A docker-style `config.json` with `auths`.
     pub auth_file: Option<PathBuf>,
     /// Per-request timeout (connect + whole response).
@@ -40,12 +48,21 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             insecure: Vec::new(),
+            config_path: Vec::new(),
             auth_file: None,
             timeout: Duration::from_secs(10),
             max_manifest_bytes: 4 << 20,
             max_blob_bytes: 32 << 20,
         }
     }
+}
+
+/// Splits a containerd-style `config_path` (`/etc/containerd/certs.d:/etc/docker/certs.d`).
+pub fn split_config_path(s: &str) -> Vec<PathBuf> {
+    s.split(':')
+        .filter(|p| !p.trim().is_empty())
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// A registry failure.
@@ -117,7 +134,7 @@ pub enum RegistryError {
         /// Why.
         reason: String,
     },
-    /// Bad local configuration (auth file).
+    /// Bad local configuration (auth file, hosts.toml, CA or client certificate files).
     #[error("registry configuration: {0}")]
     Config(String),
 }
@@ -157,19 +174,38 @@ pub struct Resolved {
     pub size: u64,
 }
 
+/// A bearer token and when it stops being used.
+struct Token {
+    value: String,
+    expires: Instant,
+}
+
+/// The TLS client of one host configuration, with the modification times of the files it was
+/// built from: a CA or client certificate replaced on disk builds a new client.
+struct TlsClient {
+    stamps: Vec<Option<SystemTime>>,
+    client: reqwest::Client,
+}
+
 /// The client.
 pub struct Client {
-    /// For `http://` URLs (the `insecure` registries): no TLS roots are loaded, and a redirect
-    /// to `https://` is not followed here but handed to [`Self::tls`].
+    /// For `http://` URLs: no TLS roots are loaded, and a redirect to `https://` is not
+    /// followed here but handed to a TLS client.
     plain: reqwest::Client,
-    /// For `https://` URLs, with the system's roots: built on first use. Loading and parsing the
-    /// roots costs milliseconds that a node pulling from a plain-HTTP mirror never needs (it was
-    /// most of a cold `kcache verify` on loopback: issue 12).
-    tls: OnceLock<std::result::Result<reqwest::Client, String>>,
+    /// For `https://` URLs, one per distinct TLS setting (system roots + the host's CAs and
+    /// client certificate), built on first use: loading the system roots costs milliseconds a
+    /// node pulling from a plain-HTTP mirror never needs (issue 12).
+    tls: Mutex<HashMap<TlsSettings, Arc<TlsClient>>>,
     cfg: RegistryConfig,
     auth: AuthFile,
-    tokens: Mutex<HashMap<(String, String), String>>,
+    /// Bearer tokens by (host asked, scope).
+    tokens: Mutex<HashMap<(String, String), Token>>,
 }
+
+/// How long a token lives when the issuer does not say (the token spec's default).
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// A token this close to its expiry is not used any more.
+const TOKEN_MARGIN: Duration = Duration::from_secs(5);
 
 impl Client {
     /// Builds a client; reads the auth file if one is configured.
@@ -193,7 +229,7 @@ impl Client {
             .map_err(|e| RegistryError::Config(e.to_string()))?;
         Ok(Self {
             plain,
-            tls: OnceLock::new(),
+            tls: Mutex::new(HashMap::new()),
             cfg,
             auth,
             tokens: Mutex::new(HashMap::new()),
@@ -207,20 +243,74 @@ impl Client {
             .user_agent(concat!("kcache/", env!("CARGO_PKG_VERSION")))
     }
 
-    /// The client for `url`: plain for `http://`, else the TLS one (built now if need be).
-    fn http_for(&self, url: &str) -> Result<&reqwest::Client> {
+    /// The client for `url`: plain for `http://`, else the TLS one for `tls` (built now if need be).
+    fn http_for(&self, url: &str, tls: &TlsSettings) -> Result<reqwest::Client> {
         if url.starts_with("http://") {
-            return Ok(&self.plain);
+            return Ok(self.plain.clone());
         }
-        self.tls
-            .get_or_init(|| {
-                Self::builder(&self.cfg)
-                    .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| RegistryError::Config(e.clone()))
+        let stamps: Vec<Option<SystemTime>> = tls
+            .ca
+            .iter()
+            .chain(tls.client.iter().flat_map(|(c, k)| std::iter::once(c).chain(k)))
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect();
+        let mut clients = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(tls).filter(|c| c.stamps == stamps) {
+            return Ok(c.client.clone());
+        }
+        let client = self.build_tls(tls)?;
+        clients.insert(
+            tls.clone(),
+            Arc::new(TlsClient {
+                stamps,
+                client: client.clone(),
+            }),
+        );
+        Ok(client)
+    }
+
+    fn build_tls(&self, tls: &TlsSettings) -> Result<reqwest::Client> {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).map_err(|e| RegistryError::Config(format!("cannot read {what} {}: {e}", p.display())))
+        };
+        let mut b = Self::builder(&self.cfg).redirect(reqwest::redirect::Policy::custom(|a| {
+            if a.url().scheme() != "https" {
+                a.error("redirect from HTTPS to plain HTTP refused")
+            } else if a.previous().len() >= MAX_REDIRECTS {
+                a.error("too many redirects")
+            } else {
+                a.follow()
+            }
+        }));
+        for p in &tls.ca {
+            let pem = read(p, "CA file")?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| RegistryError::Config(format!("CA file {}: {e}", p.display())))?;
+            if certs.is_empty() {
+                return Err(RegistryError::Config(format!(
+                    "CA file {} holds no PEM certificate",
+                    p.display()
+                )));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        // rustls presents one client certificate; containerd lets Go pick among several.
+        if let Some((cert, key)) = tls.client.first() {
+            let mut pem = read(cert, "client certificate")?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(read(key, "client key")?);
+            }
+            let id = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| RegistryError::Config(format!("client certificate {}: {e}", cert.display())))?;
+            b = b.identity(id);
+        }
+        if tls.skip_verify {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        b.build().map_err(|e| RegistryError::Config(e.to_string()))
     }
 
     /// A plain-HTTP registry that redirects to HTTPS (blob storage behind a CDN): the plain
@@ -234,11 +324,11 @@ impl Client {
             .filter(|u| u.scheme() == "https");
         match next {
             Some(next) if resp.status().is_redirection() => self
-                .http_for(next.as_str())?
+                .http_for(next.as_str(), &TlsSettings::default())?
                 .request(method.clone(), next.clone())
                 .send()
                 .await
-                .map_err(|e| self.net_err(url, e)),
+                .map_err(|e| self.net_err(url, None, e)),
             _ => Ok(resp),
         }
     }
@@ -248,43 +338,99 @@ impl Client {
         &self.cfg
     }
 
-    fn base(&self, registry: &str) -> String {
-        let host = if registry == "docker.io" {
-            "registry-1.docker.io"
-        } else {
-            registry
-        };
-        let scheme = if self.cfg.insecure.iter().any(|h| h == registry) {
-            "http"
-        } else {
-            "https"
-        };
-        format!("{scheme}://{host}")
+    /// The hosts to ask for `registry` that can do `cap`, in containerd's order.
+    pub fn endpoints(&self, registry: &str, cap: Capabilities) -> Result<Vec<Endpoint>> {
+        let all = hosts::endpoints(&self.cfg.config_path, registry, &self.cfg.insecure)
+            .map_err(|e| RegistryError::Config(e.to_string()))?;
+        let eps: Vec<Endpoint> = all.into_iter().filter(|e| e.capabilities.contains(cap)).collect();
+        if eps.is_empty() {
+            return Err(RegistryError::Config(format!(
+                "no host configured for {registry} may {cap} (hosts.toml capabilities)"
+            )));
+        }
+        Ok(eps)
     }
 
-    fn net_err(&self, url: &str, e: reqwest::Error) -> RegistryError {
+    /// Runs `op` against each host for `r.registry` that can do `cap`, in order, until one
+    /// answers: containerd's fallback from mirrors to the upstream. The error reported is the
+    /// first that was not "not found" (a mirror that is down matters more than one that lacks
+    /// the content), else the last.
+    async fn each_host<T, F, Fut>(&self, r: &Reference, cap: Capabilities, mut op: F) -> Result<T>
+    where
+        F: FnMut(Endpoint) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut first_err: Option<RegistryError> = None;
+        let mut last_not_found = None;
+        for ep in self.endpoints(&r.registry, cap)? {
+            let host = ep.host.clone();
+            match op(ep).await {
+                Ok(v) => return Ok(v),
+                Err(e @ RegistryError::NotFound { .. }) => last_not_found = Some(e),
+                Err(e) => {
+                    tracing::debug!(registry = %r.registry, %host, error = %e, "host failed; trying the next");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err
+            .or(last_not_found)
+            .unwrap_or_else(|| RegistryError::NotFound { what: r.to_string() }))
+    }
+
+    fn net_err(&self, url: &str, ep: Option<&Endpoint>, e: reqwest::Error) -> RegistryError {
         if e.is_timeout() {
-            RegistryError::Timeout {
+            return RegistryError::Timeout {
                 url: url.to_string(),
                 timeout: self.cfg.timeout,
+            };
+        }
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            reason = format!("{reason}: {s}");
+            src = s.source();
+        }
+        if let Some(ep) = ep.filter(|ep| ep.scheme == "https") {
+            let lower = reason.to_ascii_lowercase();
+            if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+                reason = format!(
+                    "TLS with {} failed: {reason}{}",
+                    ep.host,
+                    if ep.tls.ca.is_empty() && !ep.tls.skip_verify {
+                        format!(
+                            " (only the system's roots are trusted for {}: name its CA with `ca = ...` in its hosts.toml under the registry config_path)",
+                            ep.host
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
             }
-        } else {
-            let mut reason = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                reason = format!("{reason}: {s}");
-                src = s.source();
-            }
-            RegistryError::Unreachable {
-                url: url.to_string(),
-                reason,
-            }
+        }
+        RegistryError::Unreachable {
+            url: url.to_string(),
+            reason,
         }
     }
 
+    /// Basic credentials for `ep`: those of the host itself, and for the upstream server those
+    /// filed under the registry's name too. A mirror never gets the upstream's credentials.
+    fn credentials(&self, r: &Reference, ep: &Endpoint) -> Option<(&str, &str)> {
+        self.auth.basic(&ep.host).or_else(|| {
+            if ep.upstream {
+                self.auth.basic(&r.registry)
+            } else {
+                None
+            }
+        })
+    }
+
     /// Sends a request, authenticating (basic, or bearer via the challenge) as needed.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
+        ep: &Endpoint,
         r: &Reference,
         push: bool,
         method: Method,
@@ -292,18 +438,13 @@ impl Client {
         headers: &[(header::HeaderName, String)],
         body: Option<Vec<u8>>,
     ) -> Result<reqwest::Response> {
-        self.send_with(r, push, method, url, headers, body, None).await
-    }
-
-    /// A GET with its own whole-transfer timeout instead of the client's (large blobs).
-    async fn send_timeout(&self, r: &Reference, url: &str, timeout: Duration) -> Result<reqwest::Response> {
-        self.send_with(r, false, Method::GET, url, &[], None, Some(timeout))
-            .await
+        self.send_with(ep, r, push, method, url, headers, body, None).await
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn send_with(
         &self,
+        ep: &Endpoint,
         r: &Reference,
         push: bool,
         method: Method,
@@ -317,12 +458,16 @@ impl Client {
             r.repository,
             if push { "pull,push" } else { "pull" }
         );
-        let key = (r.registry.clone(), scope.clone());
-        let mut retried = false;
+        let key = (ep.host.clone(), scope.clone());
+        let http = self.http_for(url, &ep.tls)?;
+        let mut refreshed = false;
         loop {
-            let mut req = self.http_for(url)?.request(method.clone(), url);
+            let mut req = http.request(method.clone(), url);
             if let Some(t) = timeout {
                 req = req.timeout(t);
+            }
+            for (k, v) in &ep.headers {
+                req = req.header(k.as_str(), v.as_str());
             }
             for (k, v) in headers {
                 req = req.header(k, v);
@@ -330,17 +475,30 @@ impl Client {
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
-            let token = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
+            let token = {
+                let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                match tokens.get(&key) {
+                    Some(t) if t.expires > Instant::now() => Some(t.value.clone()),
+                    Some(_) => {
+                        tokens.remove(&key);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            let had_token = token.is_some();
             if let Some(t) = token {
                 req = req.bearer_auth(t);
-            } else if let Some((u, p)) = self.auth.basic(&r.registry) {
+            } else if let Some((u, p)) = self.credentials(r, ep) {
                 req = req.basic_auth(u, Some(p));
             }
-            let mut resp = req.send().await.map_err(|e| self.net_err(url, e))?;
+            let mut resp = req.send().await.map_err(|e| self.net_err(url, Some(ep), e))?;
             if resp.status().is_redirection() {
                 resp = self.follow_to_tls(resp, &method, url).await?;
             }
-            if resp.status() != StatusCode::UNAUTHORIZED || retried {
+            // One fresh token per request: a registry that refuses it again gets its 401 back
+            // (no loop), and so does one that asks for something else than a bearer token.
+            if resp.status() != StatusCode::UNAUTHORIZED || refreshed {
                 return Ok(resp);
             }
             let challenge = resp
@@ -352,30 +510,52 @@ impl Client {
             if !challenge.to_ascii_lowercase().starts_with("bearer ") {
                 return Ok(resp);
             }
-            let token = self.fetch_token(r, &challenge, &scope).await?;
-            if let Ok(mut t) = self.tokens.lock() {
-                t.insert(key.clone(), token);
+            if had_token {
+                tracing::debug!(host = %ep.host, %scope, "token refused; fetching a new one");
             }
-            retried = true;
+            let token = self.fetch_token(r, ep, &challenge, &scope).await?;
+            self.tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), token);
+            refreshed = true;
         }
     }
 
-    async fn fetch_token(&self, r: &Reference, challenge: &str, scope: &str) -> Result<String> {
+    async fn fetch_token(&self, r: &Reference, ep: &Endpoint, challenge: &str, scope: &str) -> Result<Token> {
         let params = parse_challenge(&challenge[7..]);
         let realm = params.get("realm").ok_or_else(|| RegistryError::Protocol {
-            url: r.registry.clone(),
+            url: ep.host.clone(),
             reason: "bearer challenge without realm".into(),
         })?;
-        let mut req = self.http_for(realm)?.get(realm.as_str());
-        let mut query: Vec<(&str, &str)> = vec![("scope", params.get("scope").map(String::as_str).unwrap_or(scope))];
+        let realm_url = reqwest::Url::parse(realm).map_err(|e| RegistryError::Protocol {
+            url: ep.host.clone(),
+            reason: format!("bearer realm {realm:?} is not a URL: {e}"),
+        })?;
+        // The realm gets the host's credentials over HTTPS, or on the host itself; never in the
+        // clear to another host (a registry cannot send them to a listener of its choosing).
+        let same_host = realm_url
+            .host_str()
+            .zip(realm_url.port_or_known_default())
+            .map(|(h, p)| format!("{h}:{p}"))
+            == ep_host_port(ep);
+        let creds = if realm_url.scheme() == "https" || same_host {
+            self.credentials(r, ep)
+        } else {
+            tracing::warn!(realm = %realm, host = %ep.host, "plain-HTTP token realm on another host: asking anonymously");
+            None
+        };
+        let mut req = self.http_for(realm, &ep.tls)?.get(realm.as_str());
+        // The scope kcache asks for: a registry's challenge may name another repository.
+        let mut query: Vec<(&str, &str)> = vec![("scope", scope)];
         if let Some(s) = params.get("service") {
             query.push(("service", s));
         }
         req = req.query(&query);
-        if let Some((u, p)) = self.auth.basic(&r.registry) {
+        if let Some((u, p)) = creds {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = req.send().await.map_err(|e| self.net_err(realm, e))?;
+        let resp = req.send().await.map_err(|e| self.net_err(realm, Some(ep), e))?;
         if !resp.status().is_success() {
             return Err(RegistryError::Unauthorized {
                 url: realm.clone(),
@@ -387,14 +567,25 @@ impl Client {
             url: realm.clone(),
             reason: format!("token response: {e}"),
         })?;
-        v.get("token")
+        let value = v
+            .get("token")
             .or_else(|| v.get("access_token"))
             .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
             .map(str::to_string)
             .ok_or_else(|| RegistryError::Protocol {
                 url: realm.clone(),
                 reason: "token response without token".into(),
-            })
+            })?;
+        let lifetime = v
+            .get("expires_in")
+            .and_then(|e| e.as_u64())
+            .filter(|s| *s > 0)
+            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        Ok(Token {
+            value,
+            expires: Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN.min(lifetime / 2)),
+        })
     }
 
     fn check_status(resp: &reqwest::Response, url: &str, what: impl FnOnce() -> String) -> Result<()> {
@@ -412,17 +603,43 @@ impl Client {
         }
     }
 
+    /// The capability a manifest read needs: by digest a pull, by tag a resolve (containerd).
+    fn manifest_cap(reference: &str) -> Capabilities {
+        if Digest::parse(reference).is_ok() {
+            Capabilities::PULL
+        } else {
+            Capabilities::RESOLVE
+        }
+    }
+
+    /// `<host>/<api root>/<repository>/<tail>`; a mirror is told which registry is meant
+    /// (`ns=`, as containerd does).
+    fn url(ep: &Endpoint, r: &Reference, tail: &str) -> String {
+        let mut u = format!("{}/{}/{tail}", ep.base(), r.repository);
+        if !ep.upstream {
+            u.push(if tail.contains('?') { '&' } else { '?' });
+            u.push_str("ns=");
+            u.push_str(&r.registry);
+        }
+        u
+    }
+
     /// Resolves a tag (or digest) to a digest with HEAD; falls back to GET when the registry
-    /// sends no `Docker-Content-Digest`.
+    /// sends no `Docker-Content-Digest`. Mirrors are asked first, as containerd asks them.
     pub async fn resolve(&self, r: &Reference) -> Result<Resolved> {
-        let url = format!(
-            "{}/v2/{}/manifests/{}",
-            self.base(&r.registry),
-            r.repository,
-            r.reference()
-        );
+        let reference = r.reference();
+        self.each_host(r, Self::manifest_cap(&reference), |ep| async move {
+            self.resolve_at(&ep, r).await
+        })
+        .await
+    }
+
+    async fn resolve_at(&self, ep: &Endpoint, r: &Reference) -> Result<Resolved> {
+        let reference = r.reference();
+        let url = Self::url(ep, r, &format!("manifests/{reference}"));
         let resp = self
             .send(
+                ep,
                 r,
                 false,
                 Method::HEAD,
@@ -446,7 +663,7 @@ impl Client {
                 size,
             },
             None => {
-                let m = self.manifest(r, &r.reference()).await?;
+                let m = self.manifest_at(ep, r, &reference).await?;
                 Resolved {
                     media_type: m.media_type,
                     size: m.bytes.len() as u64,
@@ -468,9 +685,17 @@ impl Client {
 
     /// Fetches a manifest by tag or digest. By digest, the bytes must hash to it.
     pub async fn manifest(&self, r: &Reference, reference: &str) -> Result<Manifest> {
-        let url = format!("{}/v2/{}/manifests/{}", self.base(&r.registry), r.repository, reference);
+        self.each_host(r, Self::manifest_cap(reference), |ep| async move {
+            self.manifest_at(&ep, r, reference).await
+        })
+        .await
+    }
+
+    async fn manifest_at(&self, ep: &Endpoint, r: &Reference, reference: &str) -> Result<Manifest> {
+        let url = Self::url(ep, r, &format!("manifests/{reference}"));
         let resp = self
             .send(
+                ep,
                 r,
                 false,
                 Method::GET,
@@ -509,18 +734,21 @@ impl Client {
 
     /// Fetches a blob, at most `max` bytes, and checks its digest.
     pub async fn blob(&self, r: &Reference, digest: &Digest, max: usize) -> Result<Vec<u8>> {
-        let url = format!("{}/v2/{}/blobs/{digest}", self.base(&r.registry), r.repository);
-        let resp = self.send(r, false, Method::GET, &url, &[], None).await?;
-        Self::check_status(&resp, &url, || format!("blob {digest} in {}", r.name()))?;
-        let bytes = read_bounded(resp, max.min(self.cfg.max_blob_bytes), &url).await?;
-        if !digest.matches(&bytes) {
-            return Err(RegistryError::DigestMismatch {
-                url,
-                expected: digest.to_string(),
-                actual: Digest::sha256_of(&bytes).to_string(),
-            });
-        }
-        Ok(bytes)
+        self.each_host(r, Capabilities::PULL, |ep| async move {
+            let url = Self::url(&ep, r, &format!("blobs/{digest}"));
+            let resp = self.send(&ep, r, false, Method::GET, &url, &[], None).await?;
+            Self::check_status(&resp, &url, || format!("blob {digest} in {}", r.name()))?;
+            let bytes = read_bounded(resp, max.min(self.cfg.max_blob_bytes), &url).await?;
+            if !digest.matches(&bytes) {
+                return Err(RegistryError::DigestMismatch {
+                    url,
+                    expected: digest.to_string(),
+                    actual: Digest::sha256_of(&bytes).to_string(),
+                });
+            }
+            Ok(bytes)
+        })
+        .await
     }
 
     /// Opens a blob for streaming: up to `max` bytes (not bounded by `max_blob_bytes`, for
@@ -541,47 +769,68 @@ impl Client {
                 reason: format!("unsupported digest algorithm in {digest}"),
             });
         }
-        let url = format!("{}/v2/{}/blobs/{digest}", self.base(&r.registry), r.repository);
-        let resp = self.send_timeout(r, &url, timeout).await?;
-        Self::check_status(&resp, &url, || format!("blob {digest} in {}", r.name()))?;
-        let limit = expected_size.map_or(max, |s| s.min(max));
-        if resp.content_length().is_some_and(|n| n > limit) {
-            return Err(RegistryError::TooLarge {
+        self.each_host(r, Capabilities::PULL, |ep| async move {
+            let url = Self::url(&ep, r, &format!("blobs/{digest}"));
+            let resp = self
+                .send_with(&ep, r, false, Method::GET, &url, &[], None, Some(timeout))
+                .await?;
+            Self::check_status(&resp, &url, || format!("blob {digest} in {}", r.name()))?;
+            let limit = expected_size.map_or(max, |s| s.min(max));
+            if resp.content_length().is_some_and(|n| n > limit) {
+                return Err(RegistryError::TooLarge {
+                    url,
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                });
+            }
+            Ok(BlobStream {
+                resp,
                 url,
-                limit: usize::try_from(limit).unwrap_or(usize::MAX),
-            });
-        }
-        Ok(BlobStream {
-            resp,
-            url,
-            digest: digest.clone(),
-            expected_size,
-            limit,
-            read: 0,
-            hasher: <sha2::Sha256 as sha2::Digest>::new(),
-            done: false,
+                digest: digest.clone(),
+                expected_size,
+                limit,
+                read: 0,
+                hasher: <sha2::Sha256 as sha2::Digest>::new(),
+                done: false,
+            })
         })
+        .await
     }
 
     /// The OCI 1.1 referrers of `digest` (an image index), or `None` if the registry does not
     /// implement the API (callers then read the `sha256-<hex>` referrers tag). A paginated answer
-    /// (`Link: <...>; rel="next"`) is followed on the same registry, up to [`MAX_REFERRER_PAGES`]
-    /// pages, and the pages' `manifests` are merged into one index.
+    /// (`Link: <...>; rel="next"`) is followed on the same host, up to [`MAX_REFERRER_PAGES`]
+    /// pages, and the pages' `manifests` are merged into one index. Asked of the hosts the
+    /// image's content comes from (mirrors first); a host without the API answers `None`.
     pub async fn referrers(
         &self,
         r: &Reference,
         digest: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Option<Vec<u8>>> {
-        let base = self.base(&r.registry);
-        let mut url = format!("{base}/v2/{}/referrers/{digest}", r.repository);
+        self.each_host(r, Capabilities::PULL, |ep| async move {
+            self.referrers_at(&ep, r, digest, artifact_type).await
+        })
+        .await
+    }
+
+    async fn referrers_at(
+        &self,
+        ep: &Endpoint,
+        r: &Reference,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<Vec<u8>>> {
+        let origin = format!("{}://{}", ep.scheme, ep.host);
+        let mut tail = format!("referrers/{digest}");
         if let Some(t) = artifact_type {
-            url.push_str(&format!("?artifactType={}", t.replace('+', "%2B")));
+            tail.push_str(&format!("?artifactType={}", t.replace('+', "%2B")));
         }
+        let mut url = Self::url(ep, r, &tail);
         let mut merged: Option<serde_json::Value> = None;
         for _ in 0..MAX_REFERRER_PAGES {
             let resp = self
                 .send(
+                    ep,
                     r,
                     false,
                     Method::GET,
@@ -607,7 +856,7 @@ impl Client {
                     reason: "a referrers page that is not an OCI image index".into(),
                 });
             }
-            let next = next_link(resp.headers(), &base);
+            let next = next_link(resp.headers(), &origin);
             let bytes = read_bounded(resp, self.cfg.max_manifest_bytes, &url).await?;
             let next = match (next, merged.take()) {
                 // One page (the usual case): the registry's bytes as they are.
@@ -630,21 +879,30 @@ impl Client {
         Ok(merged.map(|m| m.to_string().into_bytes()))
     }
 
+    /// The host pushes go to: the first that may push (usually the upstream server).
+    fn push_endpoint(&self, r: &Reference) -> Result<Endpoint> {
+        Ok(self
+            .endpoints(&r.registry, Capabilities::PUSH)?
+            .into_iter()
+            .next()
+            .expect("endpoints() returns at least one host"))
+    }
+
     /// Uploads a blob (monolithic), unless the registry already has it.
     pub async fn push_blob(&self, r: &Reference, bytes: &[u8]) -> Result<Digest> {
+        let ep = self.push_endpoint(r)?;
         let digest = Digest::sha256_of(bytes);
-        let base = self.base(&r.registry);
-        let head = format!("{base}/v2/{}/blobs/{digest}", r.repository);
+        let head = Self::url(&ep, r, &format!("blobs/{digest}"));
         if self
-            .send(r, true, Method::HEAD, &head, &[], None)
+            .send(&ep, r, true, Method::HEAD, &head, &[], None)
             .await?
             .status()
             .is_success()
         {
             return Ok(digest);
         }
-        let url = format!("{base}/v2/{}/blobs/uploads/", r.repository);
-        let resp = self.send(r, true, Method::POST, &url, &[], None).await?;
+        let url = Self::url(&ep, r, "blobs/uploads/");
+        let resp = self.send(&ep, r, true, Method::POST, &url, &[], None).await?;
         Self::check_status(&resp, &url, || format!("upload to {}", r.name()))?;
         let loc = resp
             .headers()
@@ -657,13 +915,13 @@ impl Client {
         let loc = if loc.starts_with("http") {
             loc.to_string()
         } else {
-            format!("{base}{loc}")
+            format!("{}://{}{loc}", ep.scheme, ep.host)
         };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let put = format!("{loc}{sep}digest={digest}");
         let headers = [(header::CONTENT_TYPE, "application/octet-stream".to_string())];
         let resp = self
-            .send(r, true, Method::PUT, &put, &headers, Some(bytes.to_vec()))
+            .send(&ep, r, true, Method::PUT, &put, &headers, Some(bytes.to_vec()))
             .await?;
         Self::check_status(&resp, &put, || format!("upload to {}", r.name()))?;
         Ok(digest)
@@ -677,14 +935,21 @@ impl Client {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<Digest> {
-        let url = format!("{}/v2/{}/manifests/{reference}", self.base(&r.registry), r.repository);
+        let ep = self.push_endpoint(r)?;
+        let url = Self::url(&ep, r, &format!("manifests/{reference}"));
         let headers = [(header::CONTENT_TYPE, media_type.to_string())];
         let resp = self
-            .send(r, true, Method::PUT, &url, &headers, Some(bytes.to_vec()))
+            .send(&ep, r, true, Method::PUT, &url, &headers, Some(bytes.to_vec()))
             .await?;
         Self::check_status(&resp, &url, || format!("manifest push to {}", r.name()))?;
         Ok(Digest::sha256_of(bytes))
     }
+}
+
+/// `host:port` of an endpoint, the port made explicit from the scheme when absent.
+fn ep_host_port(ep: &Endpoint) -> Option<String> {
+    let u = reqwest::Url::parse(&format!("{}://{}", ep.scheme, ep.host)).ok()?;
+    Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
 }
 
 fn content_type(resp: &reqwest::Response) -> String {
@@ -807,11 +1072,6 @@ fn parse_challenge(s: &str) -> HashMap<String, String> {
     out
 }
 
-/// Base64 of `user:pass`, for tests and the auth file.
-pub fn basic_token(user: &str, pass: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-}
-
 /// A blob being downloaded; see [`Client::blob_stream`].
 pub struct BlobStream {
     resp: reqwest::Response,
@@ -837,11 +1097,6 @@ impl BlobStream {
     /// The size the registry announced, if it did.
     pub fn content_length(&self) -> Option<u64> {
         self.resp.content_length()
-    }
-
-    /// Bytes handed out so far.
-    pub fn bytes_read(&self) -> u64 {
-        self.read
     }
 
     /// The next chunk. `Ok(None)` only at the end and only when the whole blob matched its

@@ -186,10 +186,18 @@ fn settings() -> Result<Settings, String> {
         None => (PathBuf::from(kcache_plugin::daemon::config::DEFAULT_CONFIG), false),
     };
     let file = FileConfig::load(&path, required).map_err(|e| e.to_string())?;
-    let mut insecure = file.registry.insecure;
-    if let Some(v) = env("KCACHE_INSECURE_REGISTRY") {
-        insecure.extend(v.split([',', ' ']).filter(|h| !h.is_empty()).map(str::to_owned));
-    }
+    let registry = file.registry.client_config(
+        env("KCACHE_INSECURE_REGISTRY")
+            .map(|v| {
+                v.split([',', ' '])
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
+        env("KCACHE_AUTH_FILE").map(PathBuf::from),
+        env("KCACHE_REGISTRY_CONFIG_PATH").map(|v| kcache_core::registry::split_config_path(&v)),
+    );
     let deadline = match env("KCACHE_VERIFIER_DEADLINE_MS") {
         Some(v) => Duration::from_millis(
             v.trim()
@@ -210,12 +218,7 @@ fn settings() -> Result<Settings, String> {
             .map(PathBuf::from)
             .or(file.api_socket)
             .unwrap_or_else(|| "/run/kcache/kcache.sock".into()),
-        registry: RegistryConfig {
-            insecure,
-            auth_file: env("KCACHE_AUTH_FILE").map(PathBuf::from).or(file.registry.auth_file),
-            timeout: Duration::from_secs(file.registry.timeout_seconds.unwrap_or(10).max(1)),
-            ..RegistryConfig::default()
-        },
+        registry,
         deadline: deadline.max(Duration::from_millis(100)),
     })
 }

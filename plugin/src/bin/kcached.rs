@@ -73,6 +73,10 @@ struct Args {
     /// Docker-style auth file.
     #[arg(long, env = "KCACHE_AUTH_FILE")]
     auth_file: Option<PathBuf>,
+    /// containerd's registry config_path (`:`-separated `<host>/hosts.toml` directories):
+    /// mirrors, CAs and client certificates, used as containerd uses them.
+    #[arg(long, env = "KCACHE_REGISTRY_CONFIG_PATH", value_name = "DIRS")]
+    registry_config_path: Option<String>,
     /// Unpacks without CRI image labels (`ctr pull`, snapshot annotations off): allow or deny.
     #[arg(long, value_name = "allow|deny")]
     unlabeled: Option<Unlabeled>,
@@ -129,8 +133,13 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         .cache
         .extract_limits()
         .with_context(|| path.display().to_string())?;
-    let mut insecure = file.registry.insecure;
-    insecure.extend(args.insecure);
+    let registry = file.registry.client_config(
+        args.insecure,
+        args.auth_file,
+        args.registry_config_path
+            .as_deref()
+            .map(kcache_core::registry::split_config_path),
+    );
     let defaults = CacheConfig::default();
     let vc = file.verdict_cache;
     Ok(Settings {
@@ -153,12 +162,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         caches_dir: pick(args.caches_dir, file.caches_dir, "/etc/kcache/caches.d"),
         extract_limits,
         cache_resync: Duration::from_secs(file.cache_resync_seconds.unwrap_or(300).max(5)),
-        registry: RegistryConfig {
-            insecure,
-            auth_file: args.auth_file.or(file.registry.auth_file),
-            timeout: Duration::from_secs(file.registry.timeout_seconds.unwrap_or(10).max(1)),
-            ..RegistryConfig::default()
-        },
+        registry,
         verdict_cache: CacheConfig {
             positive_ttl: vc
                 .positive_ttl_seconds
@@ -317,6 +321,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             metrics: Arc::clone(&metrics),
             layout: s.layout.clone(),
             gate: s.gate,
+            registry: kcache_core::api::RegistryStatus {
+                config_path: s.registry.config_path.clone(),
+                insecure: s.registry.insecure.clone(),
+            },
         });
         let api_socket = s.api_socket.clone();
         let st = Arc::clone(&state);

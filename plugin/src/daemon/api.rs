@@ -38,6 +38,8 @@ pub struct ApiState {
     pub layout: StoreLayout,
     /// The gate's settings.
     pub gate: GateStatus,
+    /// The registry hosts configuration.
+    pub registry: RegistryStatus,
 }
 
 type Body = Full<Bytes>;
@@ -76,6 +78,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, metrics_only: bool
         (&Method::GET, path::HEALTH) => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, path::POLICY) => json(StatusCode::OK, &state.policy.status()),
         (&Method::GET, path::GATE) => json(StatusCode::OK, &state.gate),
+        (&Method::GET, path::REGISTRY) => json(StatusCode::OK, &state.registry),
         (&Method::GET, path::CACHES) => {
             let layout = state.layout.clone();
             match tokio::task::spawn_blocking(move || layout.read_state()).await {

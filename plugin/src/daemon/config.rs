@@ -18,6 +18,7 @@
 //!
 //! [registry]
 //! insecure = ["127.0.0.1:5000"]             # plain HTTP for these hosts only
+//! config_path = "/etc/containerd/certs.d"   # containerd's hosts.toml dirs: mirrors, CAs, client certs
 //! auth_file = "/etc/kcache/auth.json"
 //! timeout_seconds = 10
 //!
@@ -147,10 +148,40 @@ pub struct RegistrySection {
     /// Hosts reached over plain HTTP.
     #[serde(default)]
     pub insecure: Vec<String>,
+    /// containerd's registry `config_path` (`:`-separated directories of `<host>/hosts.toml`);
+    /// `kcache install containerd` sets it to the one containerd uses.
+    pub config_path: Option<String>,
     /// Docker-style auth file.
     pub auth_file: Option<PathBuf>,
     /// Per-request timeout.
     pub timeout_seconds: Option<u64>,
+}
+
+impl RegistrySection {
+    /// The registry client settings: this section, with what the command line adds (`insecure`
+    /// hosts) or overrides (`auth_file`, `config_path`). One place for kcached, the image
+    /// verifier and `kcache cache pull --config`.
+    pub fn client_config(
+        &self,
+        extra_insecure: impl IntoIterator<Item = String>,
+        auth_file: Option<PathBuf>,
+        config_path: Option<Vec<PathBuf>>,
+    ) -> kcache_core::registry::RegistryConfig {
+        let mut insecure = self.insecure.clone();
+        insecure.extend(extra_insecure);
+        kcache_core::registry::RegistryConfig {
+            insecure,
+            config_path: config_path.unwrap_or_else(|| {
+                self.config_path
+                    .as_deref()
+                    .map(kcache_core::registry::split_config_path)
+                    .unwrap_or_default()
+            }),
+            auth_file: auth_file.or_else(|| self.auth_file.clone()),
+            timeout: std::time::Duration::from_secs(self.timeout_seconds.unwrap_or(10).max(1)),
+            ..kcache_core::registry::RegistryConfig::default()
+        }
+    }
 }
 
 /// `[verdict_cache]`.

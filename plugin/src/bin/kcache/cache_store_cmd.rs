@@ -78,24 +78,26 @@ pub struct PullArgs {
     registry: RegistryArgs,
 }
 
-/// The extraction limits of kcached's config, so a CLI pull extracts what the daemon would.
-fn extract_limits(config: Option<&Path>) -> Result<ExtractLimits> {
+/// kcached's config, so a CLI pull extracts what the daemon would, from the hosts it would ask.
+fn daemon_config(config: Option<&Path>) -> Result<(FileConfig, ExtractLimits)> {
     let (path, required) = match config {
         Some(p) => (p, true),
         None => (Path::new(DEFAULT_CONFIG), false),
     };
     let file = FileConfig::load(path, required)?;
-    file.cache
+    let limits = file
+        .cache
         .extract_limits()
-        .with_context(|| format!("{}: [cache]", path.display()))
+        .with_context(|| format!("{}: [cache]", path.display()))?;
+    Ok((file, limits))
 }
 
 pub fn pull(a: PullArgs) -> Result<Outcome> {
     let image = approved::image_for(&a.caches_dir, &a.target, a.namespace.as_deref())?;
     let policy = load_policy(&a.policy)?;
-    let client = a.registry.client()?;
+    let (file, limits) = daemon_config(a.config.as_deref())?;
+    let client = a.registry.client_over(Some(&file.registry))?;
     let verifier = Arc::new(Verifier::new(client.clone()));
-    let limits = extract_limits(a.config.as_deref())?;
     let mgr = CacheManager::new(a.store.layout(), client, verifier, limits);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

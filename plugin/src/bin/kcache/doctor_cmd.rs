@@ -86,10 +86,19 @@ pub fn run(a: DoctorArgs) -> Result<Outcome> {
     let mut findings = doctor::check_config(&dump, flavor, &a.snapshotter_socket.to_string_lossy(), &a.runtime);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let api = Api::new(&a.api_socket).with_timeout(Duration::from_secs(5));
-    let (policy, gate) = rt.block_on(async { (api.policy().await, api.gate().await) });
+    let (policy, gate, registry) = rt.block_on(async { (api.policy().await, api.gate().await, api.registry().await) });
     let policy = policy.map_err(|e| e.to_string());
     let gate = gate.map_err(|e| e.to_string());
+    let daemon_up = policy.is_ok();
     findings.extend(doctor::check_daemon(policy, gate));
+    if daemon_up {
+        let (config_path, legacy_mirrors) = doctor::registry_hosts(&dump, flavor);
+        findings.push(doctor::check_registry_hosts(
+            &config_path,
+            legacy_mirrors,
+            registry.map_err(|e| e.to_string()),
+        ));
+    }
     if let Some(image) = &a.canary {
         let pull = rt.block_on(canary_pull(&a.cri_socket, image));
         findings.push(doctor::check_canary(image, pull));

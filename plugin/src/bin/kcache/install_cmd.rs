@@ -159,6 +159,13 @@ pub struct ContainerdArgs {
     /// default: this node's, e.g. linux/amd64).
     #[arg(long = "platform")]
     platforms: Vec<String>,
+    /// kcache's config.toml, whose `[registry] config_path` is set to containerd's registry
+    /// config_path (mirrors, CAs), so kcache asks the hosts containerd pulls from.
+    #[arg(long, default_value = "/etc/kcache/config.toml")]
+    kcache_config: PathBuf,
+    /// Leave kcache's config.toml alone.
+    #[arg(long)]
+    no_kcache_config: bool,
 }
 
 pub fn run(c: InstallCommand) -> Result<Outcome> {
@@ -200,6 +207,7 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
             PullPath::Transfer
         },
         platforms: a.platforms,
+        kcache_config: (!a.no_kcache_config).then_some(a.kcache_config),
     };
     let p = plan(&request)?;
     if !a.write {
@@ -226,6 +234,12 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
                 "# image verifier: {} -> {}",
                 v.dir.join(VERIFIER_LINK).display(),
                 v.target.display()
+            );
+        }
+        if let Some((file, path)) = &p.registry_config_path {
+            println!(
+                "# {}: [registry] config_path = {path:?} (containerd's registry hosts)",
+                file.display()
             );
         }
         for w in &p.warnings {

@@ -4,7 +4,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use kcache_core::registry::{Client, RegistryConfig};
+use kcache_core::registry::{split_config_path, Client, RegistryConfig};
+use kcache_plugin::daemon::config::RegistrySection;
 
 #[derive(Args, Clone)]
 pub struct RegistryArgs {
@@ -14,6 +15,10 @@ pub struct RegistryArgs {
     /// Docker-style auth file (`config.json` with `auths`).
     #[arg(long, env = "KCACHE_AUTH_FILE")]
     auth_file: Option<PathBuf>,
+    /// containerd's registry config_path: `:`-separated directories of `<host>/hosts.toml`
+    /// (mirrors, CAs, client certificates), e.g. /etc/containerd/certs.d.
+    #[arg(long, env = "KCACHE_REGISTRY_CONFIG_PATH", value_name = "DIRS")]
+    registry_config_path: Option<String>,
     /// Per-request timeout, in seconds.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
@@ -21,12 +26,23 @@ pub struct RegistryArgs {
 
 impl RegistryArgs {
     pub fn client(&self) -> Result<Arc<Client>> {
-        let cfg = RegistryConfig {
-            insecure: self.insecure.clone(),
-            auth_file: self.auth_file.clone(),
-            timeout: Duration::from_secs(self.timeout.max(1)),
-            ..RegistryConfig::default()
+        self.client_over(None)
+    }
+
+    /// A client from these flags over kcached's `[registry]` section (what the daemon uses),
+    /// the flags winning.
+    pub fn client_over(&self, file: Option<&RegistrySection>) -> Result<Arc<Client>> {
+        let config_path = self.registry_config_path.as_deref().map(split_config_path);
+        let mut cfg = match file {
+            Some(f) => f.client_config(self.insecure.clone(), self.auth_file.clone(), config_path),
+            None => RegistryConfig {
+                insecure: self.insecure.clone(),
+                config_path: config_path.unwrap_or_default(),
+                auth_file: self.auth_file.clone(),
+                ..RegistryConfig::default()
+            },
         };
+        cfg.timeout = Duration::from_secs(self.timeout.max(1));
         Ok(Arc::new(Client::new(cfg).context("cannot set up the registry client")?))
     }
 }
