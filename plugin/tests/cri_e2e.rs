@@ -101,12 +101,17 @@ async fn world_with(test: &str, pull: PullPath, gc: Gc) -> Option<World> {
         .await
         .unwrap();
 
+    // kcached reads containerd's registry hosts (what `kcache install containerd` sets up).
     let kcached = Kcached::start(
         Path::new(env!("CARGO_BIN_EXE_kcached")),
         &dir.join("kcached"),
         KcachedConfig {
             policy: Some(dir.join("policy.yaml")),
             insecure: vec![host.clone()],
+            config_toml: format!(
+                "[registry]\nconfig_path = \"{}\"\n",
+                dir.join("containerd/certs.d").display()
+            ),
             ..KcachedConfig::default()
         },
     );
@@ -128,6 +133,10 @@ async fn world_with(test: &str, pull: PullPath, gc: Gc) -> Option<World> {
                 ("KCACHE_API_SOCKET".into(), kcached.api_socket().display().to_string()),
                 ("KCACHE_POLICY".into(), dir.join("policy.yaml").display().to_string()),
                 ("KCACHE_INSECURE_REGISTRY".into(), host.clone()),
+                (
+                    "KCACHE_REGISTRY_CONFIG_PATH".into(),
+                    dir.join("containerd/certs.d").display().to_string(),
+                ),
             ],
             gc,
         },
@@ -279,6 +288,18 @@ impl World {
     }
 }
 
+impl World {
+    /// Pulls `image` through CRI: it must be refused, as [`assert_denied`] says.
+    async fn pull_refused(&self, image: &str, digests: &[&Digest]) {
+        let err = self
+            .cri
+            .pull(image, None)
+            .await
+            .expect_err(&format!("{image} must not pull"));
+        assert_denied(&err, image, digests);
+    }
+}
+
 /// The pull failed with kcache's refusal (the gate's or the image verifier's: one line both
 /// print), naming the image (the verifier names a pinned one by its repository), one of `digests` (the verifier refuses an index by its own
 /// digest, the gate by the platform manifest's) and the rule.
@@ -354,12 +375,7 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
     };
     let digest = w.push("e2e/unsigned:v1", "unsigned", false).await;
     let image = w.image("e2e/unsigned:v1");
-    let err = w
-        .cri
-        .pull(&image, None)
-        .await
-        .expect_err("an unsigned image must not pull");
-    assert_denied(&err, &image, &[&digest]);
+    w.pull_refused(&image, &[&digest]).await;
     assert!(!w.image_present(&image).await, "a refused image must not be listed");
     // Nothing of it is left in kcache: no layer snapshot carries its content.
     assert!(w
@@ -493,6 +509,88 @@ async fn an_image_unpacked_around_the_gate_does_not_run() {
     );
     eprintln!("CreateContainer on the side-loaded image: {}", err.message());
     w.cri.remove_pod(&pod).await.unwrap();
+}
+
+/// An air-gapped node: containerd and kcache read the same hosts.toml, which sends the upstream
+/// registry's pulls to a mirror (a second docker-registry holding the same images and `.sig`
+/// signatures, copied byte for byte). With the upstream stopped, a signed image pulls and runs
+/// under the rule that names the upstream, an unsigned one is refused; then the mirror serves
+/// another (unsigned) image under the signed tag: refused, naming the digest containerd unpacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_through_a_mirror_are_verified_with_the_mirrors_signatures() {
+    let Some(mut w) = world("pulls_through_a_mirror_are_verified_with_the_mirrors_signatures").await else {
+        return;
+    };
+    let signed = w.push("e2e/mirrored:1", "mirrored", true).await;
+    let unsigned = w.push("e2e/mirrored:2", "not-signed", false).await;
+    let mirror = TestRegistry::start();
+    let pause = w
+        .reg
+        .client()
+        .resolve(&w.reg.reference("e2e/pause:1"))
+        .await
+        .unwrap()
+        .digest;
+    for tag in [
+        "e2e/pause:1".to_string(),
+        format!("e2e/pause:sha256-{}.sig", pause.hex()),
+        "e2e/mirrored:1".into(),
+        format!("e2e/mirrored:sha256-{}.sig", signed.hex()),
+        "e2e/mirrored:2".into(),
+    ] {
+        w.reg.copy_to(&mirror, &tag).await;
+    }
+    let hosts = w.containerd.hosts_dir().join(&w.host).join("hosts.toml");
+    std::fs::write(
+        &hosts,
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            w.host,
+            mirror.host()
+        ),
+    )
+    .unwrap();
+    w.reg.stop();
+
+    let image = w.image("e2e/mirrored:1");
+    w.cri
+        .pull(&image, None)
+        .await
+        .expect("the signed image pulls from the mirror");
+    let sandbox = w.pod("mirrored");
+    let pod = w
+        .cri
+        .run_pod(&sandbox)
+        .await
+        .expect("the sandbox image pulls from the mirror");
+    w.run(
+        &pod,
+        &sandbox,
+        "app",
+        &image,
+        "cat /etc/kcache-e2e; sleep 30",
+        "mirrored",
+    )
+    .await;
+    assert!(w
+        .kcache_snapshots()
+        .await
+        .iter()
+        .any(|i| i.labels.get("kcache.dev/verified") == Some(&signed.to_string())
+            && i.labels.get("kcache.dev/verified-rule").map(String::as_str) == Some("e2e-signed")));
+    w.cri.remove_pod(&pod).await.unwrap();
+
+    w.pull_refused(&w.image("e2e/mirrored:2"), &[&unsigned]).await;
+
+    // The mirror now serves another image under the signed tag (its signature stays on the
+    // mirror): what containerd unpacks is what is verified, so it is refused.
+    let other = Image::busybox("swapped-on-mirror", &["/bin/busybox", "sleep", "3600"])
+        .push(&mirror, "e2e/mirrored:1")
+        .await
+        .digest;
+    assert_ne!(other, signed);
+    w.pull_refused(&image, &[&other]).await;
+    drop(mirror);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

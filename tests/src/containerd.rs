@@ -466,6 +466,12 @@ impl Containerd {
         &self.programs
     }
 
+    /// CRI's registry `config_path`: `<host>/hosts.toml` per registry, read by containerd on
+    /// each pull (so a test may rewrite one while containerd runs).
+    pub fn hosts_dir(&self) -> PathBuf {
+        self.dir.join("certs.d")
+    }
+
     /// The config file it runs with.
     pub fn config(&self) -> PathBuf {
         self.config.clone()

@@ -193,6 +193,51 @@ impl TestRegistry {
     }
 }
 
+impl TestRegistry {
+    /// Copies `repo:tag` to `to` byte for byte: the manifest (an index with its manifests), every
+    /// blob, and the tag; so a mirror holds exactly what the upstream does (cosign's `.sig` and
+    /// referrers tags too, copied by their tag names).
+    pub async fn copy_to(&self, to: &TestRegistry, repo_tag: &str) {
+        let (from_c, to_c) = (self.client(), to.client());
+        let src = self.reference(repo_tag);
+        let dst = to.reference(repo_tag);
+        let top = from_c.manifest(&src, &src.reference()).await.expect("manifest to copy");
+        let mut manifests = vec![top.clone()];
+        let json = |m: &kcache_core::registry::Manifest| -> serde_json::Value {
+            serde_json::from_slice(&m.bytes).expect("manifest JSON")
+        };
+        for child in json(&top)["manifests"].as_array().into_iter().flatten() {
+            let d = child["digest"].as_str().expect("child digest");
+            let m = from_c.manifest(&src, d).await.expect("child manifest");
+            manifests.push(m);
+        }
+        // Children first (an index may only list what the registry holds), the tag last.
+        for m in manifests.iter().rev() {
+            let v = json(m);
+            let blobs = v["config"]["digest"].as_str().into_iter().chain(
+                v["layers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|l| l["digest"].as_str()),
+            );
+            for d in blobs {
+                let d = Digest::parse(d).expect("blob digest");
+                let bytes = from_c.blob(&src, &d, usize::MAX).await.expect("blob to copy");
+                to_c.push_blob(&dst, &bytes).await.expect("copy blob");
+            }
+            let reference = if std::ptr::eq(m, &manifests[0]) {
+                dst.reference()
+            } else {
+                m.digest.to_string()
+            };
+            to_c.push_manifest(&dst, &reference, &m.media_type, &m.bytes)
+                .await
+                .expect("copy manifest");
+        }
+    }
+}
+
 impl Drop for TestRegistry {
     fn drop(&mut self) {
         self.stop();

@@ -84,7 +84,9 @@ pub struct Endpoint {
     pub tls: TlsSettings,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
-    /// The registry's own server (the last entry), as opposed to a mirror.
+    /// The registry itself (the `server` entry, or an entry naming the registry's own host),
+    /// as opposed to a mirror: only it gets the credentials filed under the registry's name,
+    /// and only a mirror is told the registry (`ns=`).
     pub upstream: bool,
 }
 
@@ -174,15 +176,23 @@ pub fn endpoints(roots: &[PathBuf], registry: &str, insecure: &[String]) -> Resu
             }
             None => continue,
         };
-        out.push(Endpoint {
+        let ep = Endpoint {
+            upstream: upstream || host == default_host(registry),
             scheme,
             host,
             path,
             capabilities: h.capabilities,
             tls: h.tls,
             headers: h.headers,
-            upstream,
-        });
+        };
+        // The same host twice (a [host] entry naming the server itself) is asked once, with
+        // what both entries allow.
+        match out.iter_mut().find(|e: &&mut Endpoint| {
+            e.scheme == ep.scheme && e.host == ep.host && e.path == ep.path && e.tls == ep.tls
+        }) {
+            Some(e) => e.capabilities = Capabilities(e.capabilities.0 | ep.capabilities.0),
+            None => out.push(ep),
+        }
     }
     Ok(out)
 }
@@ -580,6 +590,19 @@ server = "https://registry-1.docker.io"
             eps.iter().map(Endpoint::base).collect::<Vec<_>>(),
             ["http://m:1/v2", "https://b.example/v2"]
         );
+    }
+
+    #[test]
+    fn the_server_listed_as_a_host_too_is_asked_once() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "127.0.0.1:5000/hosts.toml",
+            "server = \"http://127.0.0.1:5000\"\n[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        );
+        let eps = endpoints(&[d.path().to_path_buf()], "127.0.0.1:5000", &[]).unwrap();
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert!(eps[0].upstream && eps[0].capabilities == Capabilities::ALL);
     }
 
     #[test]
