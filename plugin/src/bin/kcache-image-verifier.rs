@@ -34,6 +34,7 @@ use kcache_core::{
     api::Client as ApiClient,
     digest::Digest,
     image_verifier::{check_daemon_answer, check_request, falls_back, parse_args, refused, verdict_line, MAX_STDIN},
+    paths,
     policy::Policy,
     registry::{Client as RegistryClient, Reference, RegistryConfig},
     verifier::Verifier,
@@ -138,11 +139,11 @@ fn settings() -> Result<Settings, String> {
         policy: env("KCACHE_POLICY")
             .map(PathBuf::from)
             .or(file.policy)
-            .unwrap_or_else(|| "/etc/kcache/policy.yaml".into()),
+            .unwrap_or_else(|| paths::POLICY.into()),
         api_socket: env("KCACHE_API_SOCKET")
             .map(PathBuf::from)
             .or(file.api_socket)
-            .unwrap_or_else(|| "/run/kcache/kcache.sock".into()),
+            .unwrap_or_else(|| paths::API_SOCKET.into()),
         registry,
         deadline: deadline.max(Duration::from_millis(100)),
     })
