@@ -677,6 +677,48 @@ async fn mirror_serves_the_image_and_its_signatures_while_upstream_is_down() {
     assert!(v.summary().contains(other.as_str()), "{}", v.summary());
 }
 
+#[tokio::test]
+async fn mirror_with_token_auth_never_gets_the_upstream_credentials() {
+    let env = Env::new();
+    let mut upstream = TestRegistry::start();
+    let (mirror, issuer, _) = token_registry(&env, creds_knobs(), Realm::Https).await;
+    let d = env.signed_image(&upstream).await;
+    issuer.set(|k| k.credentials = None);
+    for tag in ["v1".to_string(), format!("{}.sig", d.tag_prefix()), d.tag_prefix()] {
+        upstream.copy_to(&mirror, &format!("apps/web:{tag}")).await;
+    }
+    issuer.set(|k| *k = creds_knobs());
+    issuer.clear_requests();
+    upstream.stop();
+
+    let (up, mir) = (upstream.host(), mirror.host());
+    let certs_d = env.hosts_dir(
+        "certs.d",
+        &up,
+        Some(&format!(
+            "server = \"http://{up}\"\n\n[host.\"https://{mir}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"ca.crt\"\n"
+        )),
+        &[("ca.crt", env.pki.ca_cert())],
+    );
+    // Credentials for the upstream only: the mirror (and its realm) must not see them.
+    let creds = auth_file(env.dir(), "auth.json", &up, "upstream-user", "upstream-secret");
+    let c = client(RegistryConfig {
+        config_path: vec![certs_d],
+        auth_file: Some(creds),
+        ..RegistryConfig::default()
+    });
+    assert_allowed(&verify(c, &env.policy(&up), &format!("{up}/apps/web:v1")).await, &d);
+    let reqs = issuer.requests();
+    assert!(!reqs.is_empty(), "the mirror asked for a token");
+    for r in &reqs {
+        assert_eq!(
+            r.header("authorization"),
+            None,
+            "the upstream's credentials went to the mirror's realm: {reqs:#?}"
+        );
+    }
+}
+
 // --- the cosign CLI through TLS and tokens ---------------------------------------------------
 
 #[tokio::test]
