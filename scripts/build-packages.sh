@@ -203,3 +203,15 @@ rpmbuild -bb --quiet --target "$arch-linux" \
 rpm_file=$(find "$work/rpms" -name '*.rpm' | head -1)
 cp "$rpm_file" "$out/"
 echo "build-packages: $out/$(basename "$rpm_file")"
+
+# 6. The rpmlint filters for this rpm: packaging/rpm/kcache.rpmlintrc, plus the static hook's
+# when the hook is static (the release build's; rpmlint fails a filter that matches nothing, so
+# a debug build's dynamic hook must not get it).
+{
+    cat packaging/rpm/kcache.rpmlintrc
+    if ! readelf -l "$bin_dir/kcache-hook" | grep -q 'program interpreter'; then
+        echo
+        cat packaging/rpm/static-hook.rpmlintrc
+    fi
+} >"$out/kcache.rpmlintrc"
+echo "build-packages: $out/kcache.rpmlintrc (rpmlint --config packaging/rpm/rpmlint.toml --rpmlintrc it)"

@@ -13,6 +13,7 @@
 //! - [`verdict`]: the verdict cache shared by the daemon and the CLI.
 //! - [`cache`]: kernel cache images (GKM/MCV format, Triton metadata, `__grp__` relocation).
 //! - [`gpu`]: the node's GPUs (NVML, KFD sysfs, a pinned file) and cache compatibility.
+//! - [`image_verifier`]: what containerd 2.x's bindir image verifier accepts as a request.
 //! - [`refusal`]: the line every kcache refusal of an image carries (gate and image verifier).
 //! - [`containerd`]: containerd's configuration as kcache installs, checks and removes it
 //!   (feature `containerd`).
@@ -39,6 +40,8 @@ pub mod snapshot;
 
 #[cfg(feature = "verify")]
 pub mod cosign;
+#[cfg(feature = "verify")]
+pub mod image_verifier;
 #[cfg(feature = "verify")]
 pub mod keys;
 #[cfg(feature = "verify")]

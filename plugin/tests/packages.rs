@@ -330,7 +330,8 @@ fn lint(deb: &Path, rpm: &Path) {
         .arg("--config")
         .arg(repo().join("packaging/rpm/rpmlint.toml"))
         .arg("--rpmlintrc")
-        .arg(repo().join("packaging/rpm/kcache.rpmlintrc"))
+        // build-packages.sh's: the shipped filters, plus the static hook's when it is static.
+        .arg(rpm.parent().expect("the packages dir").join("kcache.rpmlintrc"))
         .arg(rpm));
     let said = text(&out);
     assert!(
@@ -474,7 +475,7 @@ async fn the_packages_lint_clean_and_install_upgrade_remove_and_purge_on_a_node(
     );
     fs::write("/etc/kcache/policy.yaml", &policy).unwrap();
     let shipped_config = fs::read_to_string("/etc/kcache/config.toml").unwrap();
-    let config = shipped_config.replace("# insecure = [\"127.0.0.1:5000\"]", &format!("insecure = [\"{host}\"]"));
+    let mut config = shipped_config.replace("# insecure = [\"127.0.0.1:5000\"]", &format!("insecure = [\"{host}\"]"));
     assert_ne!(
         config, shipped_config,
         "the shipped config has the commented insecure line"
@@ -502,6 +503,21 @@ async fn the_packages_lint_clean_and_install_upgrade_remove_and_purge_on_a_node(
             .arg(&ctd_config),
     );
     assert!(said.contains("restart containerd"), "{said}");
+    // kcache now asks the registry hosts containerd does; the admin's edit stays.
+    let with_hosts = fs::read_to_string("/etc/kcache/config.toml").unwrap();
+    let mut want: Vec<String> = config.lines().map(str::to_owned).collect();
+    let at = want
+        .iter()
+        .position(|l| l.starts_with("insecure = ["))
+        .expect("the insecure line")
+        + 1;
+    want.insert(at, format!("config_path = \"{}\"", cdir.join("certs.d").display()));
+    assert_eq!(
+        with_hosts.lines().collect::<Vec<_>>(),
+        want,
+        "install sets [registry] config_path to containerd's and keeps the rest"
+    );
+    config = with_hosts;
     let spec = fs::read_to_string("/etc/kcache/containerd-base-spec.json").unwrap();
     assert!(spec.contains("/usr/libexec/kcache/kcache-hook"), "{spec}");
 
