@@ -5,9 +5,10 @@
 //! The flow: CRDs applied → a TrustPolicy (the signer's key) and a KernelCache (a tag) → the
 //! controller pins the digest and finds the policy valid → the agent writes policy.d and caches.d
 //! → kcached pulls, verifies and extracts → the KernelCacheNode shows digest, rule, signer and the
-//! compatible GPU (a pinned inventory) → the KernelCache counts it; an unsigned cache fails with
-//! the reason on both objects; an unanchored regexp is Valid=False and the node keeps the old
-//! fragment; a policy lowering the mode is refused by the node; deletes remove the files and
+//! compatible GPU (a pinned inventory) → the KernelCache counts it; an unsigned cache and a
+//! signed cache whose layer was swapped in the registry fail with the reason on both objects; a
+//! cache built for a GPU the node lacks is incompatible, with the reason per GPU, and counted so; an unanchored regexp is Valid=False and the node keeps the old
+//! fragment; a TrustRoot is Valid, then Valid=False with the load error; a policy lowering the mode is refused by the node; deletes remove the files and
 //! the admin's own file is never touched; the agent restarted converges without rewriting.
 
 use std::{
@@ -19,7 +20,7 @@ use std::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kcache_controller::crd::{
     ConditionStatus, KernelCache, KernelCacheNode, KernelCacheSpec, KeyAuthority, KeylessAuthority, PolicyAuthority,
-    PolicyMode, PolicyRule, TrustPolicy, TrustPolicySpec, TrustPolicyState,
+    PolicyMode, PolicyRule, TrustPolicy, TrustPolicySpec, TrustPolicyState, TrustRoot, TrustRootSpec,
 };
 use kcache_core::{
     cache::{
@@ -96,20 +97,24 @@ fn kcached_bin() -> PathBuf {
     let bin = dir.join("kcached");
     if !bin.is_file() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "kcache-plugin", "--bin", "kcached"])
-            .status()
-            .unwrap();
+        let mut args = vec!["build", "-p", "kcache-plugin", "--bin", "kcached"];
+        if !cfg!(debug_assertions) {
+            args.push("--release");
+        }
+        let st = Command::new(cargo).args(args).status().unwrap();
         assert!(st.success(), "cargo build kcached");
     }
     bin
 }
 
-fn cuda_kernel(root: &Path, seed: u8) {
+/// A one-kernel Triton cache for CUDA compute capability `arch` (90: H100, 80: A100).
+fn cuda_kernel(root: &Path, seed: u8, arch: u32) {
     let key = "QWJ3OZ3CR4HNZ6LOHG7LYCUUQYZFXAY6SY62SNYRVQHW3G4FOCLQ";
     let dir = root.join(key);
     std::fs::create_dir_all(&dir).unwrap();
-    let meta = r#"{"hash": "a1f3", "target": {"backend": "cuda", "arch": 90, "warp_size": 32}, "num_warps": 4, "num_ctas": 1, "num_stages": 3, "debug": false, "backend_name": "cuda", "arch": "sm90", "triton_version": "3.3.1", "shared": 0, "name": "matmul_kernel"}"#.to_string();
+    let meta = format!(
+        r#"{{"hash": "a1f3", "target": {{"backend": "cuda", "arch": {arch}, "warp_size": 32}}, "num_warps": 4, "num_ctas": 1, "num_stages": 3, "debug": false, "backend_name": "cuda", "arch": "sm{arch}", "triton_version": "3.3.1", "shared": 0, "name": "matmul_kernel"}}"#
+    );
     let mut children = serde_json::Map::new();
     for ext in ["ttir", "ptx", "cubin", "json"] {
         let file = format!("matmul_kernel.{ext}");
@@ -128,12 +133,32 @@ fn cuda_kernel(root: &Path, seed: u8) {
     .unwrap();
 }
 
-/// Builds a cache image from a synthetic sm_90 Triton cache, pushes it, signs it if `key`.
-async fn push_cache(reg: &TestRegistry, dir: &Path, repo_tag: &str, seed: u8, key: Option<&PrivateKey>) -> Digest {
+/// A cache layer (gzip) from a synthetic Triton cache for `arch`.
+fn cache_layer(dir: &Path, seed: u8, arch: u32) -> (Vec<u8>, kcache_core::cache::builder::BuiltCache) {
     let src = dir.join(format!("src-{seed}"));
-    cuda_kernel(&src, seed);
+    cuda_kernel(&src, seed, arch);
     let mut gz = Vec::new();
     let built = build_cache_layer(&src, CacheKind::Triton, &mut gz).unwrap();
+    (gz, built)
+}
+
+/// What [`push_cache`] pushed.
+struct Pushed {
+    manifest: Digest,
+    layer: Digest,
+    layer_len: usize,
+}
+
+/// Builds a cache image from a synthetic Triton cache for `arch`, pushes it, signs it if `key`.
+async fn push_cache(
+    reg: &TestRegistry,
+    dir: &Path,
+    repo_tag: &str,
+    seed: u8,
+    arch: u32,
+    key: Option<&PrivateKey>,
+) -> Pushed {
+    let (gz, built) = cache_layer(dir, seed, arch);
     let client = reg.client();
     let r = reg.reference(repo_tag);
     let layer = client.push_blob(&r, &gz).await.unwrap();
@@ -153,7 +178,11 @@ async fn push_cache(reg: &TestRegistry, dir: &Path, repo_tag: &str, seed: u8, ke
     if let Some(k) = key {
         sign_and_push(&client, k, &r, false).await.unwrap();
     }
-    digest
+    Pushed {
+        manifest: digest,
+        layer,
+        layer_len: gz.len(),
+    }
 }
 
 /// Polls `f` until it gives `Some`, or fails with `what` and the logs.
@@ -223,8 +252,28 @@ async fn cluster_objects_become_node_files_and_node_status_becomes_cluster_statu
     // Registry, signer, cache images.
     let reg = TestRegistry::start();
     let key = PrivateKey::generate_p256();
-    let signed = push_cache(&reg, dir, "caches/llama:v1", 1, Some(&key)).await;
-    let unsigned = push_cache(&reg, dir, "caches/rogue:v1", 2, None).await;
+    let signed = push_cache(&reg, dir, "caches/llama:v1", 1, 90, Some(&key))
+        .await
+        .manifest;
+    let unsigned = push_cache(&reg, dir, "caches/rogue:v1", 2, 90, None).await.manifest;
+    // Signed, for sm_80 only: the node's H100 cannot run it.
+    let a100 = push_cache(&reg, dir, "caches/a100:v1", 3, 80, Some(&key))
+        .await
+        .manifest;
+    // Signed, then tampered with in the registry: the layer blob's bytes are swapped for
+    // another valid cache layer of the same length, so the manifest and its signature are
+    // intact and only the layer no longer hashes to the digest the signed manifest names.
+    let tampered = push_cache(&reg, dir, "caches/tampered:v1", 4, 90, Some(&key)).await;
+    let swap = (5..40)
+        .map(|seed| cache_layer(dir, seed, 90).0)
+        .find(|gz| gz.len() == tampered.layer_len)
+        .expect("a same-length replacement layer");
+    let hex = tampered.layer.hex();
+    let blob = reg
+        .storage()
+        .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    assert_eq!(std::fs::metadata(&blob).unwrap().len() as usize, tampered.layer_len);
+    std::fs::write(&blob, &swap).unwrap();
 
     // The node: the admin's policy.yaml (enforce, deny, no rules) and one fragment of their own,
     // kcached's config.toml with a pinned H100 and the default [cluster] guard.
@@ -260,7 +309,9 @@ async fn cluster_objects_become_node_files_and_node_status_becomes_cluster_statu
         },
     );
 
-    let bin = env!("CARGO_BIN_EXE_kcache-controller");
+    // KCACHE_CONTROLLER_BIN: another build of the binary (a release one, for measurements).
+    let bin = std::env::var("KCACHE_CONTROLLER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kcache-controller").into());
+    let bin = bin.as_str();
     let controller_cmd = || {
         let mut c = Command::new(bin);
         c.args([
@@ -349,6 +400,7 @@ async fn cluster_objects_become_node_files_and_node_status_becomes_cluster_statu
     let image = format!("{}/caches/llama:v1", reg.host());
     let mut kc = KernelCache::new("llama", KernelCacheSpec { image: image.clone() });
     kc.metadata.namespace = Some("ml".into());
+    let t_created_wall = std::time::SystemTime::now();
     kcs.create(&pp, &kc).await.unwrap();
     let t_created = Instant::now();
 
@@ -369,6 +421,7 @@ async fn cluster_objects_become_node_files_and_node_status_becomes_cluster_statu
     })
     .await;
     let propagation = t_created.elapsed();
+    let t_seen_wall = std::time::SystemTime::now();
     let text = std::fs::read_to_string(&fragment).unwrap();
     assert!(
         text.starts_with("# kcache-controller: TrustPolicy caches generation 1."),
@@ -410,13 +463,38 @@ async fn cluster_objects_become_node_files_and_node_status_becomes_cluster_statu
         (valid && s.nodes_enforcing == 1).then_some(())
     })
     .await;
-    eprintln!("propagation (KernelCache created -> node reports ready, pull included): {propagation:?}");
+    // The pull itself, from kcached's store: the entry directory is made when the pull starts,
+    // record.json written when it is verified and extracted.
+    let entry = kdir.join("caches").join(signed.hex());
+    let pull = std::fs::metadata(&entry)
+        .and_then(|m| m.created())
+        .ok()
+        .zip(
+            std::fs::metadata(entry.join("record.json"))
+                .and_then(|m| m.modified())
+                .ok(),
+        )
+        .and_then(|(start, end)| end.duration_since(start).ok());
+    let via_files = t_seen_wall.duration_since(t_created_wall).unwrap_or_default();
+    eprintln!(
+        "propagation (KernelCache created -> node reports ready): {propagation:?}, the pull itself {pull:?} (observed every 200 ms)"
+    );
+    let mut bench = serde_json::json!({
+        "propagation_ms": propagation.as_secs_f64() * 1e3,
+        "pull_ms": pull.map(|p| p.as_secs_f64() * 1e3),
+        "propagation_minus_pull_ms": pull.map(|p| via_files.saturating_sub(p).as_secs_f64() * 1e3),
+        "agent_poll_s": 1,
+        "kcached_caches_d_poll_s": 2,
+    });
 
-    // An unsigned cache: failed on the node with the reason, and on the cache.
-    let rogue = format!("{}/caches/rogue:v1", reg.host());
-    let mut kc = KernelCache::new("rogue", KernelCacheSpec { image: rogue });
-    kc.metadata.namespace = Some("ml".into());
-    kcs.create(&pp, &kc).await.unwrap();
+    // An unsigned cache, a cache for a GPU the node lacks and a tampered cache, all at once.
+    for name in ["rogue", "a100", "tampered"] {
+        let image = format!("{}/caches/{name}:v1", reg.host());
+        let mut kc = KernelCache::new(name, KernelCacheSpec { image });
+        kc.metadata.namespace = Some("ml".into());
+        kcs.create(&pp, &kc).await.unwrap();
+    }
+    // The unsigned one: failed on the node with the reason, and on the cache.
     let reason = eventually("rogue denied on the node", 60, &logs, || async {
         let s = nodes.get("gpu-node-1").await.ok()?.status?;
         let c = s.caches.iter().find(|c| c.name == "rogue")?;
@@ -433,6 +511,88 @@ async fn cluster_objects_become_node_files_and_node_status_becomes_cluster_statu
         (s.nodes.failed == 1 && d.status == ConditionStatus::True && d.message.contains("gpu-node-1: ")).then_some(())
     })
     .await;
+
+    // Built for sm_80 only: ready (signed, verified) but incompatible with the node's H100,
+    // with the reason per GPU; the KernelCache counts it incompatible.
+    let a100_node = eventually("a100 ready and incompatible on the node", 60, &logs, || async {
+        let s = nodes.get("gpu-node-1").await.ok()?.status?;
+        let c = s.caches.iter().find(|c| c.name == "a100")?;
+        (c.state == "ready").then(|| c.clone())
+    })
+    .await;
+    assert_eq!(a100_node.digest.as_deref(), Some(a100.as_str()));
+    assert!(a100_node.compatible_gpus.is_empty(), "{a100_node:?}");
+    assert_eq!(a100_node.incompatible_gpus.len(), 1, "{a100_node:?}");
+    let why = &a100_node.incompatible_gpus[0];
+    assert_eq!(why.gpu, "GPU-h100");
+    assert!(why.reason.contains("80") && why.reason.contains("90"), "{}", why.reason);
+    eventually("a100 counted incompatible", 30, &logs, || async {
+        let s = kcs.get("a100").await.ok()?.status?;
+        (s.nodes.ready == 1 && s.nodes.compatible == 0 && s.nodes.incompatible == 1).then_some(())
+    })
+    .await;
+
+    // Tampered after signing: the signature verifies, the layer does not hash to its digest;
+    // failed with the reason on the node and on the cache, nothing extracted.
+    let reason = eventually("tampered failed on the node", 60, &logs, || async {
+        let s = nodes.get("gpu-node-1").await.ok()?.status?;
+        let c = s.caches.iter().find(|c| c.name == "tampered")?;
+        (c.state == "failed").then(|| c.reason.clone().unwrap_or_default())
+    })
+    .await;
+    eprintln!("tampered reason: {reason}");
+    assert!(reason.contains(tampered.layer.as_str()), "{reason}");
+    eventually("tampered Degraded with the node's reason", 30, &logs, || async {
+        let s = kcs.get("tampered").await.ok()?.status?;
+        let d = s.conditions.iter().find(|c| c.type_ == "Degraded")?;
+        (s.nodes.failed == 1 && s.nodes.ready == 0 && d.status == ConditionStatus::True && d.message.contains(&reason))
+            .then_some(())
+    })
+    .await;
+
+    // A TrustRoot: Valid from kcache's trusted-root loader, at its generation; broken, the
+    // load error.
+    let roots = Api::<TrustRoot>::all(client.clone());
+    let public_good = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/trusted-roots/sigstore-python-4.5.1/public-good/trusted_root.json"
+    ))
+    .unwrap();
+    roots
+        .create(
+            &pp,
+            &TrustRoot::new(
+                "public-good",
+                TrustRootSpec {
+                    trusted_root: public_good,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("TrustRoot Valid=True", 30, &logs, || async {
+        let s = roots.get("public-good").await.ok()?.status?;
+        let v = s.conditions.iter().find(|c| c.type_ == "Valid")?;
+        (v.status == ConditionStatus::True && s.observed_generation == Some(1)).then_some(())
+    })
+    .await;
+    let patch = serde_json::json!({"spec": {"trustedRoot": "{\"tlogs\": 7}"}});
+    roots
+        .patch("public-good", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let msg = eventually("TrustRoot Valid=False", 30, &logs, || async {
+        let s = roots.get("public-good").await.ok()?.status?;
+        let v = s.conditions.iter().find(|c| c.type_ == "Valid")?;
+        (v.status == ConditionStatus::False && s.observed_generation == Some(2) && v.observed_generation == Some(2))
+            .then(|| v.message.clone())
+    })
+    .await;
+    assert!(
+        msg.starts_with("spec.trustedRoot: trusted root is not valid JSON at tlogs"),
+        "{msg}"
+    );
+    roots.delete("public-good", &DeleteParams::default()).await.unwrap();
 
     // An unanchored regexp: Valid=False with the loader's words; the node keeps the old
     // fragment and reports the generation invalid.
@@ -521,14 +681,28 @@ async fn cluster_objects_become_node_files_and_node_status_becomes_cluster_statu
     if let Some(pid) = agent.child.as_ref().map(Child::id) {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
-        eprintln!("agent idle (debug build; 4 watches, 2 policies, 2 caches): {rss}");
+        eprintln!("agent idle (4 watches, 2 policies, 4 caches): {rss}");
+        bench["agent_idle_rss_kib"] = rss
+            .trim_start_matches("VmRSS:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .into();
+    }
+    // bench/run reads these figures (from a release build of this test).
+    if let Ok(out) = std::env::var("KCACHE_BENCH_JSON") {
+        std::fs::write(out, bench.to_string()).unwrap();
     }
 
     // Deletes: the agent's files go, the admin's stay.
     tps.delete("caches", &DeleteParams::default()).await.unwrap();
     tps.delete("lax", &DeleteParams::default()).await.unwrap();
     kcs.delete("llama", &DeleteParams::default()).await.unwrap();
-    kcs.delete("rogue", &DeleteParams::default()).await.unwrap();
+    for name in ["rogue", "a100", "tampered"] {
+        kcs.delete(name, &DeleteParams::default()).await.unwrap();
+    }
     eventually("files gone", 30, &logs, || async {
         let left: Vec<String> = std::fs::read_dir(&policy_d)
             .unwrap()

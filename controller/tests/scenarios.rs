@@ -12,10 +12,10 @@ use kcache_controller::{
         ClusterKernelCache, ClusterKernelCacheSpec, ConditionStatus, KernelCache, KernelCacheNode, KernelCacheNodeSpec,
         KernelCacheNodeStatus, KernelCacheSpec, KernelCacheStatus, KeyAuthority, KeylessAuthority, NodeCache,
         NodeTrustPolicy, PolicyAuthority, PolicyRule, TrustPolicy, TrustPolicySpec, TrustPolicyState,
-        TrustPolicyStatus, TrustRoot,
+        TrustPolicyStatus, TrustRoot, TrustRootSpec, TrustRootStatus,
     },
     metrics::Metrics,
-    run::{self, reconcile_cache, reconcile_policy, Context},
+    run::{self, reconcile_cache, reconcile_policy, reconcile_root, Context},
     Error,
 };
 use kube::{
@@ -438,4 +438,94 @@ async fn a_tag_is_resolved_against_the_real_registry_and_a_dead_registry_keeps_t
         "{}",
         ctx.metrics.render()
     );
+}
+
+fn trust_root(name: &str, generation: i64, json: String) -> TrustRoot {
+    let mut r = TrustRoot::new(name, TrustRootSpec { trusted_root: json });
+    r.meta_mut().generation = Some(generation);
+    r
+}
+
+fn root_patch(name: &str, respond: &TrustRoot) -> Vec<Expect> {
+    vec![
+        Expect {
+            method: "PATCH",
+            uri: format!(
+                "/apis/kcache.dev/v1alpha1/trustroots/{name}/status?&force=true&fieldManager=kcache-controller"
+            ),
+            respond: (200, serde_json::to_value(respond).unwrap()),
+        },
+        Expect {
+            method: "POST",
+            uri: "/apis/events.k8s.io/v1/namespaces/default/events?".into(),
+            respond: not_found(),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn trust_root_status_is_valid_with_what_it_holds_or_invalid_with_the_load_error() {
+    // The public-good trusted root sigstore-python 4.5.1 ships: loads.
+    let good = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/trusted-roots/sigstore-python-4.5.1/public-good/trusted_root.json"
+    ))
+    .unwrap();
+    let root = trust_root("public-good", 2, good.clone());
+    let (client, handle) = mock();
+    let server = tokio::spawn(serve(handle, root_patch("public-good", &root)));
+    reconcile_root(Arc::new(root.clone()), context(client, vec![], None))
+        .await
+        .unwrap();
+    let bodies = server.await.unwrap();
+    assert_eq!(bodies[0]["kind"], "TrustRoot");
+    let status: TrustRootStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
+    assert_eq!(status.observed_generation, Some(2));
+    let valid = &status.conditions[0];
+    assert_eq!((valid.type_.as_str(), valid.status), ("Valid", ConditionStatus::True));
+    assert_eq!(valid.observed_generation, Some(2));
+    assert!(valid.message.starts_with("trusted root loads: "), "{}", valid.message);
+    assert!(!valid.message.contains(" 0 certificate"), "{}", valid.message);
+    assert_eq!(bodies[1]["reason"], "Loaded");
+
+    // Settled: no request.
+    let mut settled = root;
+    settled.status = Some(status);
+    let (client, handle) = mock();
+    let server = tokio::spawn(serve(handle, vec![]));
+    reconcile_root(Arc::new(settled), context(client, vec![], None))
+        .await
+        .unwrap();
+    server.await.unwrap();
+
+    // A broken document (a CA certificate that is not base64): Valid=False naming the field,
+    // in the loader's words, at the new generation, with a Warning event.
+    let mut doc: Value = serde_json::from_str(&good).unwrap();
+    doc["certificateAuthorities"][0]["certChain"]["certificates"][0]["rawBytes"] = "%%%".into();
+    let broken = trust_root("public-good", 3, doc.to_string());
+    let (client, handle) = mock();
+    let server = tokio::spawn(serve(handle, root_patch("public-good", &broken)));
+    reconcile_root(Arc::new(broken), context(client, vec![], None))
+        .await
+        .unwrap();
+    let bodies = server.await.unwrap();
+    let status: TrustRootStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
+    assert_eq!(status.observed_generation, Some(3));
+    let valid = &status.conditions[0];
+    assert_eq!(valid.status, ConditionStatus::False);
+    assert_eq!(valid.reason, "Invalid");
+    assert!(valid.message.starts_with("spec.trustedRoot: "), "{}", valid.message);
+    assert!(valid.message.contains("certificateAuthorities"), "{}", valid.message);
+    assert_eq!(bodies[1]["type"], "Warning");
+
+    // Not JSON at all.
+    let (client, handle) = mock();
+    let junk = trust_root("junk", 1, "not json".into());
+    let server = tokio::spawn(serve(handle, root_patch("junk", &junk)));
+    reconcile_root(Arc::new(junk), context(client, vec![], None))
+        .await
+        .unwrap();
+    let bodies = server.await.unwrap();
+    let status: TrustRootStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
+    assert_eq!(status.conditions[0].status, ConditionStatus::False);
 }

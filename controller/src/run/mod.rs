@@ -2,6 +2,7 @@
 //!
 //! - TrustPolicy: checked by the node policy loader ([`crate::validate`]); status `Valid` with
 //!   every problem, and how many nodes enforce or refuse its generation.
+//! - TrustRoot: loaded by kcache-core's trusted-root loader; status `Valid` with the load error.
 //! - KernelCache / ClusterKernelCache: a tag resolved once into `status.resolvedDigest`
 //!   (re-resolved every `resolve_every`; a digest in spec is kept as is), node counts and
 //!   conditions from the KernelCacheNode objects.
@@ -12,6 +13,7 @@
 
 mod cache;
 mod policy;
+mod root;
 
 use std::{
     sync::{Arc, Mutex},
@@ -31,6 +33,7 @@ use kube::{
 
 pub use cache::{reconcile_cache, CacheObject};
 pub use policy::reconcile_policy;
+pub use root::{reconcile_root, root_condition};
 
 use crate::{
     aggregate::{tally, Fleet},
@@ -160,12 +163,9 @@ pub async fn run(
         .reflect(node_writer)
         .applied_objects()
         .for_each(|_| futures_util::future::ready(()));
-    let (roots, root_writer) = reflector::store();
-    let root_stream = watcher(Api::<TrustRoot>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(root_writer)
-        .applied_objects()
-        .for_each(|_| futures_util::future::ready(()));
+    // TrustRoots: the controller's own store doubles as the roots TrustPolicies render with.
+    let roots_ctl = Controller::new(Api::<TrustRoot>::all(client.clone()), watcher::Config::default());
+    let roots = roots_ctl.store();
     let ctx = Arc::new(Context::new(
         client.clone(),
         cfg.clone(),
@@ -194,12 +194,16 @@ pub async fn run(
     .shutdown_on_signal()
     .run(reconcile_cache::<ClusterKernelCache>, error_policy, ctx.clone())
     .for_each(log_result);
+    let trust_roots = roots_ctl
+        .reconcile_all_on(tick())
+        .shutdown_on_signal()
+        .run(reconcile_root, error_policy, ctx.clone())
+        .for_each(log_result);
     let gc = gc_stale_nodes(ctx.clone());
     // The controllers end on the signal; the watchers and GC loop end with them.
     tokio::select! {
-        _ = async { tokio::join!(policies, caches, cluster_caches) } => {},
+        _ = async { tokio::join!(policies, caches, cluster_caches, trust_roots) } => {},
         () = node_stream => {},
-        () = root_stream => {},
         () = gc => {},
     }
     tracing::info!("controller stopped");
