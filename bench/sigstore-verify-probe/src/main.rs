@@ -106,8 +106,16 @@ fn conformance(dir: &Path, default_root: &str) -> ExitCode {
     let (mut agree, mut disagree) = (0, Vec::new());
     for c in &cases {
         let name = c.file_name().unwrap_or_default().to_string_lossy().to_string();
-        let artifact = if c.join("artifact").exists() { c.join("artifact") } else { dir.join("a.txt") };
-        let read = |f: &str, d: &str| std::fs::read_to_string(c.join(f)).map(|s| s.trim().to_string()).unwrap_or(d.into());
+        let artifact = if c.join("artifact").exists() {
+            c.join("artifact")
+        } else {
+            dir.join("a.txt")
+        };
+        let read = |f: &str, d: &str| {
+            std::fs::read_to_string(c.join(f))
+                .map(|s| s.trim().to_string())
+                .unwrap_or(d.into())
+        };
         let key = c.join("key.pub");
         for digest_mode in [false, true] {
             let a = Args {
@@ -115,7 +123,10 @@ fn conformance(dir: &Path, default_root: &str) -> ExitCode {
                 key: key.exists().then(|| key.display().to_string()),
                 identity: Some(read("identity", ID)),
                 issuer: Some(read("issuer", ISS)),
-                trusted_root: c.join("trusted_root.json").exists().then(|| c.join("trusted_root.json").display().to_string()),
+                trusted_root: c
+                    .join("trusted_root.json")
+                    .exists()
+                    .then(|| c.join("trusted_root.json").display().to_string()),
                 artifact: if digest_mode {
                     format!("sha256:{}", sha256_hex(&std::fs::read(&artifact).expect("artifact")))
                 } else {
@@ -127,12 +138,24 @@ fn conformance(dir: &Path, default_root: &str) -> ExitCode {
             if got.is_ok() == want_pass {
                 agree += 1;
             } else {
-                disagree.push(format!("{name} digest={digest_mode}: {}", got.err().unwrap_or_else(|| "verified".into())));
+                disagree.push(format!(
+                    "{name} digest={digest_mode}: {}",
+                    got.err().unwrap_or_else(|| "verified".into())
+                ));
             }
         }
     }
-    println!("{{\"cases\": {}, \"runs\": {}, \"agree\": {agree}, \"disagree\": {:?}}}", cases.len(), cases.len() * 2, disagree);
-    if disagree.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    println!(
+        "{{\"cases\": {}, \"runs\": {}, \"agree\": {agree}, \"disagree\": {:?}}}",
+        cases.len(),
+        cases.len() * 2,
+        disagree
+    );
+    if disagree.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn main() -> ExitCode {

@@ -128,7 +128,7 @@ pub fn verify_with_oid(key: &PublicKey, alg: &ObjectIdentifier, msg: &[u8], sig:
         const_oid::db::rfc8410::ID_ED_25519 => return key.verify(msg, sig).map_err(|e| e.to_string()),
         other => return Err(format!("unsupported signature algorithm {other}")),
     };
-    key.verify_digest(hash, &hash.hash(msg), sig).map_err(|e| e.to_string())
+    key.verify_with_hash(hash, msg, sig).map_err(|e| e.to_string())
 }
 
 /// The raw `tbsCertificate` TLV inside a certificate's DER.
