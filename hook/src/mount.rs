@@ -47,6 +47,8 @@ pub struct MountError {
     pub step: String,
     /// Why it failed.
     pub detail: String,
+    /// The kernel's error, when a system call failed (None: kcache refused on its own).
+    pub errno: Option<Errno>,
 }
 
 fn fail(step: impl Into<String>) -> impl FnOnce(Errno) -> MountError {
@@ -54,6 +56,7 @@ fn fail(step: impl Into<String>) -> impl FnOnce(Errno) -> MountError {
     move |e| MountError {
         step,
         detail: std::io::Error::from(e).to_string(),
+        errno: Some(e),
     }
 }
 
@@ -79,6 +82,7 @@ pub fn enter_namespace(pid: i32) -> Result<(), MountError> {
     let ours = rustix::fs::stat("/proc/self/ns/mnt").map_err(fail("stat /proc/self/ns/mnt"))?;
     if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino) {
         return Err(MountError {
+            errno: None,
             step: format!("enter {path}"),
             detail: "the container shares the hook's mount namespace".into(),
         });
@@ -102,12 +106,14 @@ pub fn open_rootfs(rootfs: &Path) -> Result<OwnedFd, MountError> {
     let st = statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS).map_err(fail(&step))?;
     if !st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
         return Err(MountError {
+            errno: None,
             step,
             detail: "the kernel cannot tell whether it is a mount root (statx needs Linux 5.8)".into(),
         });
     }
     if !st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT) {
         return Err(MountError {
+            errno: None,
             step,
             detail: "not a mount point in the container's namespace (the rootfs was swapped?)".into(),
         });
@@ -160,6 +166,7 @@ pub fn resolve_target(root: &OwnedFd, target: &Target, owner: (u32, u32)) -> Res
             _ => {}
         }
         let cur = stack.last().ok_or_else(|| MountError {
+            errno: None,
             step: step(),
             detail: "empty walk".into(),
         })?;
@@ -169,6 +176,7 @@ pub fn resolve_target(root: &OwnedFd, target: &Target, owner: (u32, u32)) -> Res
                 created += 1;
                 if created > 4096 {
                     return Err(MountError {
+                        errno: None,
                         step: step(),
                         detail: "too many directories to create".into(),
                     });
@@ -212,6 +220,7 @@ pub fn resolve_target(root: &OwnedFd, target: &Target, owner: (u32, u32)) -> Res
             }
             _ => {
                 return Err(MountError {
+                    errno: None,
                     step: step(),
                     detail: format!("{name:?} is not a directory"),
                 })
@@ -220,17 +229,20 @@ pub fn resolve_target(root: &OwnedFd, target: &Target, owner: (u32, u32)) -> Res
     }
     if stack.len() < 2 {
         return Err(MountError {
+            errno: None,
             step: step(),
             detail: "it resolves to the container's root".into(),
         });
     }
     let parent = stack.pop().ok_or_else(|| MountError {
+        errno: None,
         step: step(),
         detail: "empty walk".into(),
     })?;
     let fs = rustix::fs::fstatfs(&parent).map_err(fail(format!("statfs {}", target.path)))?;
     if let Some((_, name)) = KERNEL_FS.iter().find(|(magic, _)| *magic == fs.f_type as u64) {
         return Err(MountError {
+            errno: None,
             step: format!("resolve {}", target.path),
             detail: format!("it is on {name}, where a cache never goes"),
         });
@@ -255,6 +267,7 @@ impl Layers {
             let s = p.to_str().unwrap_or(",");
             if !p.is_absolute() || s.contains([':', ',', '\\', '\n']) {
                 return Err(MountError {
+                    errno: None,
                     step: "overlay options".into(),
                     detail: format!("{} cannot be an overlay layer path (':', ',' or '\\')", p.display()),
                 });
@@ -272,8 +285,10 @@ pub fn mount_overlay(target: &OwnedFd, layers: &Layers) -> Result<(), MountError
     layers.check()?;
     match overlay(layers, true) {
         Ok(mnt) => attach(&mnt, target),
-        // Older kernels do not know `volatile`.
-        Err(_) => attach(&overlay(layers, false)?, target),
+        // Older kernels (< 5.10) refuse the unknown `volatile` option with EINVAL, at the
+        // option or when the superblock is created; any other error is the answer.
+        Err(e) if e.errno == Some(Errno::INVAL) => attach(&overlay(layers, false)?, target),
+        Err(e) => Err(e),
     }
 }
 
