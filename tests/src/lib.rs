@@ -13,5 +13,6 @@ pub mod kcached;
 pub mod kube;
 pub mod registry;
 pub mod triton;
+pub mod warm;
 
 pub use registry::TestRegistry;
