@@ -76,6 +76,7 @@ async fn run_until(
     config: pb::ContainerConfig,
     expect: &str,
     log: &Path,
+    diag: &dyn Fn() -> String,
 ) -> String {
     let id = c.start_container(pod, sandbox, config).await.unwrap();
     let start = Instant::now();
@@ -87,9 +88,10 @@ async fn run_until(
         let status = c.container_status(&id).await.unwrap();
         assert!(
             start.elapsed() < Duration::from_secs(30) && status.state != pb::ContainerState::ContainerExited as i32,
-            "container state {} ({}), log {logged:?}, expected {expect:?}",
+            "container state {} ({}), log {logged:?}, expected {expect:?}\n{}",
             status.state,
-            status.message
+            status.message,
+            diag()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -186,6 +188,13 @@ async fn nri_mounts_the_cache_only_into_opted_in_pods_and_never_blocks_a_start()
     let cold_script =
         format!("if grep -q ' {TARGET} ' /proc/mounts; then echo MOUNTED; else echo COLD-OK; fi; sleep 60");
     let wrapper = warm.hook_wrapper.clone();
+    let diag = || {
+        format!(
+            "hook.log:\n{}\nkcached:\n{}",
+            std::fs::read_to_string(&warm.hook_log).unwrap_or_default(),
+            warm.kcached.log()
+        )
+    };
 
     // 3a. Opted in: the cache is mounted, by the hooks NRI added.
     let w = pod("warm", &[("kcache.dev/cache", "triton")]);
@@ -197,6 +206,7 @@ async fn nri_mounts_the_cache_only_into_opted_in_pods_and_never_blocks_a_start()
         container("app", &warm_script),
         "WARM-OK",
         &logs.join("warm/app.log"),
+        &diag,
     )
     .await;
     let spec = bundle_spec(&containerd, &id);
@@ -222,6 +232,7 @@ async fn nri_mounts_the_cache_only_into_opted_in_pods_and_never_blocks_a_start()
         container("app", &cold_script),
         "COLD-OK",
         &logs.join("cold/app.log"),
+        &diag,
     )
     .await;
     let spec = bundle_spec(&containerd, &cold_id);
@@ -278,6 +289,7 @@ async fn nri_mounts_the_cache_only_into_opted_in_pods_and_never_blocks_a_start()
         container("app", &warm_script),
         "WARM-OK",
         &logs.join("back/app.log"),
+        &diag,
     )
     .await;
     assert_eq!(

@@ -33,13 +33,10 @@ pub fn nri_adjustment<'a, P>(pod: P, container: impl Fn(&str) -> Option<&'a str>
 where
     P: IntoIterator<Item = (&'a String, &'a String)> + Clone,
 {
-    let pod_get = |k: &str| {
-        pod.clone()
-            .into_iter()
-            .find(|(pk, _)| pk.as_str() == k)
-            .map(|(_, v)| v.as_str())
-    };
-    if !opts_in(pod_get) || container(CRI_CONTAINER_TYPE) == Some("sandbox") {
+    // The pod's annotations, as containerd hands them to NRI, are its sandbox's (they say
+    // `container-type: sandbox`): the container's own say whether it is a sandbox.
+    let pod_opts_in = pod.clone().into_iter().any(|(k, _)| k == CACHE);
+    if !pod_opts_in || !opts_in(|k| if k == CACHE { Some("") } else { container(k) }) {
         return None;
     }
     let mut add: Vec<(String, String)> = pod
@@ -103,10 +100,15 @@ mod tests {
         // The container's own annotations do not opt it in: the pod's decide.
         let pod = map(&[("kcache.dev/cache-path", "/x")]);
         assert_eq!(nri_adjustment(&pod, |k| ctr.get(k).map(String::as_str)), None);
-        let sandbox = map(&[(CACHE, "llama"), (CRI_CONTAINER_TYPE, "sandbox")]);
-        assert_eq!(nri_adjustment(&sandbox, |k| ctr.get(k).map(String::as_str)), None);
+        // containerd gives NRI the sandbox's annotations as the pod's: they do not make the
+        // pod's containers sandboxes.
+        let sandbox_pod = map(&[(CACHE, "llama"), (CRI_CONTAINER_TYPE, "sandbox")]);
+        let app = map(&[(CRI_CONTAINER_TYPE, "container")]);
+        assert!(nri_adjustment(&sandbox_pod, |k| app.get(k).map(String::as_str)).is_some());
         let pod = map(&[(CACHE, "llama")]);
         let pause = map(&[(CRI_CONTAINER_TYPE, "sandbox")]);
         assert_eq!(nri_adjustment(&pod, |k| pause.get(k).map(String::as_str)), None);
+        let crio_infra = map(&[(CRIO_CONTAINER_TYPE, "sandbox")]);
+        assert_eq!(nri_adjustment(&pod, |k| crio_infra.get(k).map(String::as_str)), None);
     }
 }

@@ -75,6 +75,7 @@ impl Plugin {
             status: Some(Status::default()),
             payload,
         };
+        tracing::debug!(service = %req.service, method = %req.method, "NRI: request");
         if req.service != PLUGIN_SERVICE {
             return error(wire::CODE_UNIMPLEMENTED, format!("unknown service {}", req.service));
         }
@@ -124,6 +125,7 @@ impl Plugin {
             tracing::warn!("NRI: CreateContainer without pod or container; container left alone");
             return api::CreateContainerResponse::default();
         };
+        tracing::debug!(pod = %pod.name, container = %ctr.name, pod_annotations = ?pod.annotations.keys().collect::<Vec<_>>(), "NRI: CreateContainer");
         let Some(annotations) = optin::nri_adjustment(&pod.annotations, |k| ctr.annotations.get(k).map(String::as_str))
         else {
             return api::CreateContainerResponse::default();
@@ -230,6 +232,7 @@ pub async fn serve(mut stream: UnixStream, plugin: &Plugin, stop: &mut watch::Re
                 tracing::info!(name = PLUGIN_NAME, index = PLUGIN_INDEX, "NRI: registered");
             }
             (conn, kind) => {
+                // Requests on the runtime channel, responses on ours: nothing kcache asked for.
                 tracing::debug!(conn, kind, stream = msg.stream, "NRI: ignoring a ttrpc message");
             }
         }
