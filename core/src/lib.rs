@@ -13,6 +13,8 @@
 //! - [`verdict`]: the verdict cache shared by the daemon and the CLI.
 //! - [`cache`]: kernel cache images (GKM/MCV format, Triton metadata, `__grp__` relocation).
 //! - [`gpu`]: the node's GPUs (NVML, KFD sysfs, a pinned file) and cache compatibility.
+//! - [`image_verifier`]: what containerd 2.x's bindir image verifier accepts as a request.
+//! - [`paths`]: the node's default paths, defined once.
 //! - [`refusal`]: the line every kcache refusal of an image carries (gate and image verifier).
 //! - [`containerd`]: containerd's configuration as kcache installs, checks and removes it
 //!   (feature `containerd`).
@@ -33,12 +35,15 @@ pub mod containerd;
 pub mod digest;
 pub mod fsutil;
 pub mod gpu;
+pub mod paths;
 pub mod refusal;
 #[cfg(feature = "snapshotter")]
 pub mod snapshot;
 
 #[cfg(feature = "verify")]
 pub mod cosign;
+#[cfg(feature = "verify")]
+pub mod image_verifier;
 #[cfg(feature = "verify")]
 pub mod keys;
 #[cfg(feature = "verify")]

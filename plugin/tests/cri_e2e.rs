@@ -400,6 +400,7 @@ async fn an_unsigned_image_is_refused_with_kcaches_message() {
         "ok    snapshot-annotations",
         "ok    policy-mode",
         "ok    chain-check",
+        "ok    registry-hosts",
         "0 problem(s)",
     ] {
         assert!(said.contains(line), "{line:?} missing in:\n{said}");

@@ -343,8 +343,10 @@ async fn the_verifier_denies_before_containerd_kills_it() {
         "{}",
         r.stdout
     );
+    // The contract, not a speed: no earlier than the deadline, and before containerd's own
+    // per_verifier_timeout (10 s) kills the verifier with an opaque error.
     assert!(
-        r.elapsed >= Duration::from_secs(8) && r.elapsed < Duration::from_millis(9500),
+        r.elapsed >= Duration::from_secs(8) && r.elapsed < Duration::from_secs(10),
         "{:?}",
         r.elapsed
     );

@@ -506,7 +506,11 @@ async fn the_packages_lint_clean_and_install_upgrade_remove_and_purge_on_a_node(
     // kcache now asks the registry hosts containerd does; the admin's edit stays.
     let with_hosts = fs::read_to_string("/etc/kcache/config.toml").unwrap();
     let mut want: Vec<String> = config.lines().map(str::to_owned).collect();
-    let at = want.iter().position(|l| l.starts_with("insecure = [")).expect("the insecure line") + 1;
+    let at = want
+        .iter()
+        .position(|l| l.starts_with("insecure = ["))
+        .expect("the insecure line")
+        + 1;
     want.insert(at, format!("config_path = \"{}\"", cdir.join("certs.d").display()));
     assert_eq!(
         with_hosts.lines().collect::<Vec<_>>(),

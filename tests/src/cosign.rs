@@ -22,6 +22,7 @@ pub struct Cosign {
     pub version: &'static str,
     bin: PathBuf,
     home: tempfile::TempDir,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 fn peer_root(peer: &str) -> Result<PathBuf, String> {
@@ -84,7 +85,12 @@ impl Cosign {
                         "trusted_root.json",
                         "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
                     );
-                    return Some(Self { version, bin, home });
+                    return Some(Self {
+                        version,
+                        bin,
+                        home,
+                        env: Vec::new(),
+                    });
                 }
                 format!("{} is missing", bin.display())
             }
@@ -95,6 +101,12 @@ impl Cosign {
         }
         eprintln!("skipping the interop test {test}: cosign {version} is unavailable: {problem}");
         None
+    }
+
+    /// Adds `key=value` to the environment of every run (say SSL_CERT_FILE, DOCKER_CONFIG).
+    pub fn with_env(mut self, key: &str, value: impl Into<std::ffi::OsString>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
     }
 
     /// The binary.
@@ -123,6 +135,7 @@ impl Cosign {
             .env("COSIGN_PASSWORD", PASSWORD)
             .env("TUF_ROOT", self.home.path().join("tuf"))
             .env("COSIGN_EXPERIMENTAL", "0")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run cosign")
     }

@@ -8,10 +8,13 @@ pub mod cosign;
 pub mod cri;
 pub mod fixtures;
 pub mod hostile;
+pub mod http_server;
 pub mod images;
 pub mod kcached;
 pub mod kube;
 pub mod registry;
+pub mod tls;
+pub mod token_issuer;
 pub mod triton;
 pub mod warm;
 

@@ -1,5 +1,10 @@
 //! A real `docker-registry` (Debian's distribution 2.8) with filesystem storage in a temp dir,
 //! on a free loopback port. It has no referrers API, so cosign v3 signatures use the tag fallback.
+//!
+//! [`TestRegistry::builder`] adds what production registries have: TLS with a certificate from
+//! the test CA (`http.tls`), client certificates required (`http.tls.clientcas`), bearer-token
+//! auth trusting a [`crate::token_issuer::TokenIssuer`] (`auth: token`), and blob GETs
+//! redirected to a separate storage server (the `redirect` storage middleware).
 
 use std::{
     net::TcpListener,
@@ -9,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::tls::{CertPair, TestPki};
 use kcache_core::{
     digest::Digest,
     registry::{Client, Reference, RegistryConfig},
@@ -20,6 +26,79 @@ pub struct TestRegistry {
     dir: tempfile::TempDir,
     port: u16,
     htpasswd: Option<PathBuf>,
+    opts: Options,
+}
+
+#[derive(Default, Clone)]
+struct Options {
+    /// Server certificate and key.
+    tls: Option<CertPair>,
+    /// CA bundle client certificates must chain to.
+    client_cas: Option<PathBuf>,
+    /// The CA the harness's own client trusts, and the client certificate it presents.
+    trust: Option<(PathBuf, Option<CertPair>)>,
+    /// `auth: token` realm and root certificate bundle.
+    token: Option<(String, PathBuf)>,
+    /// The redirect middleware's base URL.
+    redirect: Option<String>,
+}
+
+/// Builds a [`TestRegistry`] with TLS, token auth or blob redirects.
+pub struct RegistryBuilder {
+    dir: tempfile::TempDir,
+    opts: Options,
+}
+
+impl RegistryBuilder {
+    /// Serves HTTPS with the PKI's server certificate (127.0.0.1 and localhost); the harness's
+    /// own client (push, [`TestRegistry::client`]) trusts the PKI's CA through a hosts.toml.
+    pub fn tls(mut self, pki: &TestPki) -> Self {
+        self.opts.tls = Some(pki.server());
+        self.opts.trust = Some((pki.ca_cert(), self.opts.trust.and_then(|t| t.1)));
+        self
+    }
+
+    /// Requires client certificates issued by the PKI's CA (`http.tls.clientcas`); the
+    /// harness's client presents the PKI's client certificate. Implies [`Self::tls`].
+    pub fn require_client_certs(self, pki: &TestPki) -> Self {
+        let mut b = self.tls(pki);
+        b.opts.client_cas = Some(pki.ca_cert());
+        b.opts.trust = Some((pki.ca_cert(), Some(pki.client())));
+        b
+    }
+
+    /// Bearer-token auth: `auth: token` with `realm`, trusting tokens whose x5c chain ends at
+    /// a certificate in `root_bundle` (see [`crate::token_issuer`]).
+    pub fn token_auth(mut self, realm: &str, root_bundle: &Path) -> Self {
+        self.opts.token = Some((realm.to_string(), root_bundle.to_owned()));
+        self
+    }
+
+    /// Redirects blob GETs to `base_url` + the blob's storage path (the `redirect` storage
+    /// middleware); serve [`Self::storage`] there (see [`crate::http_server::BlobStorage`]).
+    pub fn redirect_blobs(mut self, base_url: &str) -> Self {
+        self.opts.redirect = Some(base_url.to_string());
+        self
+    }
+
+    /// The registry's storage root (known before it starts).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Starts it.
+    pub fn start(self) -> TestRegistry {
+        let mut reg = TestRegistry {
+            child: None,
+            dir: self.dir,
+            port: free_port(),
+            htpasswd: None,
+            opts: self.opts,
+        };
+        reg.write_harness_hosts();
+        reg.spawn();
+        reg
+    }
 }
 
 fn free_port() -> u16 {
@@ -30,6 +109,15 @@ fn free_port() -> u16 {
 }
 
 impl TestRegistry {
+    /// A builder for a registry with TLS, token auth or blob redirects.
+    pub fn builder() -> RegistryBuilder {
+        assert_installed();
+        RegistryBuilder {
+            dir: tempfile::tempdir().expect("temp dir"),
+            opts: Options::default(),
+        }
+    }
+
     /// Starts a registry and waits until `/v2/` answers. Panics with a clear message when
     /// `docker-registry` is not installed.
     pub fn start() -> Self {
@@ -42,11 +130,7 @@ impl TestRegistry {
     }
 
     fn start_inner(basic_auth: Option<(&str, &str)>) -> Self {
-        let bin = Path::new("/usr/bin/docker-registry");
-        assert!(
-            bin.exists(),
-            "docker-registry is not installed: run `make deps` (apt-get install docker-registry)"
-        );
+        assert_installed();
         let dir = tempfile::tempdir().expect("temp dir");
         let htpasswd = basic_auth.map(|(user, password)| {
             let p = dir.path().join("htpasswd");
@@ -59,6 +143,7 @@ impl TestRegistry {
             dir,
             port: free_port(),
             htpasswd,
+            opts: Options::default(),
         };
         reg.spawn();
         reg
@@ -77,19 +162,42 @@ impl TestRegistry {
 
     fn spawn(&mut self) {
         let cfg = self.dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\nlog:\n  level: error\n  accesslog:\n    disabled: true\n{}",
-                self.storage().display(),
-                self.port,
-                self.htpasswd
-                    .as_ref()
-                    .map(|p| format!("auth:\n  htpasswd:\n    realm: kcache-test\n    path: {}\n", p.display()))
-                    .unwrap_or_default()
-            ),
-        )
-        .expect("write registry config");
+        let mut yaml = format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n",
+            self.storage().display(),
+            self.port,
+        );
+        if let Some(tls) = &self.opts.tls {
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                tls.cert.display(),
+                tls.key.display()
+            ));
+            if let Some(cas) = &self.opts.client_cas {
+                yaml.push_str(&format!("    clientcas:\n      - {}\n", cas.display()));
+            }
+        }
+        yaml.push_str("log:\n  level: error\n  accesslog:\n    disabled: true\n");
+        if let Some(p) = &self.htpasswd {
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kcache-test\n    path: {}\n",
+                p.display()
+            ));
+        }
+        if let Some((realm, bundle)) = &self.opts.token {
+            yaml.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                crate::token_issuer::SERVICE,
+                crate::token_issuer::ISSUER,
+                bundle.display()
+            ));
+        }
+        if let Some(base) = &self.opts.redirect {
+            yaml.push_str(&format!(
+                "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base}\n"
+            ));
+        }
+        std::fs::write(&cfg, yaml).expect("write registry config");
         let child = Command::new("/usr/bin/docker-registry")
             .arg("serve")
             .arg(&cfg)
@@ -128,24 +236,68 @@ impl TestRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `https://127.0.0.1:PORT` with TLS, else `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.opts.tls.is_some() { "https" } else { "http" },
+            self.host()
+        )
+    }
+
+    /// With TLS: the containerd-style registry host dir (`certs.d`) the harness's own client
+    /// uses, whose `127.0.0.1:PORT/hosts.toml` trusts the test CA (and presents the client
+    /// certificate when the registry requires one). Tests write their own.
+    pub fn harness_hosts_dir(&self) -> Option<PathBuf> {
+        self.opts.tls.as_ref().map(|_| self.dir.path().join("harness-certs.d"))
+    }
+
+    fn write_harness_hosts(&self) {
+        let (Some(dir), Some((ca, client))) = (self.harness_hosts_dir(), &self.opts.trust) else {
+            return;
+        };
+        let host_dir = dir.join(self.host());
+        std::fs::create_dir_all(&host_dir).expect("harness hosts dir");
+        // The top-level settings are the `server`'s (containerd's layout).
+        let mut toml = format!("server = \"{}\"\nca = \"{}\"\n", self.url(), ca.display());
+        if let Some(c) = client {
+            toml.push_str(&format!(
+                "client = [[\"{}\", \"{}\"]]\n",
+                c.cert.display(),
+                c.key.display()
+            ));
+        }
+        std::fs::write(host_dir.join("hosts.toml"), toml).expect("harness hosts.toml");
+    }
+
     /// A reference in this registry.
     pub fn reference(&self, repo_and_tag: &str) -> Reference {
         Reference::parse(&format!("{}/{repo_and_tag}", self.host())).expect("valid test reference")
     }
 
-    /// A kcache client that may use plain HTTP to this registry.
+    /// A kcache client that may use plain HTTP to this registry; with TLS, one that trusts the
+    /// test CA (and presents the client certificate) through [`Self::harness_hosts_dir`].
     pub fn client(&self) -> Arc<Client> {
-        Arc::new(
-            Client::new(RegistryConfig {
-                insecure: vec![self.host()],
-                timeout: Duration::from_secs(5),
-                ..RegistryConfig::default()
-            })
-            .expect("client"),
-        )
+        self.client_with(RegistryConfig::default())
     }
 
-    fn storage(&self) -> PathBuf {
+    /// [`Self::client`] on top of `cfg` (say, with an auth file).
+    pub fn client_with(&self, mut cfg: RegistryConfig) -> Arc<Client> {
+        match self.harness_hosts_dir() {
+            Some(d) => cfg.config_path.push(d),
+            None => cfg.insecure.push(self.host()),
+        }
+        cfg.timeout = Duration::from_secs(5);
+        Arc::new(Client::new(cfg).expect("client"))
+    }
+
+    /// The storage root (`<root>/docker/registry/v2/...`).
+    pub fn storage(&self) -> PathBuf {
         self.dir.path().join("storage")
     }
 
@@ -236,6 +388,13 @@ impl TestRegistry {
                 .expect("copy manifest");
         }
     }
+}
+
+fn assert_installed() {
+    assert!(
+        Path::new("/usr/bin/docker-registry").exists(),
+        "docker-registry is not installed: run `make deps` (apt-get install docker-registry)"
+    );
 }
 
 impl Drop for TestRegistry {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::{cache::store::is_plain_name, registry::Reference};
 
 /// Default caches.d directory.
-pub const DEFAULT_CACHES_DIR: &str = "/etc/kcache/caches.d";
+pub const DEFAULT_CACHES_DIR: &str = crate::paths::CACHES_DIR;
 
 /// One approved cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

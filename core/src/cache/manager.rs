@@ -269,13 +269,6 @@ impl CacheManager {
         }
     }
 
-    /// The whole-transfer timeout of one layer download (default one hour; each request
-    /// before it has the client's own timeout).
-    pub fn with_blob_timeout(mut self, timeout: Duration) -> Self {
-        self.blob_timeout = timeout;
-        self
-    }
-
     /// The store layout.
     pub fn layout(&self) -> &StoreLayout {
         &self.layout

@@ -38,9 +38,9 @@ use crate::{
 };
 
 /// Default store root.
-pub const DEFAULT_ROOT: &str = "/var/lib/kcache/caches";
+pub const DEFAULT_ROOT: &str = crate::paths::CACHE_ROOT;
 /// Default run directory (gpus.json, per-container dirs, sockets).
-pub const DEFAULT_RUN_DIR: &str = "/run/kcache";
+pub const DEFAULT_RUN_DIR: &str = crate::paths::RUN_DIR;
 /// The status file under the store root.
 pub const STATE_FILE: &str = "state.json";
 /// The per-entry record.

@@ -61,7 +61,7 @@ pub const POD_ANNOTATIONS: &str = "kcache.dev/*";
 /// the first `max_verifiers`, so it sorts first.
 pub const VERIFIER_LINK: &str = "00-kcache";
 /// Where the packages install kcache-hook (as packaging/crio/hooks.d/kcache.json says).
-pub const DEFAULT_HOOK: &str = "/usr/libexec/kcache/kcache-hook";
+pub const DEFAULT_HOOK: &str = crate::paths::HOOK;
 /// runc kills a hook after this many seconds and fails the start (the hooks.d file's timeout).
 pub const HOOK_TIMEOUT_S: u64 = 10;
 

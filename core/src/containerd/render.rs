@@ -70,6 +70,26 @@ pub struct Target {
     pub nri: bool,
 }
 
+#[cfg(test)]
+impl Target {
+    /// A node's defaults (kcache's paths, runc, containerd's verifier dir), for tests.
+    pub(crate) fn defaults(flavor: Flavor) -> Self {
+        Self {
+            flavor,
+            schema: flavor.default_schema(),
+            socket: crate::paths::SNAPSHOTTER_SOCKET.into(),
+            base_spec: crate::paths::BASE_SPEC.into(),
+            runtime: "runc".into(),
+            verifier_dir: "/opt/containerd/image-verifier/bin".into(),
+            max_verifiers: 10,
+            per_verifier_timeout: "10s".into(),
+            pull: PullPath::Transfer,
+            platforms: vec![],
+            nri: false,
+        }
+    }
+}
+
 /// The table at `path`, created (implicit parents) when missing.
 fn table_at<'a>(root: &'a mut Table, path: &[&str], created: &mut bool) -> Result<&'a mut dyn TableLike> {
     let mut cur: &mut dyn TableLike = root;
@@ -326,17 +346,8 @@ mod tests {
 
     fn target(flavor: Flavor) -> Target {
         Target {
-            flavor,
-            schema: flavor.default_schema(),
-            socket: "/run/kcache/snapshotter.sock".into(),
-            base_spec: "/etc/kcache/containerd-base-spec.json".into(),
-            runtime: "runc".into(),
-            verifier_dir: "/opt/containerd/image-verifier/bin".into(),
-            max_verifiers: 10,
-            per_verifier_timeout: "10s".into(),
-            pull: PullPath::Transfer,
             platforms: vec!["linux/amd64".into()],
-            nri: false,
+            ..Target::defaults(flavor)
         }
     }
 

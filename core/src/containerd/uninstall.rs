@@ -413,7 +413,7 @@ impl UninstallPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containerd::{apply, Flavor, PullPath, Target};
+    use crate::containerd::{apply, Flavor, Target};
 
     fn request() -> UninstallRequest {
         UninstallRequest {
@@ -427,19 +427,7 @@ mod tests {
     }
 
     fn target(flavor: Flavor) -> Target {
-        Target {
-            flavor,
-            schema: flavor.default_schema(),
-            socket: "/run/kcache/snapshotter.sock".into(),
-            base_spec: "/etc/kcache/containerd-base-spec.json".into(),
-            runtime: "runc".into(),
-            verifier_dir: "/opt/containerd/image-verifier/bin".into(),
-            max_verifiers: 10,
-            per_verifier_timeout: "10s".into(),
-            pull: PullPath::Transfer,
-            platforms: vec![],
-            nri: false,
-        }
+        Target::defaults(flavor)
     }
 
     const NODE: &str = r#"# node config

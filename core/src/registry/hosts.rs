@@ -185,11 +185,13 @@ pub fn endpoints(roots: &[PathBuf], registry: &str, insecure: &[String]) -> Resu
             tls: h.tls,
             headers: h.headers,
         };
-        // The same host twice (a [host] entry naming the server itself) is asked once, with
-        // what both entries allow.
-        match out.iter_mut().find(|e: &&mut Endpoint| {
-            e.scheme == ep.scheme && e.host == ep.host && e.path == ep.path && e.tls == ep.tls
-        }) {
+        // The same host twice (a [host] entry naming the server itself, containerd's usual way
+        // to give a registry its CA) is asked once, with what both entries allow and the first
+        // entry's TLS settings: the server line has none of its own.
+        match out
+            .iter_mut()
+            .find(|e: &&mut Endpoint| e.scheme == ep.scheme && e.host == ep.host && e.path == ep.path)
+        {
             Some(e) => e.capabilities = Capabilities(e.capabilities.0 | ep.capabilities.0),
             None => out.push(ep),
         }
@@ -603,6 +605,15 @@ server = "https://registry-1.docker.io"
         let eps = endpoints(&[d.path().to_path_buf()], "127.0.0.1:5000", &[]).unwrap();
         assert_eq!(eps.len(), 1, "{eps:?}");
         assert!(eps[0].upstream && eps[0].capabilities == Capabilities::ALL);
+        // containerd's documented way to give a registry its CA: the entry's CA is the server's.
+        write(
+            d.path(),
+            "r.example/hosts.toml",
+            "server = \"https://r.example\"\n[host.\"https://r.example\"]\n  ca = \"ca.crt\"\n",
+        );
+        let eps = endpoints(&[d.path().to_path_buf()], "r.example", &[]).unwrap();
+        assert_eq!(eps.len(), 1, "{eps:?}");
+        assert_eq!(eps[0].tls.ca, [d.path().join("r.example/ca.crt")]);
     }
 
     #[test]

@@ -155,14 +155,6 @@ impl Reference {
         format!("{}/{}", self.registry, self.repository)
     }
 
-    /// The same repository, pinned to `digest` (the tag is kept for display).
-    pub fn with_digest(&self, digest: Digest) -> Self {
-        Self {
-            digest: Some(digest),
-            ..self.clone()
-        }
-    }
-
     /// The tag or digest to ask the registry for: the digest wins.
     pub fn reference(&self) -> String {
         match (&self.digest, &self.tag) {

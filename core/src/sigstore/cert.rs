@@ -128,7 +128,7 @@ pub fn verify_with_oid(key: &PublicKey, alg: &ObjectIdentifier, msg: &[u8], sig:
         const_oid::db::rfc8410::ID_ED_25519 => return key.verify(msg, sig).map_err(|e| e.to_string()),
         other => return Err(format!("unsupported signature algorithm {other}")),
     };
-    key.verify_digest(hash, &hash.hash(msg), sig).map_err(|e| e.to_string())
+    key.verify_with_hash(hash, msg, sig).map_err(|e| e.to_string())
 }
 
 /// The raw `tbsCertificate` TLV inside a certificate's DER.
@@ -161,8 +161,22 @@ fn tlv(b: &[u8]) -> Option<(usize, &[u8])> {
 /// Validates `leaf` → the CA's chain (intermediates, root) at time `at`: every signature, every
 /// certificate's validity, and the authority's validity period in the trusted root.
 pub fn verify_chain(leaf: &ParsedCert, ca: &CertificateAuthority, at: DateTime<Utc>) -> Result<(), VerifyError> {
-    if !ca.valid_for.contains(at) {
-        return Err(untrusted(format!("authority {} is not trusted at {at}", ca.uri)));
+    verify_chain_at(leaf, ca, &[at])
+}
+
+/// [`verify_chain`] at each of `times`, with each signature checked once (signatures do not
+/// depend on the time; validity periods do). The trust anchor is the trusted root's own entry:
+/// its self-signature is not what makes it trusted, so it is not checked (RFC 5280 6.1); a
+/// parent whose subject is not the child's issuer fails before any signature is computed.
+pub fn verify_chain_at(
+    leaf: &ParsedCert,
+    ca: &CertificateAuthority,
+    times: &[DateTime<Utc>],
+) -> Result<(), VerifyError> {
+    for at in times {
+        if !ca.valid_for.contains(*at) {
+            return Err(untrusted(format!("authority {} is not trusted at {at}", ca.uri)));
+        }
     }
     let chain = ca
         .chain
@@ -175,22 +189,27 @@ pub fn verify_chain(leaf: &ParsedCert, ca: &CertificateAuthority, at: DateTime<U
             // The leaf itself is pinned in the trusted chain (TSA roots list their leaf first).
             continue;
         }
+        if child.cert.tbs_certificate.issuer != parent.cert.tbs_certificate.subject {
+            return Err(untrusted(format!(
+                "certificate issued by {} is not issued by {}",
+                child.cert.tbs_certificate.issuer, parent.cert.tbs_certificate.subject
+            )));
+        }
         child.verify_signed_by(parent)?;
         if !parent.is_ca() {
             return Err(untrusted("issuing certificate is not a CA"));
         }
         child = parent;
     }
-    if let Some(root) = chain.last() {
-        root.verify_signed_by(root)?;
-    }
-    for c in std::iter::once(leaf).chain(chain.iter()) {
-        if !c.valid_at(at) {
-            let (nb, na) = c.validity();
-            return Err(untrusted(format!(
-                "certificate {} is not valid at {at} (valid {nb} to {na})",
-                c.cert.tbs_certificate.subject
-            )));
+    for at in times {
+        for c in std::iter::once(leaf).chain(chain.iter()) {
+            if !c.valid_at(*at) {
+                let (nb, na) = c.validity();
+                return Err(untrusted(format!(
+                    "certificate {} is not valid at {at} (valid {nb} to {na})",
+                    c.cert.tbs_certificate.subject
+                )));
+            }
         }
     }
     Ok(())
@@ -212,7 +231,7 @@ pub fn verify_fulcio_leaf<'r>(
     }
     let mut last = untrusted("no certificate authority in the trusted root");
     for ca in &root.certificate_authorities {
-        match times.iter().try_for_each(|t| verify_chain(leaf, ca, *t)) {
+        match verify_chain_at(leaf, ca, times) {
             Ok(()) => return Ok(ca),
             Err(e) => last = e,
         }

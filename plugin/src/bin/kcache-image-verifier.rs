@@ -31,96 +31,22 @@ use std::{
 };
 
 use kcache_core::{
-    api::{ApiError, Client as ApiClient, ImageVerdict},
+    api::Client as ApiClient,
     digest::Digest,
+    image_verifier::{check_daemon_answer, check_request, falls_back, parse_args, refused, verdict_line, MAX_STDIN},
+    paths,
     policy::Policy,
-    refusal::Refusal,
     registry::{Client as RegistryClient, Reference, RegistryConfig},
     verifier::Verifier,
 };
 use kcache_plugin::daemon::config::FileConfig;
-use serde::Deserialize;
 
-/// The stdin media type containerd sends (an OCI content descriptor).
-const DESCRIPTOR_MEDIA_TYPE: &str = "application/vnd.oci.descriptor.v1+json";
-/// The stdin media type with `verify_on_run` (the descriptor wrapped with run context).
-const INPUT_MEDIA_TYPE: &str = "application/vnd.containerd.image-verifier.input.v1+json";
-/// Largest stdin read: a descriptor is a few hundred bytes (annotations included).
-const MAX_STDIN: u64 = 1 << 20;
 /// Default decision deadline: below containerd's default `per_verifier_timeout` of 10 s.
 const DEFAULT_DEADLINE: Duration = Duration::from_millis(8000);
 /// containerd reads this much of stdout; the reason line is kept shorter.
 const MAX_REASON: usize = 16 * 1024;
 
 const USAGE: &str = "usage: kcache-image-verifier -name REF -digest sha256:HEX -stdin-media-type TYPE [-operation pull|run] < descriptor.json";
-
-// ---------------------------------------------------------------------------------------------
-// Arguments, parsed as Go's `flag` package does (containerd builds them for a Go program).
-
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Args {
-    name: Option<String>,
-    digest: Option<String>,
-    stdin_media_type: Option<String>,
-    operation: Option<String>,
-    help: bool,
-}
-
-/// Go `flag` semantics: `-f v`, `-f=v`, `--f v`, `--f=v`; a value-taking flag consumes the next
-/// argument even when it starts with `-`; `--` ends the flags; the first non-flag argument
-/// ends them too; a later occurrence wins; unknown flags are errors.
-fn parse_args(argv: &[String]) -> Result<Args, String> {
-    let mut a = Args::default();
-    let mut i = 0;
-    while i < argv.len() {
-        let arg = &argv[i];
-        i += 1;
-        if arg.len() < 2 || !arg.starts_with('-') {
-            return Err(format!("unexpected argument {arg:?} (all input is flags and stdin)"));
-        }
-        let mut body = &arg[1..];
-        if body.starts_with('-') {
-            body = &body[1..];
-            if body.is_empty() {
-                // "--": the end of the flags.
-                if let Some(rest) = argv.get(i) {
-                    return Err(format!("unexpected argument {rest:?} (all input is flags and stdin)"));
-                }
-                break;
-            }
-        }
-        if body.is_empty() || body.starts_with('-') || body.starts_with('=') {
-            return Err(format!("bad flag syntax: {arg}"));
-        }
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_owned())),
-            None => (body, None),
-        };
-        if matches!(name, "h" | "help") {
-            a.help = true;
-            continue;
-        }
-        let slot = match name {
-            "name" => &mut a.name,
-            "digest" => &mut a.digest,
-            "stdin-media-type" => &mut a.stdin_media_type,
-            "operation" => &mut a.operation,
-            _ => return Err(format!("flag provided but not defined: -{name}")),
-        };
-        let value = match inline {
-            Some(v) => v,
-            None => match argv.get(i) {
-                Some(v) => {
-                    i += 1;
-                    v.clone()
-                }
-                None => return Err(format!("flag needs an argument: -{name}")),
-            },
-        };
-        *slot = Some(value);
-    }
-    Ok(a)
-}
 
 // ---------------------------------------------------------------------------------------------
 // One decision, printed once.
@@ -213,88 +139,22 @@ fn settings() -> Result<Settings, String> {
         policy: env("KCACHE_POLICY")
             .map(PathBuf::from)
             .or(file.policy)
-            .unwrap_or_else(|| "/etc/kcache/policy.yaml".into()),
+            .unwrap_or_else(|| paths::POLICY.into()),
         api_socket: env("KCACHE_API_SOCKET")
             .map(PathBuf::from)
             .or(file.api_socket)
-            .unwrap_or_else(|| "/run/kcache/kcache.sock".into()),
+            .unwrap_or_else(|| paths::API_SOCKET.into()),
         registry,
         deadline: deadline.max(Duration::from_millis(100)),
     })
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stdin.
-
-#[derive(Debug, Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-}
-
-#[derive(Deserialize)]
-struct VerifierInput {
-    descriptor: Option<Descriptor>,
-}
-
-/// Parses stdin as `media_type` says and returns the descriptor.
-fn parse_stdin(media_type: &str, bytes: &[u8]) -> Result<Descriptor, String> {
-    let d = match media_type {
-        DESCRIPTOR_MEDIA_TYPE => serde_json::from_slice::<Descriptor>(bytes)
-            .map_err(|e| format!("stdin is not an OCI descriptor ({DESCRIPTOR_MEDIA_TYPE}): {e}"))?,
-        INPUT_MEDIA_TYPE => serde_json::from_slice::<VerifierInput>(bytes)
-            .map_err(|e| format!("stdin is not {INPUT_MEDIA_TYPE}: {e}"))?
-            .descriptor
-            .ok_or_else(|| format!("stdin ({INPUT_MEDIA_TYPE}) carries no descriptor"))?,
-        other => {
-            return Err(format!(
-                "unsupported -stdin-media-type {other:?} (this verifier reads {DESCRIPTOR_MEDIA_TYPE} and {INPUT_MEDIA_TYPE})"
-            ))
-        }
-    };
-    Ok(d)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The decision.
-
-/// The verdict line: a refusal carries kcache's [`Refusal`] line (the same the snapshotter gate
-/// prints), so the CRI client and `kcache doctor` recognise it whichever refused.
-fn line(v: &ImageVerdict, source: &str) -> String {
-    if v.permits() {
-        return format!("kcache: {} [{source}]", v.summary());
-    }
-    let digest = v.digest.as_ref().map(|d| d.to_string());
-    let refusal = Refusal {
-        image: &v.image,
-        digest: digest.as_deref().unwrap_or("<unresolved>"),
-        rule: v.rule.as_deref().unwrap_or("<default>"),
-        reason: &v.reason,
-    };
-    format!("{refusal} [{source}]")
-}
-
-/// A refusal before any rule was reached (bad request, kcached's answer unusable, no policy).
-fn refused(image: &str, digest: &str, reason: &str) -> String {
-    Refusal {
-        image,
-        digest,
-        rule: "<none>",
-        reason,
-    }
-    .to_string()
-}
+// The decision (the rules are kcache_core::image_verifier's).
 
 fn load_policy(path: &Path) -> Result<Policy, String> {
     let dir = path.parent().map(|p| p.join("policy.d")).filter(|d| d.is_dir());
     Policy::load(path, dir.as_deref()).map_err(|e| format!("cannot load policy {}: {e}", path.display()))
-}
-
-/// Whether an API failure means "verify here instead": kcached down, hung or broken. A 4xx
-/// answer is kcached refusing this request; verifying it here would be refused the same way.
-fn falls_back(e: &ApiError) -> bool {
-    !e.is_refusal()
 }
 
 async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Instant, progress: Progress) -> ! {
@@ -305,23 +165,13 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
     let api = ApiClient::new(&s.api_socket).with_timeout(left / 2);
     let daemon_error = match api.verify(&image, Some(&digest)).await {
         Ok(v) => {
-            if v.digest.as_ref() != Some(&digest) {
-                conclude(
-                    1,
-                    &refused(
-                        &image.to_string(),
-                        digest.as_str(),
-                        &format!(
-                            "kcached answered for another digest ({})",
-                            v.digest.as_ref().map_or("none".to_string(), |d| d.to_string())
-                        ),
-                    ),
-                );
+            if let Err(why) = check_daemon_answer(&v, &digest) {
+                conclude(1, &refused(&image, digest.as_str(), &why));
             }
             let source = if v.cached { "kcached, cached verdict" } else { "kcached" };
-            conclude(if v.permits() { 0 } else { 1 }, &line(&v, source));
+            conclude(if v.permits() { 0 } else { 1 }, &verdict_line(&v, source));
         }
-        Err(e) if !falls_back(&e) => conclude(1, &refused(&image.to_string(), digest.as_str(), &e.to_string())),
+        Err(e) if !falls_back(&e) => conclude(1, &refused(&image, digest.as_str(), &e.to_string())),
         Err(e) => e,
     };
     tracing::info!(%daemon_error, "verifying in process");
@@ -330,7 +180,7 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
         Ok(p) => p,
         Err(e) => conclude(
             2,
-            &refused(&image.to_string(), digest.as_str(), &format!("{daemon_error}, and {e}")),
+            &refused(&image, digest.as_str(), &format!("{daemon_error}, and {e}")),
         ),
     };
     let client = match RegistryClient::new(s.registry) {
@@ -338,7 +188,7 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
         Err(e) => conclude(
             2,
             &refused(
-                &image.to_string(),
+                &image,
                 digest.as_str(),
                 &format!("cannot set up the registry client: {e}"),
             ),
@@ -346,7 +196,7 @@ async fn decide(s: Settings, reference: Reference, digest: Digest, deadline: Ins
     };
     let v = Verifier::new(client).verify_digest(&policy, &reference, &digest).await;
     let source = format!("in process: {daemon_error}");
-    conclude(if v.permits() { 0 } else { 1 }, &line(&v, &source))
+    conclude(if v.permits() { 0 } else { 1 }, &verdict_line(&v, &source))
 }
 
 fn main() {
@@ -386,7 +236,7 @@ fn main() {
     };
     let s = match settings() {
         Ok(s) => s,
-        Err(e) => conclude(2, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
+        Err(e) => conclude(2, &refused(&name, digest.as_str(), &e.to_string())),
     };
     let deadline = started + s.deadline;
     let progress = Progress::default();
@@ -397,7 +247,7 @@ fn main() {
             conclude(
                 1,
                 &refused(
-                    &name.to_string(),
+                    &name,
                     digest.as_str(),
                     &format!("no decision within {} ms ({})", budget.as_millis(), progress.get()),
                 ),
@@ -405,159 +255,21 @@ fn main() {
         });
     }
 
-    // The descriptor: bounded, and it must describe exactly -digest.
+    // The descriptor (bounded) must describe exactly -digest; -name pins no other digest.
     progress.set("reading the descriptor from stdin");
     let mut raw = Vec::new();
-    if let Err(e) = std::io::stdin().lock().take(MAX_STDIN + 1).read_to_end(&mut raw) {
-        conclude(
-            1,
-            &refused(&name.to_string(), digest.as_str(), &format!("cannot read stdin: {e}")),
-        );
+    if let Err(e) = std::io::stdin().lock().take(MAX_STDIN as u64 + 1).read_to_end(&mut raw) {
+        conclude(1, &refused(&name, digest.as_str(), &format!("cannot read stdin: {e}")));
     }
-    if raw.len() as u64 > MAX_STDIN {
-        conclude(
-            1,
-            &refused(
-                &name.to_string(),
-                digest.as_str(),
-                &format!("stdin is larger than {MAX_STDIN} bytes"),
-            ),
-        );
-    }
-    let desc = match parse_stdin(&media_type, &raw) {
-        Ok(d) => d,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
-    };
-    if desc.digest != digest.as_str() {
-        conclude(
-            1,
-            &refused(
-                &name.to_string(),
-                digest.as_str(),
-                &format!("the descriptor on stdin is for {:?}, not -digest", desc.digest),
-            ),
-        );
-    }
-    tracing::debug!(media_type = %desc.media_type, operation = ?args.operation, "descriptor");
-
-    // -name: the repository and tag; never what is verified.
-    let mut reference = match Reference::parse(&name) {
+    let request = match check_request(&name, &digest, &media_type, &raw) {
         Ok(r) => r,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
+        Err(why) => conclude(1, &refused(&name, digest.as_str(), &why)),
     };
-    if let Some(pinned) = reference.digest.take() {
-        if pinned != digest {
-            conclude(
-                1,
-                &refused(
-                    &name.to_string(),
-                    digest.as_str(),
-                    &format!("-name pins another digest ({pinned})"),
-                ),
-            );
-        }
-    }
+    tracing::debug!(media_type = %request.media_type, operation = ?args.operation, "descriptor");
 
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => conclude(1, &refused(&name.to_string(), digest.as_str(), &e.to_string())),
+        Err(e) => conclude(1, &refused(&name, digest.as_str(), &e.to_string())),
     };
-    rt.block_on(decide(s, reference, digest, deadline, progress))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(args: &[&str]) -> Result<Args, String> {
-        parse_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-    }
-
-    #[test]
-    fn go_flag_forms() {
-        let want = Args {
-            name: Some("docker.io/library/nginx:1".into()),
-            digest: Some("sha256:ab".into()),
-            stdin_media_type: Some(DESCRIPTOR_MEDIA_TYPE.into()),
-            ..Args::default()
-        };
-        let forms: [&[&str]; 4] = [
-            &[
-                "-name",
-                "docker.io/library/nginx:1",
-                "-digest",
-                "sha256:ab",
-                "-stdin-media-type",
-                DESCRIPTOR_MEDIA_TYPE,
-            ],
-            &[
-                "-name=docker.io/library/nginx:1",
-                "-digest=sha256:ab",
-                "-stdin-media-type=application/vnd.oci.descriptor.v1+json",
-            ],
-            &[
-                "--name",
-                "docker.io/library/nginx:1",
-                "--digest=sha256:ab",
-                "--stdin-media-type",
-                DESCRIPTOR_MEDIA_TYPE,
-            ],
-            &[
-                "-name",
-                "x",
-                "-name",
-                "docker.io/library/nginx:1",
-                "-digest",
-                "sha256:ab",
-                "-stdin-media-type",
-                DESCRIPTOR_MEDIA_TYPE,
-                "--",
-            ],
-        ];
-        for f in forms {
-            assert_eq!(p(f).unwrap(), want, "{f:?}");
-        }
-        // A value that starts with '-' is still the value, as in Go.
-        assert_eq!(p(&["-name", "-x"]).unwrap().name.as_deref(), Some("-x"));
-        assert_eq!(p(&["-operation", "pull"]).unwrap().operation.as_deref(), Some("pull"));
-        assert!(p(&["-h"]).unwrap().help);
-    }
-
-    #[test]
-    fn go_flag_errors() {
-        for (args, want) in [
-            (&["-nme", "x"][..], "not defined: -nme"),
-            (&["-name"][..], "needs an argument: -name"),
-            (&["---name", "x"][..], "bad flag syntax"),
-            (&["-=x"][..], "bad flag syntax"),
-            (&["positional"][..], "unexpected argument"),
-            (&["-name", "x", "stray"][..], "unexpected argument"),
-            (&["--", "stray"][..], "unexpected argument"),
-        ] {
-            let e = p(args).unwrap_err();
-            assert!(e.contains(want), "{args:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn stdin_payloads() {
-        let d = parse_stdin(
-            DESCRIPTOR_MEDIA_TYPE,
-            br#"{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:ab","size":3}"#,
-        )
-        .unwrap();
-        assert_eq!(d.digest, "sha256:ab");
-        assert_eq!(d.media_type, "application/vnd.oci.image.index.v1+json");
-        let d = parse_stdin(
-            INPUT_MEDIA_TYPE,
-            br#"{"operation":"run","descriptor":{"mediaType":"m","digest":"sha256:cd","size":3}}"#,
-        )
-        .unwrap();
-        assert_eq!(d.digest, "sha256:cd");
-        assert!(parse_stdin("text/plain", b"{}").unwrap_err().contains("unsupported"));
-        assert!(parse_stdin(DESCRIPTOR_MEDIA_TYPE, b"not json").is_err());
-        assert!(parse_stdin(INPUT_MEDIA_TYPE, b"{}")
-            .unwrap_err()
-            .contains("no descriptor"));
-    }
+    rt.block_on(decide(s, request.reference, digest, deadline, progress))
 }

@@ -20,6 +20,7 @@ use kcache_core::{
         store::StoreLayout,
     },
     gpu::{self, ProbeOptions},
+    paths,
     registry::{Client, RegistryConfig},
     snapshot::OverlaySnapshotter,
     verdict::CacheConfig,
@@ -125,7 +126,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
     let policy = if args.no_policy {
         None
     } else {
-        Some(pick(args.policy, file.policy, "/etc/kcache/policy.yaml"))
+        Some(pick(args.policy, file.policy, paths::POLICY))
     };
     let metrics_addr = args.metrics_addr.or(file.metrics_addr);
     if let Some(addr) = metrics_addr {
@@ -158,19 +159,15 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
         snapshotter_socket: pick(
             args.snapshotter_socket,
             file.snapshotter_socket,
-            "/run/kcache/snapshotter.sock",
+            paths::SNAPSHOTTER_SOCKET,
         ),
-        api_socket: pick(args.api_socket, file.api_socket, "/run/kcache/kcache.sock"),
-        root: pick(args.root, file.root, "/var/lib/kcache/snapshotter"),
+        api_socket: pick(args.api_socket, file.api_socket, paths::API_SOCKET),
+        root: pick(args.root, file.root, paths::SNAPSHOTTER_ROOT),
         layout: StoreLayout::new(
-            pick(
-                args.cache_root,
-                file.cache_root,
-                kcache_core::cache::store::DEFAULT_ROOT,
-            ),
-            pick(args.run_dir, file.run_dir, kcache_core::cache::store::DEFAULT_RUN_DIR),
+            pick(args.cache_root, file.cache_root, paths::CACHE_ROOT),
+            pick(args.run_dir, file.run_dir, paths::RUN_DIR),
         ),
-        caches_dir: pick(args.caches_dir, file.caches_dir, "/etc/kcache/caches.d"),
+        caches_dir: pick(args.caches_dir, file.caches_dir, paths::CACHES_DIR),
         extract_limits,
         cache_resync: Duration::from_secs(file.cache_resync_seconds.unwrap_or(300).max(5)),
         registry,

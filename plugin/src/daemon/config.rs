@@ -54,7 +54,7 @@ use serde::Deserialize;
 use super::gate::Unlabeled;
 
 /// Where kcached, kcache-image-verifier and `kcache cache pull` read the config from.
-pub const DEFAULT_CONFIG: &str = "/etc/kcache/config.toml";
+pub const DEFAULT_CONFIG: &str = kcache_core::paths::CONFIG;
 
 /// The config file.
 #[derive(Debug, Clone, Default, Deserialize)]

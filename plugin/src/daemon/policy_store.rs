@@ -55,20 +55,6 @@ impl PolicyStore {
         })
     }
 
-    /// A store around an already loaded policy (tests, `--policy` given as a value).
-    pub fn fixed(policy: Policy) -> Self {
-        Self {
-            main: PathBuf::new(),
-            dir: PathBuf::new(),
-            current: RwLock::new(Arc::new(LoadedPolicy {
-                policy,
-                loaded_at: SystemTime::now(),
-            })),
-            last_error: Mutex::new(None),
-            reloads: 0.into(),
-        }
-    }
-
     /// The policy in force. Cheap: one read lock and an `Arc` clone.
     pub fn current(&self) -> Arc<LoadedPolicy> {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
@@ -77,9 +63,6 @@ impl PolicyStore {
     /// Re-reads the files. `Ok(true)`: a new policy is in force; `Ok(false)`: nothing changed;
     /// `Err`: the files are broken and the old policy stays.
     pub fn reload(&self) -> Result<bool, String> {
-        if self.main.as_os_str().is_empty() {
-            return Ok(false);
-        }
         let mut last_error = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         match load(&self.main, &self.dir) {
             Ok(policy) => {

@@ -60,7 +60,7 @@ pub struct PullArgs {
     #[arg(long, short = 'n')]
     namespace: Option<String>,
     /// Policy file; `policy.d/` beside it is read too.
-    #[arg(long, default_value = "/etc/kcache/policy.yaml", env = "KCACHE_POLICY")]
+    #[arg(long, default_value = kcache_core::paths::POLICY, env = "KCACHE_POLICY")]
     policy: PathBuf,
     /// The approved caches.
     #[arg(long, default_value = DEFAULT_CACHES_DIR)]

@@ -30,10 +30,10 @@ pub struct DoctorArgs {
     #[arg(long, default_value = "auto")]
     containerd_version: String,
     /// kcached's snapshotter socket: where `proxy_plugins.kcache` must point.
-    #[arg(long, default_value = "/run/kcache/snapshotter.sock")]
+    #[arg(long, default_value = kcache_core::paths::SNAPSHOTTER_SOCKET)]
     snapshotter_socket: PathBuf,
     /// The kcache API socket.
-    #[arg(long, env = "KCACHE_API_SOCKET", default_value = "/run/kcache/kcache.sock")]
+    #[arg(long, env = "KCACHE_API_SOCKET", default_value = kcache_core::paths::API_SOCKET)]
     api_socket: PathBuf,
     /// The CRI runtime handler that should run kcache-hook.
     #[arg(long, default_value = "runc")]

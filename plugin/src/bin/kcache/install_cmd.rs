@@ -43,7 +43,7 @@ pub struct CrioArgs {
     #[arg(long, default_value = DEFAULT_HOOK)]
     hook_path: PathBuf,
     /// The cache store kcached writes (kcache-hook --store).
-    #[arg(long, default_value = "/var/lib/kcache/caches")]
+    #[arg(long, default_value = kcache_core::paths::CACHE_ROOT)]
     store: PathBuf,
     /// kcached's run directory (kcache-hook --run-dir).
     #[arg(long, default_value = "/run/kcache")]
@@ -115,10 +115,10 @@ pub struct ContainerdArgs {
     #[arg(long)]
     drop_in: Option<PathBuf>,
     /// kcached's snapshotter socket.
-    #[arg(long, default_value = "/run/kcache/snapshotter.sock")]
+    #[arg(long, default_value = kcache_core::paths::SNAPSHOTTER_SOCKET)]
     snapshotter_socket: PathBuf,
     /// Where the base runtime spec (containerd's default spec plus the kcache hooks) goes.
-    #[arg(long, default_value = "/etc/kcache/containerd-base-spec.json")]
+    #[arg(long, default_value = kcache_core::paths::BASE_SPEC)]
     base_spec: PathBuf,
     /// Start the base spec from this OCI spec (default: the runtime's existing
     /// base_runtime_spec, else the --base-spec file of an earlier run, else `ctr oci spec`).
@@ -161,7 +161,7 @@ pub struct ContainerdArgs {
     platforms: Vec<String>,
     /// kcache's config.toml, whose `[registry] config_path` is set to containerd's registry
     /// config_path (mirrors, CAs), so kcache asks the hosts containerd pulls from.
-    #[arg(long, default_value = "/etc/kcache/config.toml")]
+    #[arg(long, default_value = kcache_core::paths::CONFIG)]
     kcache_config: PathBuf,
     /// Leave kcache's config.toml alone.
     #[arg(long)]
@@ -302,7 +302,7 @@ mod tests {
     fn crio_hooks_file_matches_the_shipped_one() {
         let json = crio_hook_json(
             Path::new(DEFAULT_HOOK),
-            Path::new("/var/lib/kcache/caches"),
+            Path::new(kcache_core::paths::CACHE_ROOT),
             Path::new("/run/kcache"),
         );
         let ours: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -39,7 +39,7 @@ pub enum Output {
 #[derive(Args)]
 pub struct CrioArgs {
     /// Policy file; `policy.d/` beside it is read too.
-    #[arg(long, default_value = "/etc/kcache/policy.yaml", env = "KCACHE_POLICY")]
+    #[arg(long, default_value = kcache_core::paths::POLICY, env = "KCACHE_POLICY")]
     policy: PathBuf,
     /// Write DIR/policy.json, DIR/registries.d/kcache.yaml and DIR/keys/* (each atomically)
     /// instead of printing policy.json and the registries.d YAML.
@@ -58,7 +58,7 @@ pub struct CrioArgs {
     output: Output,
 }
 
-const DEFAULT_KEYS_DIR: &str = "/etc/kcache/crio/keys";
+const DEFAULT_KEYS_DIR: &str = kcache_core::paths::CRIO_KEYS;
 
 pub fn run(command: PolicyCommand) -> Result<Outcome> {
     match command {

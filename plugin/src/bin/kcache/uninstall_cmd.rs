@@ -33,10 +33,10 @@ pub struct ContainerdArgs {
     #[arg(long)]
     drop_in: Option<PathBuf>,
     /// kcached's snapshotter socket (the proxy plugin kcache added points there).
-    #[arg(long, default_value = "/run/kcache/snapshotter.sock")]
+    #[arg(long, default_value = kcache_core::paths::SNAPSHOTTER_SOCKET)]
     snapshotter_socket: PathBuf,
     /// kcache's base runtime spec.
-    #[arg(long, default_value = "/etc/kcache/containerd-base-spec.json")]
+    #[arg(long, default_value = kcache_core::paths::BASE_SPEC)]
     base_spec: PathBuf,
     /// The CRI runtime handler that got the hook.
     #[arg(long, default_value = "runc")]

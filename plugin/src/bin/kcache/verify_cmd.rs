@@ -19,7 +19,7 @@ pub struct VerifyArgs {
     /// Image reference (tag or digest).
     image: String,
     /// Policy file; `policy.d/` beside it is read too.
-    #[arg(long, default_value = "/etc/kcache/policy.yaml", env = "KCACHE_POLICY")]
+    #[arg(long, default_value = kcache_core::paths::POLICY, env = "KCACHE_POLICY")]
     policy: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
@@ -29,7 +29,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     daemon: bool,
     /// The kcache API socket, with `--daemon`.
-    #[arg(long, env = "KCACHE_API_SOCKET", default_value = "/run/kcache/kcache.sock")]
+    #[arg(long, env = "KCACHE_API_SOCKET", default_value = kcache_core::paths::API_SOCKET)]
     api_socket: PathBuf,
     #[command(flatten)]
     registry: RegistryArgs,
