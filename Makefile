@@ -42,9 +42,10 @@ test-hook-static:
 	KCACHE_HOOK_BIN=$(abspath $(DIST))/kcache-hook $(CARGO) test --locked -p kcache-hook --test runc
 
 # The version-sensitive containerd suites again on Debian's containerd 1.7 (trixie) and 2.1 (sid),
-# fetched into the test cache by scripts/debian-peer.sh (the workspace run above covers 1.6 in full).
+# fetched into the test cache by scripts/debian-peer.sh (the workspace run above covers 1.6 in full;
+# cri_nri, the NRI route for kcache-hook, needs 1.7+ and runs only here).
 CONTAINERD_MATRIX ?= 1.7 2.1
-CONTAINERD_SUITES ?= --test cri_e2e --test snapshotter_containerd --test install_containerd
+CONTAINERD_SUITES ?= --test cri_e2e --test snapshotter_containerd --test install_containerd --test cri_nri
 test-containerd-matrix:
 	@for v in $(CONTAINERD_MATRIX); do \
 	  bash scripts/debian-peer.sh containerd-$$v >/dev/null || exit 1; \

@@ -1,5 +1,5 @@
 //! Generates the containerd Snapshots service (server and client) and the Kubernetes CRI clients
-//! (for `kcache doctor --canary`) from the vendored, unchanged protos in `proto/` (see
+//! (for `kcache doctor --canary`) and NRI's messages (the NRI plugin) from the vendored, unchanged protos in `proto/` (see
 //! proto/README.md). protoc and the Google well-known types come from
 //! protoc-bin-vendored: no protoc needs to be installed.
 
@@ -22,6 +22,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(
             &[std::path::PathBuf::from(
                 "proto/k8s.io/cri-api/pkg/apis/runtime/v1/api.proto",
+            )],
+            &[std::path::PathBuf::from("proto"), well_known.clone()],
+        )?;
+    // NRI's messages only: kcache speaks ttrpc over NRI's multiplexed socket itself
+    // (src/nri), so no gRPC service code.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_protos(
+            &[std::path::PathBuf::from(
+                "proto/github.com/containerd/nri/pkg/api/api.proto",
             )],
             &[std::path::PathBuf::from("proto"), well_known],
         )?;

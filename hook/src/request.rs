@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 /// The opt-in annotation.
-pub const CACHE: &str = "kcache.dev/cache";
+pub use kcache_core::cache::optin::CACHE;
 /// Fail the start without the cache.
 pub const REQUIRED: &str = "kcache.dev/cache-required";
 /// The mount path inside the container.
@@ -24,10 +24,7 @@ pub const PATH: &str = "kcache.dev/cache-path";
 pub const CRI_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 /// CRI-O (and the kubelet's pod labels): the pod's namespace.
 pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
-/// containerd's CRI plugin: `sandbox` for the pod's pause container.
-pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-/// CRI-O: `sandbox` for the pod's infra container.
-pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
+pub use kcache_core::cache::optin::{CRIO_CONTAINER_TYPE, CRI_CONTAINER_TYPE};
 
 /// A container's opt-in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,13 +61,10 @@ impl Request {
     /// The request in `annotations`; `None` when the container did not opt in. A pod's sandbox
     /// (pause) container never opts in: containerd and CRI-O give it the pod's annotations too.
     pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<Self> {
-        let name = annotations.get(CACHE)?.clone();
-        if [CRI_CONTAINER_TYPE, CRIO_CONTAINER_TYPE]
-            .iter()
-            .any(|k| annotations.get(*k).is_some_and(|v| v == "sandbox"))
-        {
+        if !kcache_core::cache::optin::opts_in(|k| annotations.get(k).map(String::as_str)) {
             return None;
         }
+        let name = annotations.get(CACHE)?.clone();
         let get = |k| annotations.get(k).filter(|ns: &&String| !ns.is_empty());
         let (cri, pod) = (get(CRI_NAMESPACE), get(POD_NAMESPACE));
         let namespace_conflict = match (cri, pod) {

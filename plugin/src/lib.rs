@@ -10,6 +10,7 @@
 #![warn(clippy::unwrap_used, clippy::panic)]
 
 pub mod daemon;
+pub mod nri;
 pub mod proto;
 
 pub use daemon::api;

@@ -23,6 +23,11 @@ pub mod containerd {
 pub use containerd::{services::snapshots::v1 as snapshots, types};
 
 /// `runtime.v1`: the Kubernetes CRI, clients only.
+/// NRI's API messages (containerd/nri `pkg/api/api.proto`); the transport is `crate::nri::wire`.
+pub mod nri {
+    tonic::include_proto!("nri.pkg.api.v1alpha1");
+}
+
 pub mod runtime {
     /// `runtime.v1`
     pub mod v1 {

@@ -174,6 +174,9 @@ pub struct CriConfig {
     pub hook: Option<PathBuf>,
     /// containerd 2.1+: how CRI pulls (the default: the transfer service).
     pub pull: PullPath,
+    /// `kcache install containerd --nri`: no base spec hook; NRI on (1.7), its socket
+    /// [`Containerd::nri_socket`], for kcached's NRI plugin.
+    pub nri: bool,
 }
 
 /// When containerd's garbage collector runs.
@@ -274,7 +277,7 @@ impl ContainerdConfig {
         if p.version != "1.6" {
             // NRI (1.7: off by default; 2.x: on): its socket and plugin dirs in the test's dir.
             let nri = ["plugins", "io.containerd.nri.v1.nri"];
-            put(&mut d, &nri, "socket_path", s(&dir.join("nri/nri.sock")));
+            put(&mut d, &nri, "socket_path", s(&Containerd::nri_socket_in(dir)));
             put(&mut d, &nri, "plugin_path", s(&dir.join("nri/plugins")));
             put(&mut d, &nri, "plugin_config_path", s(&dir.join("nri/conf.d")));
         }
@@ -396,6 +399,7 @@ impl ContainerdConfig {
             ctr: p.ctr.clone(),
             pull: cri.pull,
             platforms: Vec::new(),
+            nri: cri.nri,
         };
         let plan = plan(&request).expect("kcache install containerd: plan");
         plan.write(&mut |step| eprintln!("kcache install containerd: {step}"))
@@ -480,6 +484,21 @@ impl Containerd {
     /// The gRPC socket (CRI and containerd's own services).
     pub fn address(&self) -> &Path {
         &self.address
+    }
+
+    /// NRI's socket (in the test's dir; 1.7+).
+    pub fn nri_socket(&self) -> PathBuf {
+        Self::nri_socket_in(&self.dir)
+    }
+
+    /// NRI's socket of a containerd started in `dir` (known before it starts, for kcached).
+    pub fn nri_socket_in(dir: &Path) -> PathBuf {
+        dir.join("nri/nri.sock")
+    }
+
+    /// containerd's state dir (task bundles: `io.containerd.runtime.v2.task/<ns>/<id>`).
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     /// containerd's root directory (its snapshotters' roots are under it).

@@ -16,5 +16,6 @@ pub mod registry;
 pub mod tls;
 pub mod token_issuer;
 pub mod triton;
+pub mod warm;
 
 pub use registry::TestRegistry;

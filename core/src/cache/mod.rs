@@ -30,6 +30,7 @@ pub mod lock;
 #[cfg(all(feature = "verify", feature = "cache"))]
 pub mod manager;
 pub mod meta;
+pub mod optin;
 pub mod refs;
 pub mod store;
 pub mod summary;

@@ -16,7 +16,8 @@ use serde::Serialize;
 use toml::Value;
 
 use super::{
-    cri_tables, ContainerdError, Flavor, PullPath, Result, BINDIR, CRI_IMAGES, POD_ANNOTATIONS, TRANSFER, VERIFIER_LINK,
+    cri_tables, ContainerdError, Flavor, PullPath, Result, BINDIR, CRI_IMAGES, NRI, NRI_SOCKET, POD_ANNOTATIONS,
+    TRANSFER, VERIFIER_LINK,
 };
 use crate::{
     api::{GateStatus, PolicyStatus, RegistryStatus},
@@ -396,6 +397,33 @@ fn check_2_1_pulls(dump: &Value, disable: Option<bool>) -> Vec<Finding> {
 
 /// The hook: not about verification, but without it no cache reaches a pod.
 fn check_hook(dump: &Value, runtimes: &[&str], runtime: &str) -> Finding {
+    hook_route(dump, runtimes, runtime, None)
+}
+
+/// The hook check for a node where kcached may run the NRI plugin: `nri_socket` is kcached's
+/// `[nri] socket` (None: its NRI plugin is off). Either route passes: kcache-hook in the base
+/// runtime spec, or containerd's NRI on at the socket kcached connects to. Both at once run the
+/// hook twice in opted-in containers (a warning). Replaces [`check_config`]'s `hook` finding.
+pub fn check_hook_route(dump: &Value, flavor: Flavor, runtime: &str, nri_socket: Option<&str>) -> Finding {
+    let (_, runtimes) = cri_tables(flavor.default_schema());
+    hook_route(dump, runtimes, runtime, nri_socket)
+}
+
+/// containerd's NRI as the dump says: None without the plugin (1.6), else whether it is on and
+/// its socket.
+fn nri_state(dump: &Value) -> Option<(bool, String)> {
+    let t = at(dump, &["plugins", NRI])?.as_table()?;
+    let disabled = t.get("disable").and_then(Value::as_bool).unwrap_or(false);
+    let socket = t
+        .get("socket_path")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(NRI_SOCKET)
+        .to_owned();
+    Some((!disabled, socket))
+}
+
+fn hook_route(dump: &Value, runtimes: &[&str], runtime: &str, nri_socket: Option<&str>) -> Finding {
     let r = at(dump, &[runtimes, &[runtime]].concat());
     let spec = r
         .and_then(|r| r.get("base_runtime_spec"))
@@ -417,6 +445,39 @@ fn check_hook(dump: &Value, runtimes: &[&str], runtime: &str) -> Finding {
         .and_then(|r| r.get("pod_annotations"))
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(POD_ANNOTATIONS)));
+    // The NRI route: kcached's plugin on containerd's NRI socket. It adds the pod's kcache
+    // annotations itself, so pod_annotations is not needed there.
+    let nri = nri_socket.map(|ours| match nri_state(dump) {
+        None => Err("this containerd has no NRI plugin (1.7 or later)".to_owned()),
+        Some((false, _)) => Err(format!(
+            "containerd's NRI is disabled (plugins.\"{NRI}\".disable = true; kcache install containerd --nri)"
+        )),
+        Some((true, theirs)) if theirs != ours => Err(format!(
+            "containerd's NRI socket is {theirs}, but kcached's [nri] socket is {ours}"
+        )),
+        Some((true, theirs)) => Ok(theirs),
+    });
+    match (hooked, &nri) {
+        (true, Some(Ok(socket))) => {
+            return finding(
+                Level::Warn,
+                Check::Hook,
+                format!(
+                    "runtime {runtime}: kcache-hook is both in the base spec {spec} and added by kcached's NRI plugin                      (on {socket}): opted-in containers run it twice; reinstall with or without --nri"
+                ),
+            )
+        }
+        (false, Some(Ok(socket))) => {
+            return finding(
+                Level::Ok,
+                Check::Hook,
+                format!(
+                    "kcache-hook through NRI: kcached's plugin on {socket} adds it to containers of pods with                      kcache.dev/cache only"
+                ),
+            )
+        }
+        _ => {}
+    }
     let mut missing = Vec::new();
     if !hooked {
         missing.push(if spec.is_empty() {
@@ -427,6 +488,9 @@ fn check_hook(dump: &Value, runtimes: &[&str], runtime: &str) -> Finding {
     }
     if !annotations {
         missing.push(format!("pod_annotations lacks {POD_ANNOTATIONS:?}"));
+    }
+    if let Some(Err(why)) = &nri {
+        missing.push(format!("kcached's NRI plugin cannot work: {why}"));
     }
     if missing.is_empty() {
         finding(
@@ -439,7 +503,8 @@ fn check_hook(dump: &Value, runtimes: &[&str], runtime: &str) -> Finding {
             Level::Warn,
             Check::Hook,
             format!(
-                "runtime {runtime}: {}: kernel caches are not mounted into pods (kcache install containerd)",
+                "runtime {runtime}: {}: kernel caches are not mounted into pods (kcache install containerd, with or \
+                 without --nri)",
                 missing.join(", ")
             ),
         )
@@ -928,5 +993,51 @@ mod tests {
         ] {
             assert_eq!(check_canary("r/e2e/canary:v1", pull).level, Level::Fail);
         }
+    }
+
+    #[test]
+    fn either_hook_route_passes_and_both_at_once_warn() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = tmp.path().join("spec.json");
+        std::fs::write(
+            &spec,
+            r#"{"hooks":{"prestart":[{"path":"/usr/libexec/kcache/kcache-hook"}],"poststop":[{"path":"/usr/libexec/kcache/kcache-hook"}]}}"#,
+        )
+        .unwrap();
+        let runc = |base: bool| {
+            let mut t = String::from("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  pod_annotations = [\"kcache.dev/*\"]\n");
+            if base {
+                t += &format!("  base_runtime_spec = \"{}\"\n", spec.display());
+            }
+            t
+        };
+        let nri = |disable: bool| {
+            format!("[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = {disable}\n  socket_path = \"/var/run/nri/nri.sock\"\n")
+        };
+        let sock = Some("/var/run/nri/nri.sock");
+        let level = |text: String, nri_socket| check_hook_route(&dump(&text), Flavor::V1, "runc", nri_socket).level;
+        // Base spec only: ok, with or without an NRI section.
+        assert_eq!(level(runc(true), None), Level::Ok);
+        assert_eq!(level(runc(true) + &nri(true), None), Level::Ok);
+        // NRI only: ok when containerd's NRI is on at kcached's socket.
+        assert_eq!(level(runc(false) + &nri(false), sock), Level::Ok);
+        let f = check_hook_route(&dump(&(runc(false) + &nri(false))), Flavor::V1, "runc", sock);
+        assert!(f.detail.contains("through NRI"), "{}", f.detail);
+        // NRI off (1.7's default), another socket, no NRI plugin (1.6), or no route at all: warn.
+        for (text, s) in [
+            (runc(false) + &nri(true), sock),
+            (runc(false) + &nri(false), Some("/elsewhere.sock")),
+            (runc(false), sock),
+            (runc(false) + &nri(false), None),
+        ] {
+            assert_eq!(level(text.clone(), s), Level::Warn, "{text} {s:?}");
+        }
+        // Both: the hook would run twice.
+        let f = check_hook_route(&dump(&(runc(true) + &nri(false))), Flavor::V1, "runc", sock);
+        assert_eq!(f.level, Level::Warn);
+        assert!(f.detail.contains("twice"), "{}", f.detail);
+        // 2.x: NRI on by default (no disable key).
+        let d = "[plugins.\"io.containerd.nri.v1.nri\"]\n  socket_path = \"/var/run/nri/nri.sock\"\n";
+        assert_eq!(check_hook_route(&dump(d), Flavor::V2_1, "runc", sock).level, Level::Ok);
     }
 }

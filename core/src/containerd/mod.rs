@@ -51,6 +51,10 @@ pub const CRI_RUNTIME: &str = "io.containerd.cri.v1.runtime";
 pub const BINDIR: &str = "io.containerd.image-verifier.v1.bindir";
 /// containerd 2.x's transfer service (unpack_config).
 pub const TRANSFER: &str = "io.containerd.transfer.v1.local";
+/// containerd's NRI plugin (1.7: off by default, 2.x: on).
+pub const NRI: &str = "io.containerd.nri.v1.nri";
+/// containerd's default NRI socket.
+pub const NRI_SOCKET: &str = "/var/run/nri/nri.sock";
 /// The annotations CRI must pass to the OCI spec for kcache-hook.
 pub const POD_ANNOTATIONS: &str = "kcache.dev/*";
 /// The name of the verifier in `bin_dir`: containerd runs the entries in name order and only

@@ -56,8 +56,13 @@ pub struct InstallRequest {
     /// node's).
     pub platforms: Vec<String>,
     /// kcache's own config.toml: its `[registry] config_path` is set to containerd's, so that
-    /// kcache asks the mirrors and trusts the CAs containerd does. None: left alone.
+    /// kcache asks the mirrors and trusts the CAs containerd does (and with `nri`, its `[nri]`
+    /// section). None: left alone.
     pub kcache_config: Option<PathBuf>,
+    /// The hook through NRI (`--nri`): kcached's NRI plugin adds kcache-hook to opted-in
+    /// containers only; no base runtime spec; 1.7's NRI turned on; kcache's config.toml gets
+    /// `[nri] socket` (containerd's NRI socket) and `hook`.
+    pub nri: bool,
 }
 
 impl InstallRequest {
@@ -241,6 +246,9 @@ pub struct InstallPlan {
     /// kcache's config.toml and the registry `config_path` set in it (containerd's), when
     /// that changes it.
     pub registry_config_path: Option<(PathBuf, String)>,
+    /// `--nri`: containerd's NRI socket, where kcached's NRI plugin connects (no base spec is
+    /// written then).
+    pub nri_socket: Option<String>,
 }
 
 /// A file's text, None when it does not exist.
@@ -296,6 +304,7 @@ pub fn plan(r: &InstallRequest) -> Result<InstallPlan> {
         per_verifier_timeout: r.per_verifier_timeout.clone(),
         pull: r.pull,
         platforms: r.platforms.clone(),
+        nri: r.nri,
     };
     let drop_in = r.drop_in();
     let mut warnings = Vec::new();
@@ -364,6 +373,12 @@ pub fn plan(r: &InstallRequest) -> Result<InstallPlan> {
         }
         _ => None,
     };
+    let nri_socket = r.nri.then(|| containerd_nri_socket(&main));
+    if let (Some(kc), Some(socket)) = (&r.kcache_config, &nri_socket) {
+        // One change per file: on top of the registry edit when there is one.
+        let prior = changes.iter().position(|c| &c.path == kc).map(|i| changes.remove(i));
+        changes.extend(kcache_nri_change(kc, prior, socket, &r.hook)?);
+    }
     changes.insert(
         0,
         FileChange {
@@ -392,7 +407,55 @@ pub fn plan(r: &InstallRequest) -> Result<InstallPlan> {
         }),
         warnings,
         registry_config_path,
+        nri_socket,
     })
+}
+
+/// containerd's NRI socket: its `socket_path` when config.toml sets one, else the default.
+fn containerd_nri_socket(main: &DocumentMut) -> String {
+    main.get("plugins")
+        .and_then(|p| p.get(super::NRI))
+        .and_then(|n| n.get("socket_path"))
+        .and_then(Item::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or(super::NRI_SOCKET)
+        .to_owned()
+}
+
+/// kcache's config.toml with `[nri] socket` and `hook` set (on top of `prior`, an earlier edit
+/// of the same file), or None when it already says so.
+fn kcache_nri_change(path: &Path, prior: Option<FileChange>, socket: &str, hook: &Path) -> Result<Option<FileChange>> {
+    let old = match &prior {
+        Some(c) => c.old.clone(),
+        None => read_optional(path)?,
+    };
+    let base = prior.as_ref().map_or(old.clone(), |c| Some(c.new.clone()));
+    let mut doc = parse_doc(base.as_deref().unwrap_or(""), path)?;
+    let nri = doc
+        .entry("nri")
+        .or_insert_with(|| Item::Table(toml_edit::Table::new()))
+        .as_table_like_mut()
+        .ok_or_else(|| ContainerdError::KcacheConfig {
+            path: path.to_owned(),
+            reason: "`nri` is not a table".into(),
+        })?;
+    let hook = hook.to_string_lossy();
+    for (k, v) in [("socket", socket), ("hook", &*hook)] {
+        if nri.get(k).and_then(Item::as_str) != Some(v) {
+            nri.insert(k, Item::Value(Value::from(v)));
+        }
+    }
+    let new = doc.to_string();
+    if old.as_deref() == Some(new.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(FileChange {
+        path: path.to_owned(),
+        new,
+        mode: mode_of(path),
+        backup: old.is_some(),
+        old,
+    }))
 }
 
 /// containerd's CRI registry `config_path` in its main config, when set (not empty).
@@ -497,6 +560,18 @@ impl InstallPlan {
     /// [`InstallPlan::spec_source`] plus the hooks), the verifier link. Reports each step to `on`;
     /// returns how many things changed (0: containerd was already configured).
     pub fn write(&self, on: &mut dyn FnMut(Step)) -> Result<usize> {
+        if self.nri_socket.is_some() {
+            // The NRI route: no base spec (an earlier one stays until uninstall: nothing
+            // references it any more).
+            let mut changed = write_changes(&self.changes, &backup_stamp(), on)?;
+            if let Some(v) = &self.verifier {
+                changed += link_verifier(v, on)?;
+            }
+            for w in &self.warnings {
+                on(Step::Warning(w.clone()));
+            }
+            return Ok(changed);
+        }
         let from = match &self.spec_source {
             SpecSource::Given(p) | SpecSource::Node(p) | SpecSource::Earlier(p) => {
                 if let SpecSource::Node(p) = &self.spec_source {
@@ -586,4 +661,84 @@ fn link_verifier(v: &VerifierLink, on: &mut dyn FnMut(Step)) -> Result<usize> {
         }));
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(dir: &Path, flavor: Flavor, nri: bool) -> InstallRequest {
+        InstallRequest {
+            flavor,
+            config: dir.join("config.toml"),
+            drop_in: None,
+            socket: "/run/kcache/snapshotter.sock".into(),
+            base_spec: dir.join("base-spec.json"),
+            base_spec_from: Some(dir.join("default-spec.json")),
+            hook: "/usr/libexec/kcache/kcache-hook".into(),
+            runtime: "runc".into(),
+            verifier_bin_dir: dir.join("verifiers"),
+            verifier: "/bin/true".into(),
+            max_verifiers: 10,
+            per_verifier_timeout: "10s".into(),
+            ctr: "ctr".into(),
+            pull: PullPath::Transfer,
+            platforms: vec!["linux/amd64".into()],
+            kcache_config: Some(dir.join("kcache.toml")),
+            nri,
+        }
+    }
+
+    #[test]
+    fn nri_writes_no_base_spec_and_points_kcached_at_containerds_nri_socket() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("default-spec.json"), r#"{"ociVersion":"1.0.2"}"#).unwrap();
+        std::fs::write(
+            dir.join("config.toml"),
+            "version = 2\n[plugins.\"io.containerd.nri.v1.nri\"]\n  socket_path = \"/run/n/nri.sock\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("kcache.toml"), "# mine\npolicy = \"/p.yaml\"\n").unwrap();
+        let p = plan(&request(dir, Flavor::V1, true)).unwrap();
+        assert_eq!(p.nri_socket.as_deref(), Some("/run/n/nri.sock"));
+        let kc: Vec<_> = p.changes.iter().filter(|c| c.path == dir.join("kcache.toml")).collect();
+        assert_eq!(kc.len(), 1, "one edit of kcache's config: registry and nri together");
+        p.write(&mut |_| {}).unwrap();
+        assert!(!dir.join("base-spec.json").exists());
+        let kc = std::fs::read_to_string(dir.join("kcache.toml")).unwrap();
+        let v: toml::Value = toml::from_str(&kc).unwrap();
+        assert_eq!(v["nri"]["socket"].as_str(), Some("/run/n/nri.sock"));
+        assert_eq!(v["nri"]["hook"].as_str(), Some("/usr/libexec/kcache/kcache-hook"));
+        assert_eq!(v["registry"]["config_path"].as_str(), Some("/etc/containerd/certs.d"));
+        assert!(kc.starts_with("# mine\n"));
+        let main = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        assert!(
+            main.contains("disable = false") && !main.contains("base_runtime_spec"),
+            "{main}"
+        );
+        // Again: nothing changes.
+        assert_eq!(
+            plan(&request(dir, Flavor::V1, true))
+                .unwrap()
+                .write(&mut |_| {})
+                .unwrap(),
+            0
+        );
+
+        // 2.x without a socket_path: containerd's default socket; the default route writes the spec.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("default-spec.json"), r#"{"ociVersion":"1.0.2"}"#).unwrap();
+        let p = plan(&request(dir, Flavor::V2_1, true)).unwrap();
+        assert_eq!(p.nri_socket.as_deref(), Some(crate::containerd::NRI_SOCKET));
+        let p = plan(&request(dir, Flavor::V2_1, false)).unwrap();
+        assert_eq!(p.nri_socket, None);
+        p.write(&mut |_| {}).unwrap();
+        assert!(dir.join("base-spec.json").is_file());
+        assert!(!std::fs::read_to_string(dir.join("kcache.toml"))
+            .unwrap_or_default()
+            .contains("[nri]"));
+    }
 }

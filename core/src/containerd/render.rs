@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, DocumentMut, Item, Table, TableLike, Value};
 
-use super::{ContainerdError, Flavor, Result, BINDIR, CRI_IMAGES, CRI_RUNTIME, CRI_V2, POD_ANNOTATIONS, TRANSFER};
+use super::{ContainerdError, Flavor, Result, BINDIR, CRI_IMAGES, CRI_RUNTIME, CRI_V2, NRI, POD_ANNOTATIONS, TRANSFER};
 
 /// containerd 2.1+: how CRI pulls images.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -65,6 +65,9 @@ pub struct Target {
     pub pull: PullPath,
     /// 2.1+: the platforms the transfer service unpacks into kcache (default: this node's).
     pub platforms: Vec<String>,
+    /// The hook through NRI (kcached's NRI plugin) instead of the base runtime spec: no
+    /// `base_runtime_spec` (kcache's own is taken out again), and on 1.x NRI turned on.
+    pub nri: bool,
 }
 
 #[cfg(test)]
@@ -82,6 +85,7 @@ impl Target {
             per_verifier_timeout: "10s".into(),
             pull: PullPath::Transfer,
             platforms: vec![],
+            nri: false,
         }
     }
 }
@@ -173,7 +177,12 @@ pub fn apply(doc: &mut DocumentMut, t: &Target) -> Result<()> {
         if r.get("runtime_type").is_none() {
             set(r, "runtime_type", "io.containerd.runc.v2");
         }
-        set(r, "base_runtime_spec", t.base_spec.as_str());
+        if !t.nri {
+            set(r, "base_runtime_spec", t.base_spec.as_str());
+        } else if r.get("base_runtime_spec").and_then(Item::as_str) == Some(t.base_spec.as_str()) {
+            // An earlier base-spec install: the hook would run twice.
+            r.remove("base_runtime_spec");
+        }
         // A per-runtime snapshotter would bypass the gate.
         if r.get("snapshotter")
             .and_then(Item::as_str)
@@ -202,6 +211,12 @@ pub fn apply(doc: &mut DocumentMut, t: &Target) -> Result<()> {
                 }
             }
         }
+    }
+    if t.nri && !t.flavor.is_2x() {
+        // containerd 1.7 ships NRI disabled; 2.x enables it by default (its socket path is
+        // left to the node).
+        let n = table_at(root, &["plugins", NRI], &mut created)?;
+        set(n, "disable", false);
     }
     if t.flavor.is_2x() {
         let v = table_at(root, &["plugins", BINDIR], &mut created)?;
@@ -577,5 +592,41 @@ root = "/var/lib/containerd"
         assert!(!glob(b"/a/*.toml", b"/a/b/k.toml"));
         assert!(glob(b"/a/?.toml", b"/a/k.toml"));
         assert!(!glob(b"/a/*.toml", b"/a/k.json"));
+    }
+
+    #[test]
+    fn the_nri_route_leaves_the_base_spec_out_and_turns_nri_on_only_on_1_x() {
+        // An earlier base-spec install on 1.7: its base_runtime_spec is taken out again.
+        let mut d = DocumentMut::new();
+        d.insert("version", Item::Value(Value::from(2)));
+        apply(&mut d, &target(Flavor::V1)).unwrap();
+        let nri = |flavor| Target {
+            nri: true,
+            ..target(flavor)
+        };
+        apply(&mut d, &nri(Flavor::V1)).unwrap();
+        let v: toml::Value = toml::from_str(&d.to_string()).unwrap();
+        let r = &at(&v, &["plugins", CRI_V2, "containerd", "runtimes", "runc"]).unwrap();
+        assert!(r.get("base_runtime_spec").is_none(), "{d}");
+        assert_eq!(r["pod_annotations"].as_array().unwrap().len(), 1);
+        assert_eq!(at(&v, &["plugins", NRI, "disable"]).unwrap().as_bool(), Some(false));
+        // The node's own base spec stays.
+        let mut d: DocumentMut = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  base_runtime_spec = \"/etc/node.json\"\n"
+            .parse()
+            .unwrap();
+        apply(&mut d, &nri(Flavor::V1)).unwrap();
+        assert!(d.to_string().contains("base_runtime_spec = \"/etc/node.json\""));
+
+        for flavor in [Flavor::V2_0, Flavor::V2_1] {
+            let mut d = DocumentMut::new();
+            apply(&mut d, &nri(flavor)).unwrap();
+            let v: toml::Value = toml::from_str(&d.to_string()).unwrap();
+            assert!(
+                at(&v, &["plugins", NRI]).is_none(),
+                "2.x: NRI is on by default, its keys the node's"
+            );
+            let r = at(&v, &["plugins", CRI_RUNTIME, "containerd", "runtimes", "runc"]).unwrap();
+            assert!(r.get("base_runtime_spec").is_none());
+        }
     }
 }

@@ -5,6 +5,34 @@ use std::{path::Path, process::Command};
 
 use super::{ContainerdError, Result, HOOK_TIMEOUT_S};
 
+/// One kcache-hook entry of an OCI spec's `hooks`: what the base spec carries, and what the NRI
+/// plugin adds to an opted-in container (the same path, argv and timeout on both routes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookEntry {
+    /// `prestart` or `poststop`.
+    pub phase: &'static str,
+    /// The hook binary.
+    pub path: String,
+    /// Its argv: the binary's file name and the phase.
+    pub args: Vec<String>,
+    /// Seconds before runc kills it ([`HOOK_TIMEOUT_S`]).
+    pub timeout: u64,
+}
+
+/// kcache-hook at prestart and poststop.
+pub fn hook_entries(hook: &Path) -> [HookEntry; 2] {
+    let path = hook.to_string_lossy().into_owned();
+    let argv0 = hook
+        .file_name()
+        .map_or_else(|| path.clone(), |n| n.to_string_lossy().into_owned());
+    ["prestart", "poststop"].map(|phase| HookEntry {
+        phase,
+        path: path.clone(),
+        args: vec![argv0.clone(), phase.to_string()],
+        timeout: HOOK_TIMEOUT_S,
+    })
+}
+
 /// `default_spec` plus the kcache hooks (each added once: a second run changes nothing).
 pub fn base_spec(default_spec: &[u8], hook: &Path) -> Result<String> {
     let mut spec: serde_json::Value = serde_json::from_slice(default_spec).map_err(ContainerdError::SpecJson)?;
@@ -17,21 +45,17 @@ pub fn base_spec(default_spec: &[u8], hook: &Path) -> Result<String> {
         .or_insert_with(|| serde_json::json!({}))
         .as_object_mut()
         .ok_or(ContainerdError::Spec("`hooks` is not an object"))?;
-    let path = hook.to_string_lossy().into_owned();
-    let argv0 = hook
-        .file_name()
-        .map_or_else(|| path.clone(), |n| n.to_string_lossy().into_owned());
-    for phase in ["prestart", "poststop"] {
+    for entry in hook_entries(hook) {
         let list = hooks
-            .entry(phase)
+            .entry(entry.phase)
             .or_insert_with(|| serde_json::json!([]))
             .as_array_mut()
             .ok_or(ContainerdError::Spec("a hooks phase is not an array"))?;
         if !list
             .iter()
-            .any(|h| h.get("path").and_then(|p| p.as_str()) == Some(path.as_str()))
+            .any(|h| h.get("path").and_then(|p| p.as_str()) == Some(entry.path.as_str()))
         {
-            list.push(serde_json::json!({"path": path, "args": [argv0, phase], "timeout": HOOK_TIMEOUT_S}));
+            list.push(serde_json::json!({"path": entry.path, "args": entry.args, "timeout": entry.timeout}));
         }
     }
     Ok(serde_json::to_string_pretty(&spec).map_err(ContainerdError::SpecJson)? + "\n")

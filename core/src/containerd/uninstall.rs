@@ -20,7 +20,7 @@ use toml_edit::{DocumentMut, Item, TableLike, Value};
 use super::{
     plan::{backup_stamp, mode_of, parse_doc, read_optional, write_changes, FileChange, Step},
     render::DEFAULT_SNAPSHOTTER,
-    ContainerdError, Result, BINDIR, CRI_IMAGES, CRI_RUNTIME, CRI_V2, POD_ANNOTATIONS, TRANSFER, VERIFIER_LINK,
+    ContainerdError, Result, BINDIR, CRI_IMAGES, CRI_RUNTIME, CRI_V2, NRI, POD_ANNOTATIONS, TRANSFER, VERIFIER_LINK,
 };
 
 /// The first line of the drop-in kcache writes (how uninstall knows it is kcache's).
@@ -232,6 +232,10 @@ pub fn unapply(doc: &mut DocumentMut, pre: Option<&DocumentMut>, r: &UninstallRe
         v.as_str() == Some(base_spec.as_str())
     });
     u.restore_if(&runtime, "snapshotter", is_str("kcache"));
+    if schema < 3 {
+        // `kcache install containerd --nri` on 1.7.
+        u.restore_if(&["plugins", NRI], "disable", |v| v.as_bool() == Some(false));
+    }
     // pod_annotations: kcache's entry out, unless it was there before.
     let pre_had = u
         .pre_value(&runtime, "pod_annotations")

@@ -5,7 +5,9 @@
 //! - the kcache API on `--api-socket` (verify, policy status, cache status, metrics);
 //! - `/metrics` on a loopback TCP address when `--metrics-addr` is set;
 //! - the policy, reloaded on change (a broken new policy keeps the old one);
-//! - the GPU inventory, written to `<run-dir>/gpus.json` at start for the OCI hook.
+//! - the GPU inventory, written to `<run-dir>/gpus.json` at start for the OCI hook;
+//! - with `[nri] socket` set, containerd's NRI plugin `kcache`: kcache-hook only in the
+//!   containers whose pod asks for a cache (`kcache_plugin::nri`).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -108,6 +110,8 @@ struct Settings {
     metrics_addr: Option<SocketAddr>,
     reload: Duration,
     probe: ProbeOptions,
+    /// NRI socket and hook binary, when the NRI plugin is on.
+    nri: Option<(PathBuf, PathBuf)>,
 }
 
 fn settings(args: Args) -> anyhow::Result<Settings> {
@@ -143,6 +147,13 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
     );
     let defaults = CacheConfig::default();
     let vc = file.verdict_cache;
+    let nri = file.nri.socket.map(|socket| {
+        let hook = file
+            .nri
+            .hook
+            .unwrap_or_else(|| PathBuf::from(kcache_core::containerd::DEFAULT_HOOK));
+        (socket, hook)
+    });
     Ok(Settings {
         policy,
         snapshotter_socket: pick(
@@ -183,6 +194,7 @@ fn settings(args: Args) -> anyhow::Result<Settings> {
                 .kfd_root
                 .or_else(|| Some(PathBuf::from(gpu::kfd::DEFAULT_TOPOLOGY_ROOT))),
         },
+        nri,
     })
 }
 
@@ -236,6 +248,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut service = SnapshotsService::new(Arc::new(snapshotter)).with_metrics(Arc::clone(&metrics));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let nri_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -343,6 +356,16 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                     .context("metrics listener failed")
             });
         }
+    }
+
+    if let Some((socket, hook)) = s.nri.clone() {
+        tracing::info!(socket = %socket.display(), hook = %hook.display(), "NRI plugin on");
+        let rx = nri_stop;
+        let plugin = kcache_plugin::nri::Plugin::new(&hook);
+        tasks.spawn(async move {
+            kcache_plugin::nri::run(socket, plugin, rx).await;
+            Ok(())
+        });
     }
 
     let socket = s.snapshotter_socket.clone();

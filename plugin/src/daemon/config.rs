@@ -37,6 +37,10 @@
 //! [cache]                                   # limits on extracting one cache image layer
 //! max_bytes = 8589934592                    # file data (default 8 GiB)
 //! max_entries = 1000000                     # tar entries, and inodes created (implied dirs too)
+//!
+//! [nri]                                     # the NRI route for kcache-hook (containerd 1.7+)
+//! socket = "/var/run/nri/nri.sock"          # set: kcached registers as NRI plugin "kcache"
+//! hook = "/usr/libexec/kcache/kcache-hook"  # what it adds to opted-in containers
 //! ```
 
 use std::{
@@ -95,6 +99,9 @@ pub struct FileConfig {
     /// The cache manager's extraction limits.
     #[serde(default)]
     pub cache: CacheSection,
+    /// `[nri]`.
+    #[serde(default)]
+    pub nri: NriSection,
     /// `[cluster]`: what cluster objects may change on this node. Read by kcache-controller's
     /// node agent (`kcache_controller::guard`), not by kcached; accepted here so one file holds
     /// the node's settings.
@@ -194,6 +201,16 @@ pub struct VerdictCacheSection {
     pub negative_ttl_seconds: Option<u64>,
     /// Entries kept.
     pub capacity: Option<usize>,
+}
+
+/// `[nri]`: kcached as containerd's NRI plugin (off unless `socket` is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NriSection {
+    /// containerd's NRI socket (its default: `/var/run/nri/nri.sock`).
+    pub socket: Option<PathBuf>,
+    /// The kcache-hook binary added to opted-in containers (default: where the packages put it).
+    pub hook: Option<PathBuf>,
 }
 
 /// `[gpu]`.

@@ -45,6 +45,10 @@ pub struct DoctorArgs {
     /// containerd's CRI socket, for --canary.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     cri_socket: PathBuf,
+    /// kcache's config.toml: with `[nri] socket`, kcached adds the hook through NRI, and the
+    /// hook check accepts that route.
+    #[arg(long, default_value = kcache_plugin::daemon::config::DEFAULT_CONFIG)]
+    kcache_config: PathBuf,
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
 }
@@ -84,6 +88,16 @@ pub fn run(a: DoctorArgs) -> Result<Outcome> {
     let flavor = detect_flavor(&a.containerd_version, &a.containerd_bin)?;
     let dump = doctor::dump_config(&a.containerd_bin, &a.config)?;
     let mut findings = doctor::check_config(&dump, flavor, &a.snapshotter_socket.to_string_lossy(), &a.runtime);
+    // The hook through NRI, when kcached's config turns its NRI plugin on.
+    let nri_socket = kcache_plugin::daemon::config::FileConfig::load(&a.kcache_config, false)
+        .ok()
+        .and_then(|c| c.nri.socket);
+    if let Some(socket) = &nri_socket {
+        let hook = doctor::check_hook_route(&dump, flavor, &a.runtime, Some(&socket.to_string_lossy()));
+        for f in findings.iter_mut().filter(|f| f.check == hook.check) {
+            *f = hook.clone();
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let api = Api::new(&a.api_socket).with_timeout(Duration::from_secs(5));
     let (policy, gate, registry) = rt.block_on(async { (api.policy().await, api.gate().await, api.registry().await) });

@@ -166,6 +166,12 @@ pub struct ContainerdArgs {
     /// Leave kcache's config.toml alone.
     #[arg(long)]
     no_kcache_config: bool,
+    /// The hook through NRI instead of the base runtime spec (containerd 1.7+): kcached's NRI
+    /// plugin adds kcache-hook only to containers whose pod has `kcache.dev/cache`, so the
+    /// others run no hook at all. Turns NRI on (1.7), writes no base spec, and sets `[nri]
+    /// socket` and `hook` in kcache's config.toml (restart kcached too).
+    #[arg(long)]
+    nri: bool,
 }
 
 pub fn run(c: InstallCommand) -> Result<Outcome> {
@@ -186,8 +192,33 @@ fn verifier_path(a: &ContainerdArgs) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/kcache-image-verifier"))
 }
 
+/// containerd 1.6 has no NRI plugin (NRI v0.1 only); --nri needs 1.7 or later.
+fn check_nri_version(a: &ContainerdArgs) -> Result<()> {
+    let version = if a.containerd_version == "auto" {
+        let out = std::process::Command::new(&a.containerd_bin)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("cannot run {} --version", a.containerd_bin.display()))?;
+        kcache_core::containerd::version_from_output(&String::from_utf8_lossy(&out.stdout))
+            .unwrap_or("")
+            .to_owned()
+    } else {
+        a.containerd_version.clone()
+    };
+    if version.trim_start_matches('v').starts_with("1.6") {
+        bail!(
+            "--nri: containerd {version} has no NRI plugin (1.7 or later); install without --nri (the base-spec hook)"
+        );
+    }
+    Ok(())
+}
+
 fn containerd(a: ContainerdArgs) -> Result<Outcome> {
+    if a.nri {
+        check_nri_version(&a)?;
+    }
     let request = InstallRequest {
+        nri: a.nri,
         flavor: detect_flavor(&a.containerd_version, &a.containerd_bin)?,
         verifier: verifier_path(&a),
         config: a.config,
@@ -220,11 +251,15 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
             ),
         }
         print!("{}", p.fragment);
-        println!(
-            "\n# base runtime spec {}: {} plus the hooks",
-            p.base_spec.display(),
-            p.spec_source
-        );
+        if let Some(socket) = &p.nri_socket {
+            println!("\n# no base runtime spec: kcached's NRI plugin (on {socket}) adds the hooks to containers of pods with kcache.dev/cache");
+        } else {
+            println!(
+                "\n# base runtime spec {}: {} plus the hooks",
+                p.base_spec.display(),
+                p.spec_source
+            );
+        }
         println!(
             "#   prestart/poststop: {{\"path\": \"{}\", \"args\": [\"kcache-hook\", \"prestart|poststop\"], \"timeout\": {HOOK_TIMEOUT_S}}}",
             p.hook.display()
@@ -252,6 +287,9 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
         println!("nothing to change: containerd is already configured for kcache");
     } else {
         println!("restart containerd to apply (systemctl restart containerd)");
+        if p.nri_socket.is_some() {
+            println!("restart kcached too: it connects to NRI when its config.toml has [nri] socket");
+        }
     }
     Ok(Outcome::Ok)
 }
