@@ -27,6 +27,8 @@ pub struct TestRegistry {
     port: u16,
     htpasswd: Option<PathBuf>,
     opts: Options,
+    /// Whether it has listened once: from then on its port is fixed.
+    started: bool,
 }
 
 #[derive(Default, Clone)]
@@ -90,6 +92,7 @@ impl RegistryBuilder {
     pub fn start(self) -> TestRegistry {
         let mut reg = TestRegistry {
             child: None,
+            started: false,
             dir: self.dir,
             port: free_port(),
             htpasswd: None,
@@ -99,6 +102,35 @@ impl RegistryBuilder {
         reg.spawn();
         reg
     }
+}
+
+/// Whether process `pid` holds a listening TCP socket on 127.0.0.1:`port` (/proc/net/tcp's
+/// socket inode among the process's open files).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path())
+                    .map(|t| inodes.iter().any(|i| t.as_os_str() == i.as_str()))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn free_port() -> u16 {
@@ -140,6 +172,7 @@ impl TestRegistry {
         });
         let mut reg = Self {
             child: None,
+            started: false,
             dir,
             port: free_port(),
             htpasswd,
@@ -160,7 +193,45 @@ impl TestRegistry {
         p
     }
 
+    /// Starts the registry and waits until it, not some other process, listens on its port.
+    /// `free_port` only finds a port that was free a moment ago: another test's server may take
+    /// it first, and a bare connect would then succeed against that server. A first start that
+    /// loses the port moves to another; a restart must keep its port (clients know it).
     fn spawn(&mut self) {
+        let first = self.child.is_none() && !self.started;
+        for _attempt in 0..5 {
+            let child = self.start_process();
+            let pid = child.id();
+            self.child = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if listens_on(pid, self.port) {
+                    self.started = true;
+                    return;
+                }
+                let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    self.child = None;
+                    assert!(
+                        first,
+                        "docker-registry could not listen on 127.0.0.1:{} again ({status})",
+                        self.port
+                    );
+                    self.port = free_port();
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "docker-registry did not listen on 127.0.0.1:{}",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("docker-registry lost its port to another process five times");
+    }
+
+    fn start_process(&mut self) -> Child {
         let cfg = self.dir.path().join("config.yml");
         let mut yaml = format!(
             "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n",
@@ -198,23 +269,13 @@ impl TestRegistry {
             ));
         }
         std::fs::write(&cfg, yaml).expect("write registry config");
-        let child = Command::new("/usr/bin/docker-registry")
+        Command::new("/usr/bin/docker-registry")
             .arg("serve")
             .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start docker-registry");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on 127.0.0.1:{}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .expect("start docker-registry")
     }
 
     /// Stops the registry (for "registry down" tests); [`Self::restart`] brings it back.
