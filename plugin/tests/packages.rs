@@ -500,7 +500,9 @@ async fn the_packages_lint_clean_and_install_upgrade_remove_and_purge_on_a_node(
     let said = run_ok(
         Command::new("/usr/bin/kcache")
             .args(["install", "containerd", "--write", "--config"])
-            .arg(&ctd_config),
+            .arg(&ctd_config)
+            // This node's containerd config is not /etc/containerd's: name kcache's own.
+            .args(["--kcache-config", "/etc/kcache/config.toml"]),
     );
     assert!(said.contains("restart containerd"), "{said}");
     // kcache now asks the registry hosts containerd does; the admin's edit stays.

@@ -259,11 +259,13 @@ async fn run(bin: &Path, programs: &kcache_tests::containerd::Programs) {
     say("kcached, the node daemon (snapshotter + verification gate + cache manager)");
     let k = work.join("kcache");
     let config = format!(
-        "policy = \"{p}\"\nsnapshotter_socket = \"{k}/snapshotter.sock\"\napi_socket = \"{k}/kcache.sock\"\nroot = \"{k}/snapshotter\"\ncache_root = \"{k}/caches\"\nrun_dir = \"{k}/run\"\ncaches_dir = \"{c}\"\n\n[registry]\ninsecure = [\"{host}\"]\n\n[gpu]\npinned_file = \"{g}\"\n",
+        "policy = \"{p}\"\nsnapshotter_socket = \"{k}/snapshotter.sock\"\napi_socket = \"{k}/kcache.sock\"\nroot = \"{k}/snapshotter\"\ncache_root = \"{k}/caches\"\nrun_dir = \"{k}/run\"\ncaches_dir = \"{c}\"\n\n[registry]\ninsecure = [\"{host}\"]\nconfig_path = \"{h}\"\n\n[gpu]\npinned_file = \"{g}\"\n",
         p = work.join("policy.yaml").display(),
         k = k.display(),
         c = work.join("caches.d").display(),
         g = work.join("gpus.json").display(),
+        // containerd's registry hosts (rendered below), as `kcache install containerd` sets it.
+        h = work.join("containerd/certs.d").display(),
     );
     std::fs::create_dir_all(&k).unwrap();
     std::fs::write(work.join("kcached.toml"), &config).unwrap();

@@ -109,7 +109,7 @@ pub struct ContainerdArgs {
     #[arg(long, default_value = "auto")]
     containerd_version: String,
     /// containerd's main config file.
-    #[arg(long, default_value = "/etc/containerd/config.toml")]
+    #[arg(long, default_value = DEFAULT_CONTAINERD_CONFIG)]
     config: PathBuf,
     /// containerd 2.x: the drop-in kcache owns (default: conf.d/kcache.toml beside --config).
     #[arg(long)]
@@ -160,9 +160,12 @@ pub struct ContainerdArgs {
     #[arg(long = "platform")]
     platforms: Vec<String>,
     /// kcache's config.toml, whose `[registry] config_path` is set to containerd's registry
-    /// config_path (mirrors, CAs), so kcache asks the hosts containerd pulls from.
-    #[arg(long, default_value = kcache_core::paths::CONFIG)]
-    kcache_config: PathBuf,
+    /// config_path (mirrors, CAs), so kcache asks the hosts containerd pulls from (default:
+    /// /etc/kcache/config.toml when --config is containerd's own /etc/containerd/config.toml;
+    /// for any other --config only when given, so a containerd of one's own never edits the
+    /// node's kcache config).
+    #[arg(long)]
+    kcache_config: Option<PathBuf>,
     /// Leave kcache's config.toml alone.
     #[arg(long)]
     no_kcache_config: bool,
@@ -173,6 +176,9 @@ pub struct ContainerdArgs {
     #[arg(long)]
     nri: bool,
 }
+
+/// containerd's own config file.
+const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 pub fn run(c: InstallCommand) -> Result<Outcome> {
     match c {
@@ -217,6 +223,13 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
     if a.nri {
         check_nri_version(&a)?;
     }
+    let kcache_config = if a.no_kcache_config {
+        None
+    } else {
+        a.kcache_config
+            .clone()
+            .or_else(|| (a.config == Path::new(DEFAULT_CONTAINERD_CONFIG)).then(|| kcache_core::paths::CONFIG.into()))
+    };
     let request = InstallRequest {
         nri: a.nri,
         flavor: detect_flavor(&a.containerd_version, &a.containerd_bin)?,
@@ -238,7 +251,7 @@ fn containerd(a: ContainerdArgs) -> Result<Outcome> {
             PullPath::Transfer
         },
         platforms: a.platforms,
-        kcache_config: (!a.no_kcache_config).then_some(a.kcache_config),
+        kcache_config,
     };
     let p = plan(&request)?;
     if !a.write {
