@@ -62,13 +62,6 @@ pub struct TlsSettings {
     pub skip_verify: bool,
 }
 
-impl TlsSettings {
-    /// Whether these are the defaults (system roots, no client certificate).
-    pub fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
 /// One host kcache may ask for a registry's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
