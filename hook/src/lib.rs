@@ -22,11 +22,38 @@
 //! hook never chdirs into the rootfs and never executes anything. Messages go to stderr (runc
 //! shows them when the hook fails) and are appended to `<run-dir>/hook.log` (runc drops the
 //! output of a hook that succeeds).
+//!
+//! # Exit codes
+//!
+//! Any non-zero exit of a prestart hook fails the container's start; runc's message carries
+//! the code (`error running hook #0: error running hook: exit status 5, stdout: , stderr: ...`). One code per stage
+//! ([`HookError::exit_code`], [`error::EXIT_CODES`]), and the message on stderr is the error
+//! with its causes, on one line:
+//!
+//! | code | stage | meaning |
+//! |---|---|---|
+//! | 0 | | done: mounted, not opted in, a pod's sandbox, or started without a cache that is not required |
+//! | 2 | usage | bad command line |
+//! | 3 | input | the OCI state on stdin or the bundle's `config.json` cannot be read or parsed |
+//! | 4 | request | the container's `kcache.dev/*` annotations are invalid |
+//! | 5 | select | no usable cache on this node: not approved, not ready, not extracted, untrusted, no GPU inventory (kcached not running), no compatible GPU |
+//! | 6 | target | the mount path is refused |
+//! | 7 | container | the container lacks what the mount needs (mount namespace, pid, root path, mapped user, usable id) |
+//! | 8 | store | the node store cannot be read or written (state, container dir, ref record, `__grp__` layer) |
+//! | 9 | triton | the container's Triton differs from the cache's |
+//! | 10 | mount | entering the mount namespace, opening the rootfs, resolving the target or mounting the overlay failed |
+//! | 11 | cleanup | poststop could not undo everything (unmount, ref, container dir) |
+//!
+//! Codes 4 to 10 come only from a prestart whose container cannot start without the cache
+//! (`kcache.dev/cache-required: "true"`, or a `cache-required` value that is neither `true` nor
+//! `false`: code 4): otherwise the failure is logged and the container starts without the
+//! cache (exit 0). 1 is not used (it once meant any failure); 101 is a panic.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
+pub mod error;
 pub mod mount;
 pub mod oci;
 pub mod refs;
@@ -50,7 +77,9 @@ use kcache_core::{
     gpu,
 };
 
+pub use crate::error::{HookError, Result};
 use crate::{
+    error::{CleanupError, CleanupStep, ContainerError, StoreError, UsageError},
     oci::{Spec, State},
     request::Request,
     select::Selected,
@@ -85,18 +114,18 @@ pub const USAGE: &str = "usage: kcache-hook [--store DIR] [--run-dir DIR] [--log
 
 impl Options {
     /// Parses `args` (without the program name).
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, String> {
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> std::result::Result<Self, UsageError> {
         let mut root = PathBuf::from(kcache_core::cache::store::DEFAULT_ROOT);
         let mut run = PathBuf::from(kcache_core::cache::store::DEFAULT_RUN_DIR);
         let mut log_file = None;
         let mut stage = None;
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
-            let mut value = |name: &str| {
+            let mut value = |name: &'static str| {
                 it.next()
                     .filter(|v| Path::new(v).is_absolute())
                     .map(PathBuf::from)
-                    .ok_or_else(|| format!("{name} needs an absolute path\n{USAGE}"))
+                    .ok_or(UsageError::NeedsAbsolutePath(name))
             };
             match a.as_str() {
                 "--store" => root = value("--store")?,
@@ -104,7 +133,7 @@ impl Options {
                 "--log-file" => log_file = Some(value("--log-file")?),
                 "prestart" | "createRuntime" if stage.is_none() => stage = Some(Stage::Prestart),
                 "poststop" if stage.is_none() => stage = Some(Stage::Poststop),
-                other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
+                other => return Err(UsageError::Unexpected(other.to_string())),
             }
         }
         Ok(Self {
@@ -167,9 +196,17 @@ impl Log {
         self.append(&line);
     }
 
-    /// A failure: to the log file only; the caller prints it once, as the hook's last word.
-    fn failure(&mut self, msg: &str) {
-        self.append(&format!("kcache-hook {} {}: {msg}\n", self.stage, self.id));
+    /// A failure: to the log file only, with its exit code; main prints it to stderr once, as
+    /// the hook's last word.
+    fn failure(&mut self, e: &HookError) {
+        self.append(&format!(
+            "kcache-hook {} {}: exit {} ({}): kcache-hook: {}\n",
+            self.stage,
+            self.id,
+            e.exit_code(),
+            e.stage(),
+            error_chain(e)
+        ));
     }
 
     fn append(&mut self, line: &str) {
@@ -187,10 +224,11 @@ pub use kcache_core::cache::refs::ContainerRef as Mounted;
 /// The file name of [`Mounted`] under the container dir.
 pub const MOUNTED_FILE: &str = "hook.json";
 
-/// Runs one hook invocation: `stdin` is the OCI state. `Err` is the message for a failed start
-/// (exit 1).
-pub fn run(opts: &Options, stdin: impl io::Read) -> Result<(), String> {
-    let state = oci::read_state(stdin).map_err(|e| format!("kcache-hook: {e}"))?;
+/// Runs one hook invocation: `stdin` is the OCI state. `Err`: the start fails (prestart) or the
+/// cleanup is incomplete (poststop); [`HookError::exit_code`] is the exit status. A failure
+/// after the container opted in is also appended to the log file.
+pub fn run(opts: &Options, stdin: impl io::Read) -> Result<()> {
+    let state = oci::read_state(stdin)?;
     // The fast path: the state's annotations (runc and crun pass them) say "not opted in".
     if state
         .annotations
@@ -206,13 +244,13 @@ pub fn run(opts: &Options, stdin: impl io::Read) -> Result<(), String> {
     };
     match stage {
         Stage::Prestart | Stage::Auto => {
-            let spec = oci::read_spec(&state.bundle).map_err(|e| format!("kcache-hook: {e}"))?;
+            let spec = oci::read_spec(&state.bundle)?;
             let Some(req) = Request::from_annotations(&spec.annotations) else {
                 return Ok(());
             };
             let mut log = Log::new(stage, &state.id);
             log.open_file(opts);
-            prestart(opts, &state, &spec, &req, &mut log)
+            prestart(opts, &state, &spec, &req, &mut log).inspect_err(|e| log.failure(e))
         }
         Stage::Poststop => {
             // The bundle may be gone by now; without annotations the container dir decides.
@@ -231,25 +269,20 @@ pub fn run(opts: &Options, stdin: impl io::Read) -> Result<(), String> {
             }
             let mut log = Log::new(stage, &state.id);
             log.open_file(opts);
-            poststop(opts, &state.id, &mut log)
+            poststop(opts, &state.id, &mut log).inspect_err(|e| log.failure(e))
         }
     }
 }
 
 /// prestart for a container that opted in.
-fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut Log) -> Result<(), String> {
+fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut Log) -> Result<()> {
     let started = Instant::now();
     for k in &req.unknown {
         log.line(&format!("ignoring unknown annotation {k}"));
     }
-    let required = match req.required() {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = format!("kcache-hook: {} cannot be mounted: {e}", req.describe());
-            log.failure(&msg);
-            return Err(msg);
-        }
-    };
+    let required = req
+        .required()
+        .map_err(|e| HookError::not_mounted(req.describe(), false, e.into()))?;
     match try_mount(opts, state, spec, req, log) {
         Ok((_, target, true)) => {
             log.line(&format!(
@@ -272,16 +305,13 @@ fn prestart(opts: &Options, state: &State, spec: &Spec, req: &Request, log: &mut
             ));
             Ok(())
         }
-        Err(reason) if required => {
-            let msg = format!(
-                "kcache-hook: {} is required (kcache.dev/cache-required) but cannot be mounted: {reason}",
-                req.describe()
-            );
-            log.failure(&msg);
-            Err(msg)
-        }
+        Err(reason) if required => Err(HookError::not_mounted(req.describe(), true, reason)),
         Err(reason) => {
-            log.line(&format!("starting without {}: {reason}", req.describe()));
+            log.line(&format!(
+                "starting without {}: {}",
+                req.describe(),
+                error_chain(&reason)
+            ));
             Ok(())
         }
     }
@@ -295,32 +325,23 @@ fn try_mount(
     spec: &Spec,
     req: &Request,
     log: &mut Log,
-) -> Result<(Selected, Target, bool), String> {
+) -> Result<(Selected, Target, bool)> {
     let layout = &opts.layout;
-    req.check().map_err(|e| e.to_string())?;
-    let node = layout
-        .read_state()
-        .map_err(|e| format!("cannot read the cache store: {e}"))?;
+    req.check()?;
+    let node = layout.read_state().map_err(StoreError::State)?;
     let sel = select::select(layout, req, &node, || {
         gpu::file::load(&layout.gpus_path()).map_err(|e| error_chain(&e))
-    })
-    .map_err(|e| e.to_string())?;
-    let target = target::choose(req.path.as_deref(), &sel.record.kind, spec.env(), spec.user().uid)
-        .map_err(|e| e.to_string())?;
+    })?;
+    let target = target::choose(req.path.as_deref(), &sel.record.kind, spec.env(), spec.user().uid)?;
     if !spec.has_mount_namespace() {
-        return Err("the container has no mount namespace of its own".into());
+        return Err(ContainerError::NoMountNamespace.into());
     }
-    let pid = state
-        .pid
-        .filter(|p| *p > 0)
-        .ok_or("the OCI state has no container pid")?;
-    let rootfs = spec.rootfs(&state.bundle).ok_or("config.json has no root.path")?;
-    let owner = spec
-        .host_user()
-        .ok_or("the container user is not mapped to a host user")?;
+    let pid = state.pid.filter(|p| *p > 0).ok_or(ContainerError::NoPid)?;
+    let rootfs = spec.rootfs(&state.bundle).ok_or(ContainerError::NoRootPath)?;
+    let owner = spec.host_user().ok_or(ContainerError::UnmappedUser)?;
     let cdir = layout
         .container_dir(&state.id)
-        .ok_or_else(|| format!("container id {:?} cannot name a directory", state.id))?;
+        .ok_or_else(|| ContainerError::BadId(state.id.clone()))?;
 
     let boot = refs::boot_id();
     if let Some(prev) = read_mounted(&cdir) {
@@ -329,8 +350,11 @@ fn try_mount(
             return Ok((sel, target, true));
         }
     }
-    let made = prepare_container_dir(&cdir, owner).map_err(|e| format!("{}: {e}", cdir.display()))?;
-    let result = (|| {
+    let made = prepare_container_dir(&cdir, owner).map_err(|source| StoreError::ContainerDir {
+        path: cdir.clone(),
+        source,
+    })?;
+    let result = (|| -> Result<()> {
         let mounted = Mounted::now(
             &state.id,
             &req.name,
@@ -347,9 +371,12 @@ fn try_mount(
             .mode(0o600)
             .open(cdir.join(MOUNTED_FILE))
             .and_then(|mut f| f.write_all(&body))
-            .map_err(|e| format!("{}: {e}", cdir.display()))?;
-        let guard = refs::add(layout, &mounted).map_err(|e| e.to_string())?;
-        let grp = grp::layer(layout, &sel.digest, &sel.cache_dir, &target.path).map_err(|e| error_chain(&e))?;
+            .map_err(|source| StoreError::Record {
+                path: cdir.join(MOUNTED_FILE),
+                source,
+            })?;
+        let guard = refs::add(layout, &mounted).map_err(StoreError::Ref)?;
+        let grp = grp::layer(layout, &sel.digest, &sel.cache_dir, &target.path).map_err(StoreError::Grp)?;
         drop(guard);
         let mut lowers: Vec<PathBuf> = grp.into_iter().collect();
         lowers.push(sel.cache_dir.clone());
@@ -358,8 +385,8 @@ fn try_mount(
             upper: made.join("upper"),
             work: made.join("work"),
         };
-        mount::enter_namespace(pid).map_err(|e| e.to_string())?;
-        let root = mount::open_rootfs(&rootfs).map_err(|e| e.to_string())?;
+        mount::enter_namespace(pid)?;
+        let root = mount::open_rootfs(&rootfs)?;
         if let Some(built) = sel.record.requirements.triton_version.as_deref() {
             match triton::compare(&req.name, built, &triton::find(&root, spec.env()))? {
                 triton::Checked::Same(found) => {
@@ -372,8 +399,9 @@ fn try_mount(
                 )),
             }
         }
-        let fd = mount::resolve_target(&root, &target, owner).map_err(|e| e.to_string())?;
-        mount::mount_overlay(&fd, &layers).map_err(|e| e.to_string())
+        let fd = mount::resolve_target(&root, &target, owner)?;
+        mount::mount_overlay(&fd, &layers)?;
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = refs::remove(layout, &sel.digest, &state.id);
@@ -407,49 +435,61 @@ fn prepare_container_dir(cdir: &Path, owner: (u32, u32)) -> io::Result<PathBuf> 
 }
 
 /// poststop: undo what prestart did for `id`. Missing pieces are fine (prestart skipped, or a
-/// second poststop); errors are reported but every step is tried.
-fn poststop(opts: &Options, id: &str, log: &mut Log) -> Result<(), String> {
+/// second poststop); every step is tried, and the ones that failed are reported together.
+fn poststop(opts: &Options, id: &str, log: &mut Log) -> Result<()> {
     let layout = &opts.layout;
-    let Some(cdir) = layout.container_dir(id) else {
-        return Err(format!("kcache-hook: container id {id:?} cannot name a directory"));
-    };
+    let cdir = layout
+        .container_dir(id)
+        .ok_or_else(|| ContainerError::BadId(id.to_string()))?;
     let mounted = read_mounted(&cdir);
-    let mut errors = Vec::new();
-    for msg in mount::unmount_leftovers(&cdir.join("upper")) {
-        if msg.starts_with("cannot") {
-            errors.push(msg.clone());
+    let mut failed = Vec::new();
+    for (path, result) in mount::unmount_leftovers(&cdir.join("upper")) {
+        match result {
+            Ok(()) => log.line(&format!("unmounted {}", path.display())),
+            Err(errno) => {
+                let step = CleanupStep::Unmount {
+                    path,
+                    source: errno.into(),
+                };
+                log.line(&error_chain(&step));
+                failed.push(step);
+            }
         }
-        log.line(&msg);
     }
     if let Some(m) = &mounted {
-        if let Err(e) = refs::remove(layout, &m.digest, id) {
-            errors.push(format!("cannot drop the ref on {}: {e}", m.digest));
+        if let Err(source) = refs::remove(layout, &m.digest, id) {
+            failed.push(CleanupStep::Ref {
+                digest: m.digest.clone(),
+                source,
+            });
         }
     }
     match fs::remove_dir_all(&cdir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => errors.push(format!("cannot remove {}: {e}", cdir.display())),
+        Err(source) => failed.push(CleanupStep::RemoveDir { path: cdir, source }),
     }
     if let Some(m) = &mounted {
         log.line(&format!("released cache {:?} ({})", m.cache, m.digest));
     }
-    if errors.is_empty() {
+    if failed.is_empty() {
         Ok(())
     } else {
-        let msg = format!("kcache-hook: cleanup incomplete: {}", errors.join("; "));
-        log.failure(&msg);
-        Err(msg)
+        Err(CleanupError(failed).into())
     }
 }
 
-/// An error and its causes on one line.
+/// An error and its causes on one line, `: `-separated. A cause whose message the line already
+/// ends with is not repeated (some of core's errors print their source in their own message).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        let msg = cause.to_string();
+        if !s.ends_with(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
         src = cause.source();
     }
     s
@@ -484,13 +524,13 @@ mod tests {
         assert_eq!(o.stage, Stage::Auto);
         assert_eq!(o.layout, StoreLayout::default());
         assert_eq!(Options::parse(args(&["createRuntime"])).unwrap().stage, Stage::Prestart);
-        for bad in [
-            &["--store"][..],
-            &["--store", "relative"],
-            &["prestart", "poststop"],
-            &["--bogus"],
+        for (bad, want) in [
+            (&["--store"][..], UsageError::NeedsAbsolutePath("--store")),
+            (&["--run-dir", "relative"], UsageError::NeedsAbsolutePath("--run-dir")),
+            (&["prestart", "poststop"], UsageError::Unexpected("poststop".into())),
+            (&["--bogus"], UsageError::Unexpected("--bogus".into())),
         ] {
-            assert!(Options::parse(args(bad)).is_err(), "{bad:?}");
+            assert_eq!(Options::parse(args(bad)).unwrap_err(), want, "{bad:?}");
         }
     }
 
@@ -558,9 +598,11 @@ mod tests {
             bundle.display()
         );
         let err = run(&opts, state.as_bytes()).unwrap_err();
+        assert_eq!((err.exit_code(), err.stage()), (10, "mount"), "{err:?}");
+        let msg = error_chain(&err);
         assert!(
-            err.contains("is required") && err.contains("/proc/2147483647/ns/mnt"),
-            "{err}"
+            msg.starts_with("cache \"llama\" (no pod namespace) is required (kcache.dev/cache-required) but cannot be mounted: open /proc/2147483647/ns/mnt: "),
+            "{msg}"
         );
         assert!(!store.containers_dir().join("c1").exists());
         assert!(refs::list(&store.layout, &digest).unwrap().is_empty());
@@ -568,7 +610,7 @@ mod tests {
         assert!(store.layout.grp_dir(&digest, "/root/.triton/cache").is_dir());
         let log = fs::read_to_string(store.layout.run_dir().join("hook.log")).unwrap();
         assert!(
-            log.contains("kcache-hook prestart c1: kcache-hook: cache \"llama\""),
+            log.contains("kcache-hook prestart c1: exit 10 (mount): kcache-hook: cache \"llama\""),
             "{log}"
         );
 

@@ -382,23 +382,22 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Detaches every mount from [`mounts_with_upper`] (poststop).
-pub fn unmount_leftovers(upper: &Path) -> Vec<String> {
+/// Detaches every mount from [`mounts_with_upper`] (poststop): each mount point, and how its
+/// unmount went.
+pub fn unmount_leftovers(upper: &Path) -> Vec<(PathBuf, Result<(), Errno>)> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return vec![];
     };
-    let mut done = Vec::new();
-    for mp in mounts_with_upper(&info, upper) {
-        let r = rustix::mount::unmount(
-            &mp,
-            rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
-        );
-        done.push(match r {
-            Ok(()) => format!("unmounted {}", mp.display()),
-            Err(e) => format!("cannot unmount {}: {}", mp.display(), std::io::Error::from(e)),
-        });
-    }
-    done
+    mounts_with_upper(&info, upper)
+        .into_iter()
+        .map(|mp| {
+            let r = rustix::mount::unmount(
+                &mp,
+                rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
+            );
+            (mp, r)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -118,13 +118,13 @@ pub struct IdMapping {
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// stdin could not be read or is too large.
-    #[error("cannot read the OCI state from stdin: {0}")]
-    Stdin(std::io::Error),
+    #[error("cannot read the OCI state from stdin")]
+    Stdin(#[source] std::io::Error),
     /// stdin is not an OCI state.
-    #[error("stdin is not an OCI state document: {0}")]
-    State(serde_json::Error),
+    #[error("stdin is not an OCI state document")]
+    State(#[source] serde_json::Error),
     /// config.json could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}", .path.display())]
     ConfigRead {
         /// The file.
         path: PathBuf,
@@ -132,7 +132,7 @@ pub enum InputError {
         source: std::io::Error,
     },
     /// config.json is not a runtime spec.
-    #[error("{path} is not a runtime spec: {source}")]
+    #[error("{} is not a runtime spec", .path.display())]
     Config {
         /// The file.
         path: PathBuf,

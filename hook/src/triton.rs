@@ -207,9 +207,23 @@ pub enum Checked {
     NotFound,
 }
 
+/// Every Triton the container would import differs from the one the cache was built with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cache {cache:?} was built with Triton {built_with}, the container has Triton {found}: every kernel would miss"
+)]
+pub struct Mismatch {
+    /// The cache's name.
+    pub cache: String,
+    /// The version the cache records.
+    pub built_with: String,
+    /// The deciding Tritons found, as `version (path)`, comma-separated.
+    pub found: String,
+}
+
 /// Compares the version `built_with` of cache `name` with what [`find`] found. `Err` is the
 /// reason the cache is of no use to the container.
-pub fn compare(name: &str, built_with: &str, found: &[Found]) -> Result<Checked, String> {
+pub fn compare(name: &str, built_with: &str, found: &[Found]) -> Result<Checked, Mismatch> {
     let deciding: Vec<&Found> = match found.iter().filter(|f| f.venv).collect::<Vec<_>>() {
         venv if !venv.is_empty() => venv,
         _ => found.iter().collect(),
@@ -220,14 +234,16 @@ pub fn compare(name: &str, built_with: &str, found: &[Found]) -> Result<Checked,
     if let Some(same) = deciding.iter().find(|f| f.version == built_with) {
         return Ok(Checked::Same((*same).clone()));
     }
-    let has = deciding
+    let found = deciding
         .iter()
         .map(|f| format!("{} ({})", f.version, f.path))
         .collect::<Vec<_>>()
         .join(", ");
-    Err(format!(
-        "cache {name:?} was built with Triton {built_with}, the container has Triton {has}: every kernel would miss"
-    ))
+    Err(Mismatch {
+        cache: name.to_string(),
+        built_with: built_with.to_string(),
+        found,
+    })
 }
 
 #[cfg(test)]
@@ -402,12 +418,14 @@ mod tests {
             Ok(Checked::Same(sys_new.clone()))
         );
         assert_eq!(
-            compare("llama", "3.1.0", std::slice::from_ref(&sys_old)).unwrap_err(),
+            compare("llama", "3.1.0", std::slice::from_ref(&sys_old))
+                .unwrap_err()
+                .to_string(),
             "cache \"llama\" was built with Triton 3.1.0, the container has Triton 3.0.0 \
              (/usr/local/lib/python3.11/site-packages/triton): every kernel would miss"
         );
         // The venv's Triton is the one its Python imports.
-        let err = compare("llama", "3.1.0", &[venv_old, sys_new]).unwrap_err();
+        let err = compare("llama", "3.1.0", &[venv_old, sys_new]).unwrap_err().to_string();
         assert!(
             err.contains("Triton 3.0.0 (/opt/venv/lib/python3.12/site-packages/triton): every"),
             "{err}"

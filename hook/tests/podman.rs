@@ -180,6 +180,8 @@ fn podman_with_the_hooks_d_file_and_an_annotation() {
         ),
         "{stderr}"
     );
+    // The hook's exit code names the stage that failed (select: 5), as runc reports it.
+    assert!(stderr.contains("exit status 5"), "{stderr}");
     let out = podman.run(&[("kcache.dev/cache", "nope")], "echo STARTED");
     assert!(
         out.status.success() && text(&out).0.contains("STARTED"),

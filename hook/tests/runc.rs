@@ -177,6 +177,15 @@ fn not_opted_in_is_untouched() {
     assert_eq!(fs::read(b.dir.join("config.json")).unwrap(), spec_before);
 }
 
+/// The hook's exit status, from runc's message for a failed hook (`error running hook #0:
+/// error running hook: exit status 5, stdout: , stderr: ...`): the stage that failed
+/// (kcache_hook::error).
+fn hook_status(runc_stderr: &str) -> Option<u8> {
+    let rest = &runc_stderr[runc_stderr.find("error running hook")?..];
+    let rest = &rest[rest.find("exit status ")? + "exit status ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 /// (annotations, env) for a container that cannot get its cache; returns runc's output.
 fn run_without_cache(e: &Env, name: &str, annotations: &[(&str, &str)], env: &[&str]) -> (bool, String, String) {
     let b = e.bundle(name);
@@ -223,6 +232,7 @@ fn required_but_unavailable_fails_the_start_with_our_message_otherwise_starts_wi
             "kcache-hook: cache \"{cache}\" (namespace ml) is required (kcache.dev/cache-required) but cannot be mounted: {reason}"
         );
         assert!(stderr.contains(&want), "{case}: runc said:\n{stderr}\nwant: {want}");
+        assert_eq!(hook_status(&stderr), Some(5), "{case}: select: {stderr}");
 
         let (ok, stdout, stderr) = run_without_cache(&e, &format!("opt-{case}"), &ann[..1], &["HOME=/root"]);
         assert!(ok, "{case}: not required, must start: {stderr}");
@@ -244,6 +254,7 @@ fn required_but_unavailable_fails_the_start_with_our_message_otherwise_starts_wi
         !ok && stderr.contains("kcache.dev/cache-required must be \"true\" or \"false\""),
         "{stderr}"
     );
+    assert_eq!(hook_status(&stderr), Some(4), "request: {stderr}");
 }
 
 #[test]
@@ -296,6 +307,7 @@ fn dot_dot_in_the_path_annotation_touches_nothing() {
         assert_eq!(ok, required == "false", "{name}: {stderr}");
         if required == "true" {
             assert!(stderr.contains("contains '..'"), "{stderr}");
+            assert_eq!(hook_status(&stderr), Some(6), "target: {stderr}");
         }
     }
     assert!(hook_log(&e.store).contains("contains '..'"));
@@ -331,6 +343,7 @@ fn a_rootfs_swapped_under_the_hook_is_refused() {
             _ => "not a mount point in the container's namespace",
         };
         assert!(stderr.contains(want), "{case}: {stderr}");
+        assert_eq!(hook_status(&stderr), Some(10), "{case}: mount: {stderr}");
         assert_eq!(tree(&host_dir), ["root"], "{case}: the host dir was touched");
         assert!(!e.store.containers_dir().join(case).exists());
         assert!(kcache_mounts().is_empty());
@@ -418,8 +431,36 @@ fn hook_without_opt_in_reads_nothing_but_its_input() {
     }
     assert!(!tmp.path().join("run").exists());
     let out = run(json!({"not": "a state"}));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not an OCI state"));
+    assert_eq!(out.status.code(), Some(3), "input: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("kcache-hook: stdin is not an OCI state document: missing field"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "the chain, once: {stderr}");
+}
+
+#[test]
+fn a_bad_command_line_exits_2_with_the_usage() {
+    for (args, want) in [
+        (
+            &["--bogus"][..],
+            "kcache-hook: bad command line: unexpected argument \"--bogus\"\n",
+        ),
+        (
+            &["--store", "rel"],
+            "kcache-hook: bad command line: --store needs an absolute path\n",
+        ),
+    ] {
+        let out = std::process::Command::new(hook_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr, format!("{want}{}\n", kcache_hook::USAGE), "{args:?}");
+    }
 }
 
 #[test]
@@ -676,6 +717,7 @@ fn group_paths_are_relocated_from_the_dir_the_group_files_name() {
             && stderr.contains(triton_dir),
         "{stderr}"
     );
+    assert_eq!(hook_status(&stderr), Some(8), "store (__grp__ layer): {stderr}");
 }
 
 /// Writes a Triton package with `version` into a bundle's rootfs at `<pkgs>/triton`.
@@ -730,6 +772,7 @@ fn the_containers_triton_must_be_the_one_the_cache_was_built_with() {
         "kcache-hook: cache \"llama\" (no pod namespace) is required (kcache.dev/cache-required) but cannot be mounted: {reason}"
     );
     assert!(stderr.contains(&want), "runc said:\n{stderr}\nwant: {want}");
+    assert_eq!(hook_status(&stderr), Some(9), "triton: {stderr}");
 
     let (ok, stdout, stderr) = run("tv-optional", "false", &["HOME=/root"], &old);
     assert!(ok, "{stderr}");
