@@ -57,18 +57,14 @@ impl Daemon {
             child,
             dir: dir.to_owned(),
         };
-        let start = Instant::now();
-        while !(dir.join("snap.sock").exists() && dir.join("api.sock").exists()) {
-            if let Some(status) = d.child.try_wait().unwrap() {
-                panic!("kcached exited with {status}:\n{}", d.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "kcached did not start:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = dir.join("kcached.log");
+        kcache_tests::socket::wait_until_listening(
+            "kcached",
+            &[&dir.join("snap.sock"), &dir.join("api.sock")],
+            Some(&mut d.child),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+            kcache_tests::socket::LISTEN_TIMEOUT,
+        );
         d
     }
 

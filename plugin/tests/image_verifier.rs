@@ -413,17 +413,14 @@ fn start_kcached(dir: &Path, policy: &Path, host: &str) -> Daemon {
         .spawn()
         .unwrap();
     let mut d = Daemon { child, log };
-    let start = Instant::now();
-    while !dir.join("api.sock").exists() {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            panic!(
-                "kcached exited with {status}:\n{}",
-                std::fs::read_to_string(&d.log).unwrap_or_default()
-            );
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "kcached did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let log = d.log.clone();
+    kcache_tests::socket::wait_until_listening(
+        "kcached",
+        &[&dir.join("api.sock")],
+        Some(&mut d.child),
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+        kcache_tests::socket::LISTEN_TIMEOUT,
+    );
     d
 }
 

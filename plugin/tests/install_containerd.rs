@@ -13,8 +13,6 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    thread,
-    time::{Duration, Instant},
 };
 
 struct Killed(Child);
@@ -27,21 +25,13 @@ impl Drop for Killed {
 }
 
 fn wait_for(path: &Path, child: &mut Child, what: &str, log: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited ({status}): {}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} did not create {}",
-            path.display()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    kcache_tests::socket::wait_until_listening(
+        what,
+        &[path],
+        Some(child),
+        || fs::read_to_string(log).unwrap_or_default(),
+        kcache_tests::socket::LISTEN_TIMEOUT,
+    );
 }
 
 fn text(o: &Output) -> String {

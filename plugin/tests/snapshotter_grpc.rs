@@ -2,7 +2,7 @@
 //! checks the exact gRPC codes (containerd's metadata layer answers many errors itself, so the
 //! E2E test cannot reach them all), the conversions and the socket's mode.
 
-use std::{collections::HashMap, os::unix::fs::PermissionsExt, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, os::unix::fs::PermissionsExt, path::PathBuf, sync::Arc};
 
 use hyper_util::rt::TokioIo;
 use kcache_core::snapshot::{OverlayOptions, OverlaySnapshotter};
@@ -24,12 +24,13 @@ async fn start(dir: &std::path::Path) -> (Client, tokio::sync::oneshot::Sender<(
         .await
         .unwrap();
     });
-    for _ in 0..100 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kcache_tests::socket::wait_until_listening_async(
+        "the snapshotter server",
+        &[&socket],
+        String::new,
+        kcache_tests::socket::LISTEN_TIMEOUT,
+    )
+    .await;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the socket must be private to root");
     let path: PathBuf = socket;

@@ -16,7 +16,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use kcache_core::containerd::{
@@ -449,19 +449,14 @@ impl Containerd {
             address,
             config: config_path.to_owned(),
         };
-        let start = Instant::now();
-        while !c.address.exists() {
-            if let Some(Ok(Some(status))) = c.child.as_mut().map(Child::try_wait) {
-                panic!("containerd exited ({status}):\n{}", c.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "containerd did not create {}:\n{}",
-                c.address.display(),
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = dir.join("containerd.log");
+        crate::socket::wait_until_listening(
+            "containerd",
+            &[&c.address],
+            c.child.as_mut(),
+            || fs::read_to_string(&log).unwrap_or_default(),
+            crate::socket::LISTEN_TIMEOUT,
+        );
         c
     }
 

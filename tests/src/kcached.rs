@@ -116,22 +116,15 @@ impl Kcached {
         } else {
             &sockets[..1]
         };
-        let start = Instant::now();
-        // Listening, not only bound: the socket file appears at bind(), a moment before listen().
-        while !wanted
-            .iter()
-            .all(|s| std::os::unix::net::UnixStream::connect(s).is_ok())
-        {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("kcached exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "kcached did not create its sockets:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let wanted: Vec<&Path> = wanted.iter().map(PathBuf::as_path).collect();
+        let log = self.dir.join(format!("kcached.{}.log", self.starts));
+        crate::socket::wait_until_listening(
+            "kcached",
+            &wanted,
+            self.child.as_mut(),
+            || fs::read_to_string(&log).unwrap_or_default(),
+            crate::socket::LISTEN_TIMEOUT,
+        );
     }
 
     /// Stops it gracefully (SIGTERM) and waits.

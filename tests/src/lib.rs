@@ -13,6 +13,7 @@ pub mod images;
 pub mod kcached;
 pub mod kube;
 pub mod registry;
+pub mod socket;
 pub mod tls;
 pub mod token_issuer;
 pub mod triton;
