@@ -6,7 +6,8 @@
 //! unsigned one is denied with image, digest and rule, leaving nothing in the store; a layer
 //! the registry serves tampered is rejected before anything is visible (a same-length byte flip
 //! in a plain-tar layer, which extracts cleanly and is caught only by the digest); kill -9
-//! during extraction leaves no entry and a later pull succeeds; reconcile writes state.json with
+//! during extraction (the layer's download held half-way by the blob storage the registry
+//! redirects to) leaves no entry and a later pull succeeds; reconcile writes state.json with
 //! per-GPU compatibility and keeps the previous copy when a re-pull fails; GC honours refs/ and
 //! approved digests; a tag moved to a new digest keeps the old copy while a container (a ref
 //! written by the hook's own code) uses it; the CLI's exit codes and JSON.
@@ -37,7 +38,7 @@ use kcache_core::{
     signing::PrivateKey,
     verifier::Verifier,
 };
-use kcache_tests::TestRegistry;
+use kcache_tests::{http_server::BlobStorage, TestRegistry};
 
 const KEY_H100: &str = "QWJ3OZ3CR4HNZ6LOHG7LYCUUQYZFXAY6SY62SNYRVQHW3G4FOCLQ";
 const KEY_A100: &str = "7CLRBQYZ4ZU6KQEBOGNPTWNT4HHLDPGUYOQXTRAEPSC5BQPWPUHA";
@@ -167,7 +168,19 @@ struct Pushed {
 
 impl Env {
     fn new() -> Self {
-        let reg = TestRegistry::start();
+        Self::with_registry(TestRegistry::start())
+    }
+
+    /// A registry that redirects blob GETs to a storage server the test controls (to hold a
+    /// download part-way: [`BlobStorage::stall_next_get`]).
+    fn with_blob_storage() -> (Self, BlobStorage) {
+        let b = TestRegistry::builder();
+        let storage = BlobStorage::start(&b.storage(), None);
+        let reg = b.redirect_blobs(&storage.base_url()).start();
+        (Self::with_registry(reg), storage)
+    }
+
+    fn with_registry(reg: TestRegistry) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = PrivateKey::generate_p256();
         std::fs::write(dir.path().join("cosign.pub"), key.public_key().to_pem()).unwrap();
@@ -281,6 +294,20 @@ fn flate2_free_gunzip(gz: &[u8]) -> std::io::Cursor<Vec<u8>> {
 }
 
 /// Everything under `root` whose name is not a lock file, relative.
+/// Regular files under `dir`, at any depth.
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => files_under(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
 fn visible(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(root) else { return out };
@@ -655,14 +682,16 @@ async fn reconcile_writes_state_with_gpu_compat_and_gc_honours_refs() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// The layer's download is held half-way by the blob storage the registry redirects to: the
+/// pull has extracted the first half and cannot finish, whatever the timing, when it is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_extraction_leaves_nothing_and_concurrent_cli_pulls_extract_once() {
-    let env = Env::new();
-    // ~160 MB of incompressible kernels: extraction takes long enough to be caught mid-way.
+    let (env, storage) = Env::with_blob_storage();
+    // 8 MiB of incompressible kernels.
     let big = env.path("big");
-    for i in 0..40u64 {
+    for i in 0..16u64 {
         let key = format!("{KEY_H100}{i:02}");
-        kernel(&big, &key, "k", cuda_meta("ff", "k", 90), CUDA_EXTS, 4 << 20, 100 + i);
+        kernel(&big, &key, "k", cuda_meta("ff", "k", 90), CUDA_EXTS, 512 << 10, 100 + i);
     }
     let pushed = env.push("caches/big:v1", &big, true).await;
     env.sign("caches/big:v1").await;
@@ -670,48 +699,57 @@ async fn kill_during_extraction_leaves_nothing_and_concurrent_cli_pulls_extract_
     let layout = StoreLayout::new(env.path("store"), env.path("run"));
     let entry = layout.entry_dir(&pushed.digest);
 
+    let half = pushed.layer.len() / 2;
+    let stall = storage.stall_next_get(&Digest::sha256_of(&pushed.layer), half);
     let mut args = vec!["cache".to_string(), "pull".into(), image.clone()];
     args.extend(env.registry_args());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut caught = false;
-    for _attempt in 0..3 {
-        let mut child = env
-            .kcache_cmd(&argv)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut in_extraction = false;
-        while Instant::now() < deadline {
-            let temp = std::fs::read_dir(&entry)
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-tree-"))
-                })
-                .unwrap_or(false);
-            if temp {
-                in_extraction = true;
-                break;
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
+    let mut child = env
+        .kcache_cmd(&argv)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("pull.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // Mid-extraction: the first half of the layer was sent and nothing more will be, and files
+    // of it are in the pull's temp tree.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let extracting = || {
+        std::fs::read_dir(&entry)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-tree-"))
+            .any(|t| files_under(&t.path()) > 0)
+    };
+    while !(stall.reached() && extracting()) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the pull ended ({status}) while its layer was held: {}",
+                std::fs::read_to_string(env.path("pull.log")).unwrap_or_default()
+            );
         }
-        // kill -9
-        let _ = child.kill();
-        let _ = child.wait();
-        if in_extraction {
-            assert!(!layout.tree_dir(&pushed.digest).exists(), "a partial tree is visible");
-            assert!(layout.read_record(&pushed.digest).unwrap().is_none());
-            caught = true;
-            break;
-        }
-        // Too fast to catch: start over.
-        let _ = std::fs::remove_dir_all(&entry);
+        assert!(
+            Instant::now() < deadline,
+            "the pull did not start extracting (stall reached: {}): {:?}",
+            stall.reached(),
+            visible(&entry)
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(caught, "never caught the pull during extraction");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    stall.release();
+    assert!(!layout.tree_dir(&pushed.digest).exists(), "a partial tree is visible");
+    assert!(layout.read_record(&pushed.digest).unwrap().is_none());
+    assert_eq!(
+        visible(&entry)
+            .iter()
+            .filter(|n| n.starts_with(".tmp-tree-") && !n.contains('/'))
+            .count(),
+        1,
+        "{:?}",
+        visible(&entry)
+    );
     let out = env.kcache(&["cache", "ls", "--output", "json"]);
     let ls: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ls["entries"][0]["complete"], false, "{ls}");
@@ -729,7 +767,7 @@ async fn kill_during_extraction_leaves_nothing_and_concurrent_cli_pulls_extract_
     assert_eq!(outcomes, [serde_json::json!("extracted"), serde_json::json!("present")]);
     let record = layout.read_record(&pushed.digest).unwrap().unwrap();
     assert!(record.files > pushed.built.entry_count * 7, "{record:?}");
-    assert!(record.bytes >= 40 * (4 << 20), "{record:?}");
+    assert!(record.bytes >= 16 * (512 << 10), "{record:?}");
 
     // GC sweeps the killed pull's temp dir.
     let state = kcache_core::cache::store::NodeCaches::default();

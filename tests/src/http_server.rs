@@ -1,7 +1,9 @@
 //! A minimal HTTP/1.1 server on loopback for the test servers that stand in where nothing real
 //! runs here (the token issuer, blob storage): one request per connection (`Connection: close`),
 //! GET and HEAD, plain or TLS (rustls with a certificate from [`crate::tls::TestPki`]). Every
-//! request is recorded with its headers.
+//! request is recorded with its headers. A response can be held part-way through its body
+//! ([`Stall`]): a download that stops after a known number of bytes, for as long as the test
+//! wants, so a client can be caught (and killed) mid-way for certain.
 
 use std::{
     io::{Read, Write},
@@ -9,9 +11,9 @@ use std::{
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// One request as the server saw it.
@@ -52,6 +54,68 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// Body (not sent for HEAD; its length is).
     pub body: Vec<u8>,
+    /// Send only this many bytes of the body, then hold the connection until the [`Stall`] is
+    /// released, then send the rest.
+    pub stall: Option<(usize, Stall)>,
+}
+
+/// A response held part-way through its body: [`Stall::wait_reached`] returns once the bytes
+/// before the stall were written to the socket, and nothing more is sent until
+/// [`Stall::release`].
+#[derive(Debug, Clone, Default)]
+pub struct Stall {
+    state: Arc<(Mutex<StallState>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct StallState {
+    reached: bool,
+    released: bool,
+}
+
+impl Stall {
+    /// A stall nobody has reached yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Waits until a response reached the stall; false after `timeout`.
+    pub fn wait_reached(&self, timeout: Duration) -> bool {
+        let (lock, cv) = &*self.state;
+        let deadline = Instant::now() + timeout;
+        let mut st = lock.lock().expect("stall");
+        while !st.reached {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = cv.wait_timeout(st, left).expect("stall").0;
+        }
+        true
+    }
+
+    /// Whether a response reached the stall.
+    pub fn reached(&self) -> bool {
+        self.state.0.lock().expect("stall").reached
+    }
+
+    /// Lets the held response go on (and any later one through at once).
+    pub fn release(&self) {
+        let (lock, cv) = &*self.state;
+        lock.lock().expect("stall").released = true;
+        cv.notify_all();
+    }
+
+    /// The server's side: marks the stall reached and waits for the release.
+    fn hold(&self) {
+        let (lock, cv) = &*self.state;
+        let mut st = lock.lock().expect("stall");
+        st.reached = true;
+        cv.notify_all();
+        while !st.released {
+            st = cv.wait(st).expect("stall");
+        }
+    }
 }
 
 impl Response {
@@ -61,6 +125,7 @@ impl Response {
             status,
             headers: vec![("Content-Type".into(), "application/json".into())],
             body: body.to_string().into_bytes(),
+            stall: None,
         }
     }
 }
@@ -151,11 +216,21 @@ fn serve_one<S: Read + Write>(mut s: S, handler: &Handler, log: &Mutex<Vec<Reque
     }
     out.push_str(&format!("Content-Length: {}\r\n\r\n", resp.body.len()));
     let mut bytes = out.into_bytes();
+    let (before, after) = match &resp.stall {
+        Some((n, _)) => resp.body.split_at((*n).min(resp.body.len())),
+        None => (&resp.body[..], &[][..]),
+    };
     if req.method != "HEAD" {
-        bytes.extend_from_slice(&resp.body);
+        bytes.extend_from_slice(before);
     }
-    let _ = s.write_all(&bytes);
-    let _ = s.flush();
+    if s.write_all(&bytes).and_then(|()| s.flush()).is_err() {
+        return;
+    }
+    if let (Some((_, stall)), true) = (&resp.stall, req.method != "HEAD") {
+        stall.hold();
+        let _ = s.write_all(after);
+        let _ = s.flush();
+    }
 }
 
 fn tls_config(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
@@ -255,6 +330,10 @@ impl Drop for HttpServer {
 /// It records each request's headers, so that a test can assert no credentials reached it.
 pub struct BlobStorage {
     server: HttpServer,
+    /// The next GET of a path ending with `.0` is held after `.1` bytes.
+    armed: Arc<Mutex<Option<(String, usize, Stall)>>>,
+    /// Every stall handed out, released on drop so that no server thread waits forever.
+    stalls: Mutex<Vec<Stall>>,
 }
 
 impl BlobStorage {
@@ -262,6 +341,8 @@ impl BlobStorage {
     /// a client need not follow a redirect from HTTPS to plain HTTP).
     pub fn start(root: &Path, tls: Option<&crate::tls::CertPair>) -> Self {
         let root = root.to_owned();
+        let armed: Arc<Mutex<Option<(String, usize, Stall)>>> = Arc::default();
+        let arm = armed.clone();
         let server = HttpServer::start(tls.map(|t| (t.cert.as_path(), t.key.as_path())), move |req| {
             let rel = req.path.trim_start_matches('/');
             if rel.split('/').any(|c| c == ".." || c.is_empty()) {
@@ -269,22 +350,49 @@ impl BlobStorage {
                     status: 400,
                     headers: vec![],
                     body: b"bad path".to_vec(),
+                    stall: None,
                 };
             }
             match std::fs::read(root.join(rel)) {
-                Ok(body) => Response {
-                    status: 200,
-                    headers: vec![("Content-Type".into(), "application/octet-stream".into())],
-                    body,
-                },
+                Ok(body) => {
+                    let mut armed = arm.lock().expect("armed stall");
+                    let stall = match &*armed {
+                        Some((suffix, _, _)) if req.method == "GET" && req.path.ends_with(suffix.as_str()) => {
+                            armed.take().map(|(_, after, stall)| (after, stall))
+                        }
+                        _ => None,
+                    };
+                    Response {
+                        status: 200,
+                        headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+                        body,
+                        stall,
+                    }
+                }
                 Err(_) => Response {
                     status: 404,
                     headers: vec![],
                     body: b"not found".to_vec(),
+                    stall: None,
                 },
             }
         });
-        Self { server }
+        Self {
+            server,
+            armed,
+            stalls: Mutex::default(),
+        }
+    }
+
+    /// Holds the next GET of the blob `digest` after `after` bytes of it, until the returned
+    /// [`Stall`] is released (or this server dropped). Later GETs are served whole.
+    pub fn stall_next_get(&self, digest: &kcache_core::digest::Digest, after: usize) -> Stall {
+        let stall = Stall::new();
+        // The registry stores it at `.../blobs/<algorithm>/<2 hex>/<hex>/data`.
+        let suffix = format!("/{}/data", digest.hex());
+        *self.armed.lock().expect("armed stall") = Some((suffix, after, stall.clone()));
+        self.stalls.lock().expect("stalls").push(stall.clone());
+        stall
     }
 
     /// `http(s)://127.0.0.1:PORT/` (the middleware's `baseurl`).
@@ -295,5 +403,13 @@ impl BlobStorage {
     /// Every request it served.
     pub fn requests(&self) -> Vec<Request> {
         self.server.requests()
+    }
+}
+
+impl Drop for BlobStorage {
+    fn drop(&mut self) {
+        for s in self.stalls.lock().expect("stalls").iter() {
+            s.release();
+        }
     }
 }
