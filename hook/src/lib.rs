@@ -200,7 +200,7 @@ impl Log {
     /// the hook's last word.
     fn failure(&mut self, e: &HookError) {
         self.append(&format!(
-            "kcache-hook {} {}: exit {} ({}): kcache-hook: {}\n",
+            "kcache-hook {} {}: exit {} ({}): {}\n",
             self.stage,
             self.id,
             e.exit_code(),
@@ -610,12 +610,52 @@ mod tests {
         assert!(store.layout.grp_dir(&digest, "/root/.triton/cache").is_dir());
         let log = fs::read_to_string(store.layout.run_dir().join("hook.log")).unwrap();
         assert!(
-            log.contains("kcache-hook prestart c1: exit 10 (mount): kcache-hook: cache \"llama\""),
+            log.contains("kcache-hook prestart c1: exit 10 (mount): cache \"llama\" (no pod namespace) is required"),
             "{log}"
         );
 
         // poststop of a container that never got the cache is a no-op.
         let stopped = format!(r#"{{"id":"c1","status":"stopped","bundle":"{}"}}"#, bundle.display());
         run(&opts, stopped.as_bytes()).unwrap();
+    }
+
+    /// poststop tries every step; one that fails (here the ref, which is not a file) is
+    /// reported with exit 11, and the others are still done.
+    #[test]
+    fn an_incomplete_poststop_exits_11_after_trying_every_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = testing::FakeStore::new(dir.path());
+        let digest = store.add_cache("llama", None, &[90], 1);
+        let cdir = store.layout.container_dir("c2").unwrap();
+        fs::create_dir_all(&cdir).unwrap();
+        let mounted = Mounted::now("c2", "llama", None, &digest, "/root/.triton/cache", None);
+        fs::write(cdir.join(MOUNTED_FILE), mounted.to_bytes()).unwrap();
+        let bad_ref = store.layout.refs_dir(&digest).join("c2");
+        fs::create_dir_all(bad_ref.join("not-a-ref")).unwrap();
+        let opts = Options {
+            layout: store.layout.clone(),
+            log_file: None,
+            stage: Stage::Poststop,
+        };
+        let stopped = format!(
+            r#"{{"id":"c2","status":"stopped","bundle":"{}","annotations":{{"kcache.dev/cache":"llama"}}}}"#,
+            dir.path().join("gone").display()
+        );
+        let err = run(&opts, stopped.as_bytes()).unwrap_err();
+        assert_eq!((err.exit_code(), err.stage()), (11, "cleanup"), "{err:?}");
+        let msg = error_chain(&err);
+        assert!(
+            msg.starts_with(&format!(
+                "cleanup incomplete: cannot drop the ref on {digest}: {}: ",
+                bad_ref.display()
+            )),
+            "{msg}"
+        );
+        assert!(!cdir.exists(), "the container dir is removed all the same");
+        let log = fs::read_to_string(store.layout.run_dir().join("hook.log")).unwrap();
+        assert!(
+            log.contains("kcache-hook poststop c2: exit 11 (cleanup): cleanup incomplete"),
+            "{log}"
+        );
     }
 }
