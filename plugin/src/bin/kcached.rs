@@ -304,14 +304,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 }
             };
             manager
-                .watch(
-                    caches_dir,
-                    resync,
-                    Duration::from_secs(2),
-                    move || p.current(),
-                    on_report,
-                    stop,
-                )
+                .watch(caches_dir, resync, CACHES_D_POLL, move || p.current(), on_report, stop)
                 .await;
             Ok(())
         });
@@ -394,6 +387,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     }
     result
 }
+
+/// How often caches.d is looked at (a readdir and a stat per file), so a cache the node agent
+/// approves starts pulling within a fraction of a second.
+const CACHES_D_POLL: Duration = Duration::from_millis(250);
 
 async fn serve_snapshotter<S>(
     service: SnapshotsService<S>,
