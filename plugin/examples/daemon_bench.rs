@@ -7,6 +7,8 @@
 //! - `prepare_ns`: Prepare + Remove latency (gRPC round trip) with 10, 1,000 and 10,000
 //!   committed snapshots in the store;
 //! - `gated_prepare_ns`: Prepare with CRI pull labels (warm verdict) on the full store;
+//! - `rootfs_prepare_ns`: a container rootfs Prepare on a verified chain (the chain check and
+//!   the re-check of the chain's image under the policy in force);
 //! - `rss_kib`: kcached's resident memory idle after start, with 10,000 snapshots, and the peak
 //!   during a pull storm (64 concurrent pulls' Prepare/Commit/Remove with CRI labels for 5 s).
 
@@ -179,6 +181,36 @@ async fn main() {
     .collect();
     let gated = time_prepare(&mut c, &pull, 300).await;
 
+    // A container's rootfs on that verified chain: the chain check, and (since the gate re-checks
+    // the chain's image against the policy in force) a verdict-cache hit.
+    let chain_key = "extract-chain sha256:bench".to_owned();
+    c.prepare(prepare(&chain_key, "", pull.clone()))
+        .await
+        .expect("chain prepare");
+    c.commit(pb::CommitSnapshotRequest {
+        snapshotter: "kcache".into(),
+        name: "sha256:bench-chain".into(),
+        key: chain_key,
+        labels: HashMap::new(),
+    })
+    .await
+    .expect("chain commit");
+    let mut rootfs = Vec::with_capacity(300);
+    for i in 0..300 {
+        let key = format!("rootfs-{i}");
+        let t = Instant::now();
+        c.prepare(prepare(&key, "sha256:bench-chain", HashMap::new()))
+            .await
+            .expect("rootfs prepare");
+        rootfs.push(t.elapsed().as_nanos() as u64);
+        c.remove(pb::RemoveSnapshotRequest {
+            snapshotter: "kcache".into(),
+            key,
+        })
+        .await
+        .expect("remove");
+    }
+
     // Pull storm: 64 concurrent clients, Prepare (gated) / Commit / Remove, for 5 s.
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
@@ -237,6 +269,7 @@ async fn main() {
         serde_json::json!({
             "prepare_ns": prepare_ns,
             "gated_prepare_ns": gated,
+            "rootfs_prepare_ns": rootfs,
             "rss_kib": {"idle": rss_idle, "10000_snapshots": rss_full, "storm_peak": rss_peak},
             "storm_pulls_per_s": ops.load(Ordering::Relaxed) as f64 / storm_secs,
             "verdict_cache_hits": cache_hits,

@@ -44,6 +44,7 @@ impl Daemon {
             .args(["--api-socket".as_ref(), dir.join("api.sock").as_os_str()])
             .args(["--root".as_ref(), dir.join("root").as_os_str()])
             .args(["--cache-root".as_ref(), dir.join("caches").as_os_str()])
+            .args(["--caches-dir".as_ref(), dir.join("caches.d").as_os_str()])
             .args(["--run-dir".as_ref(), dir.join("run").as_os_str()])
             .args(["--config".as_ref(), dir.join("config.toml").as_os_str()])
             .args(["--insecure-registry", host])
@@ -138,6 +139,7 @@ struct World {
     host: String,
     signed: Digest,
     unsigned: Digest,
+    signing_key: PrivateKey,
 }
 
 async fn world() -> World {
@@ -166,6 +168,7 @@ async fn world_with(extra: &[&str]) -> World {
         host,
         signed,
         unsigned,
+        signing_key: key,
     }
 }
 
@@ -502,6 +505,122 @@ async fn no_chain_check_lets_a_rootfs_on_an_unverified_chain_through() {
         .await
         .contains_key("kcache.dev/verified"));
     c.prepare(prepare("ctr-1", "sha256:n1", labels(&[]))).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_key_stops_new_containers_on_chains_verified_before() {
+    let w = world().await;
+    let mut c = w.daemon.snapshots().await;
+    let web = format!("{}/apps/web:v1", w.host);
+    let pull = labels(&[(IMAGE_REF, &web), (MANIFEST, w.signed.as_str()), (TARGET, "sha256:r1")]);
+    c.prepare(prepare("k8s.io/1/extract-1 sha256:r1", "", pull))
+        .await
+        .unwrap();
+    c.commit(commit("sha256:r1", "k8s.io/1/extract-1 sha256:r1"))
+        .await
+        .unwrap();
+    c.prepare(prepare("k8s.io/1/before", "sha256:r1", labels(&[])))
+        .await
+        .unwrap();
+
+    // The signing key is revoked: the rule now trusts another key only.
+    let before = w.daemon.api().policy().await.unwrap().generation;
+    let other = PrivateKey::generate_p256();
+    std::fs::write(w.daemon.dir.join("cosign.pub"), other.public_key().to_pem()).unwrap();
+    wait_policy(&w.daemon.api(), |s| s.generation != before).await;
+
+    let err = c
+        .prepare(prepare("k8s.io/1/after", "sha256:r1", labels(&[])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    let msg = err.message();
+    let refusal = kcache_core::refusal::find(msg).unwrap_or_else(|| panic!("no refusal line: {msg}"));
+    assert_eq!(
+        (refusal.image, refusal.digest, refusal.rule),
+        (web.as_str(), w.signed.as_str(), "apps"),
+        "{msg}"
+    );
+    assert!(msg.contains("policy in force") && msg.contains("sha256:r1"), "{msg}");
+    // The running container's snapshot is untouched.
+    stat_labels(&mut c, "k8s.io/1/before").await;
+    let m = w.daemon.api().metrics().await.unwrap();
+    assert!(m.contains("kcache_denied_pulls_total{reason=\"revoked\"} 1"), "{m}");
+
+    // The key trusted again: new containers start again.
+    let key_back = w.daemon.dir.join("cosign.pub");
+    let generation = w.daemon.api().policy().await.unwrap().generation;
+    std::fs::write(&key_back, w.signing_key.public_key().to_pem()).unwrap();
+    wait_policy(&w.daemon.api(), |s| s.generation != generation).await;
+    c.prepare(prepare("k8s.io/1/again", "sha256:r1", labels(&[])))
+        .await
+        .unwrap();
+}
+
+/// Every metric the README lists is exported, and every exported metric is in the README.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_exported_exactly_as_the_readme_lists_them() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("- **Metrics**").expect("README has a Metrics bullet");
+    let bullet: String = readme[start..]
+        .lines()
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with("  "))
+        .map(|(_, l)| l)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let listed: std::collections::BTreeSet<String> = bullet
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+        .filter(|w| w.starts_with("kcache_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(listed.len() >= 10, "{listed:?}");
+
+    let w = world().await;
+    // Give every metric a sample (a family without one is not rendered): a verified pull and a
+    // cache-hit re-check, a refusal, an approved cache (refused: unsigned), API requests.
+    let mut c = w.daemon.snapshots().await;
+    let web = format!("{}/apps/web:v1", w.host);
+    let pull = labels(&[(IMAGE_REF, &web), (MANIFEST, w.signed.as_str()), (TARGET, "sha256:m1")]);
+    c.prepare(prepare("extract-1 sha256:m1", "", pull)).await.unwrap();
+    c.commit(commit("sha256:m1", "extract-1 sha256:m1")).await.unwrap();
+    c.prepare(prepare("ctr-1", "sha256:m1", labels(&[]))).await.unwrap();
+    c.prepare(prepare("extract-2 sha256:m2", "", labels(&[(TARGET, "sha256:m2")])))
+        .await
+        .unwrap();
+    c.commit(commit("sha256:m2", "extract-2 sha256:m2")).await.unwrap();
+    c.prepare(prepare("ctr-2", "sha256:m2", labels(&[]))).await.unwrap_err();
+    std::fs::create_dir_all(w.daemon.dir.join("caches.d")).unwrap();
+    std::fs::write(
+        w.daemon.dir.join("caches.d/unsigned.yaml"),
+        format!("name: unsigned\nimage: {}/apps/other:v1\n", w.host),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let m = loop {
+        let m = w.daemon.api().metrics().await.unwrap();
+        if m.contains("kcache_caches{") {
+            break m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no kcache_caches sample:\n{m}\n{}",
+            w.daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(m.contains("kcache_caches{name=\"unsigned\",state=\"denied\"} 1"), "{m}");
+    // OpenMetrics names a counter's family without `_total`; its samples carry it.
+    let exported: std::collections::BTreeSet<String> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| match l.split_once(' ') {
+            Some((name, "counter")) => format!("{name}_total"),
+            Some((name, _)) => name.to_owned(),
+            None => l.to_owned(),
+        })
+        .collect();
+    assert_eq!(listed, exported, "README vs /metrics:\n{m}");
 }
 
 async fn wait_policy(

@@ -13,7 +13,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures_util::StreamExt;
-use kcache_core::cache::store::StoreLayout;
+use kcache_core::cache::store::{CacheState, StoreLayout};
 use kube::{
     api::{Patch, PatchParams},
     runtime::{
@@ -102,7 +102,7 @@ pub async fn round(
     last: Option<&KernelCacheNodeStatus>,
     last_applied: &mut Option<std::time::Instant>,
     metrics: &Metrics,
-) -> Result<KernelCacheNodeStatus, Error> {
+) -> Result<Round, Error> {
     let _timer = metrics.reconcile("node");
     let guard = match Guard::load(&cfg.config_toml) {
         Ok(g) => g,
@@ -122,6 +122,7 @@ pub async fn round(
     let n_policies = policies.len();
     let files = cfg.files.clone();
     let caches = stores.caches();
+    let wanted = caches.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let refs: Vec<&TrustPolicy> = policies.iter().map(|p| p.as_ref()).collect();
         files.sync(&guard, &refs, &roots, &caches)
@@ -148,13 +149,61 @@ pub async fn round(
     let status = report::status(gpus, &view, outcome.policies, expected, cfg.store.as_ref(), last, &now);
     let unchanged = last.is_some_and(|l| same_but_time(l, &status));
     let due = last_applied.is_none_or(|t| t.elapsed() >= cfg.heartbeat);
+    let files_changed = outcome.changed > 0;
+    // kcached has not yet settled a cache this node wants: not reported, still pulling, or at
+    // another digest than the one resolved for it.
+    let settling = wanted.iter().any(|(ns, name, _, resolved)| {
+        !status.caches.iter().any(|c| {
+            c.name == *name
+                && c.namespace == *ns
+                && c.state != CacheState::Pending.as_str()
+                && resolved.as_ref().is_none_or(|d| c.digest.as_ref() == Some(d))
+        })
+    });
     if unchanged && !due {
-        return Ok(last.cloned().unwrap_or(status));
+        let status = last.cloned().unwrap_or(status);
+        return Ok(Round {
+            status,
+            files_changed,
+            settling,
+        });
     }
     apply_status(api, &cfg.node_name, &cfg.manager, &status).await?;
     *last_applied = Some(std::time::Instant::now());
-    Ok(status)
+    Ok(Round {
+        status,
+        files_changed,
+        settling,
+    })
 }
+
+/// What one agent round did.
+#[derive(Debug)]
+pub struct Round {
+    /// The node's status as published.
+    pub status: KernelCacheNodeStatus,
+    /// Whether the round wrote or removed node files (kcached will act on them shortly).
+    pub files_changed: bool,
+    /// Whether a cache this node wants is not settled in kcached yet (not picked up, pulling,
+    /// or at another digest).
+    pub settling: bool,
+}
+
+/// How long to wait before the next round: [`SETTLE_POLL`] while kcached settles a change the
+/// agent made (at most [`SETTLE_WINDOW`] after it), else `poll_every`.
+fn next_poll(poll_every: Duration, settle_until: Option<std::time::Instant>) -> Duration {
+    match settle_until {
+        Some(t) if std::time::Instant::now() < t => SETTLE_POLL.min(poll_every),
+        _ => poll_every,
+    }
+}
+
+/// After the agent changes node files, kcached is asked this often until it has settled, so a
+/// new cache shows up in the node's status within a fraction of a second of being ready rather
+/// than a whole `poll_every` later.
+const SETTLE_POLL: Duration = Duration::from_millis(200);
+/// How long after a file change the agent keeps polling at [`SETTLE_POLL`] at most.
+const SETTLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Equal apart from `lastUpdate` and condition transition times.
 fn same_but_time(a: &KernelCacheNodeStatus, b: &KernelCacheNodeStatus) -> bool {
@@ -228,6 +277,7 @@ pub async fn run(client: Client, cfg: AgentConfig, metrics: Arc<Metrics>) -> Res
     let mut last: Option<KernelCacheNodeStatus> = None;
     let mut last_applied = None;
     let mut backoff = Duration::from_secs(1);
+    let mut settle_until: Option<std::time::Instant> = None;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -242,8 +292,15 @@ pub async fn run(client: Client, cfg: AgentConfig, metrics: Arc<Metrics>) -> Res
         )
         .await
         {
-            Ok(s) => {
-                last = Some(s);
+            Ok(r) => {
+                let now = std::time::Instant::now();
+                if r.files_changed {
+                    settle_until = Some(now + SETTLE_WINDOW);
+                }
+                if !r.settling {
+                    settle_until = None;
+                }
+                last = Some(r.status);
                 backoff = Duration::from_secs(1);
             }
             Err(e) => {
@@ -262,7 +319,7 @@ pub async fn run(client: Client, cfg: AgentConfig, metrics: Arc<Metrics>) -> Res
                 // Let a burst of watch events settle into one round.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            () = tokio::time::sleep(cfg.poll_every) => {},
+            () = tokio::time::sleep(next_poll(cfg.poll_every, settle_until)) => {},
             () = &mut shutdown => break,
         }
     }
@@ -286,5 +343,22 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn the_agent_polls_fast_only_while_a_change_it_made_settles() {
+        let every = Duration::from_secs(5);
+        assert_eq!(next_poll(every, None), every);
+        assert_eq!(next_poll(every, Some(Instant::now() + SETTLE_WINDOW)), SETTLE_POLL);
+        assert_eq!(next_poll(every, Some(Instant::now() - Duration::from_millis(1))), every);
+        let fast = Duration::from_millis(50);
+        assert_eq!(next_poll(fast, Some(Instant::now() + SETTLE_WINDOW)), fast);
     }
 }

@@ -5,6 +5,18 @@ use tonic::{Code, Status};
 
 use super::SnapshotError;
 
+#[cfg(feature = "verify")]
+impl<E: Into<Status>> From<super::gate::GateError<E>> for Status {
+    /// A refusal is `PermissionDenied`, which containerd hands the kubelet as the pull's or the
+    /// container's error; the snapshotter's own errors keep their codes.
+    fn from(err: super::gate::GateError<E>) -> Self {
+        match err {
+            super::gate::GateError::Denied(d) => Status::permission_denied(d.to_string()),
+            super::gate::GateError::Snapshot(e) => e.into(),
+        }
+    }
+}
+
 impl From<SnapshotError> for Status {
     fn from(err: SnapshotError) -> Self {
         let code = match &err {

@@ -20,6 +20,8 @@
 
 mod error;
 pub mod filter;
+#[cfg(feature = "verify")]
+pub mod gate;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod overlay;
@@ -28,6 +30,8 @@ mod usage;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(all(test, feature = "verify"))]
+mod gate_tests;
 #[cfg(test)]
 mod tests;
 

@@ -22,7 +22,7 @@ use kcache_core::{
     gpu::{self, ProbeOptions},
     paths,
     registry::{Client, RegistryConfig},
-    snapshot::OverlaySnapshotter,
+    snapshot::{gate::GatedSnapshotter, OverlaySnapshotter, Snapshotter},
     verdict::CacheConfig,
     verifier::Verifier,
 };
@@ -30,7 +30,7 @@ use kcache_plugin::{
     daemon::{
         api::{self, ApiState},
         config::{FileConfig, DEFAULT_CONFIG},
-        gate::{Gate, GateConfig, Unlabeled},
+        gate::{GateConfig, PolicyAdmission, Unlabeled},
         metrics::Metrics,
         policy_store::PolicyStore,
     },
@@ -245,7 +245,6 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let snapshotter = tokio::task::spawn_blocking(move || OverlaySnapshotter::open(&root))
         .await?
         .with_context(|| format!("failed to open the snapshotter at {}", s.root.display()))?;
-    let mut service = SnapshotsService::new(Arc::new(snapshotter)).with_metrics(Arc::clone(&metrics));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let nri_stop = stop_rx.clone();
@@ -258,15 +257,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if let Some(policy) = &policy {
-        service = service.with_gate(Arc::new(Gate::new(
-            Arc::clone(policy),
-            Arc::clone(&verifier),
-            Arc::clone(&metrics),
-            s.gate,
-        )));
-        set_policy_gauge(&metrics, policy.current().policy.generation);
+        metrics.set_policy_generation(policy.current().policy.generation);
         let (m, m2) = (Arc::clone(&metrics), Arc::clone(&metrics));
-        let watcher = Arc::clone(policy).watch(s.reload, move |loaded| set_policy_gauge(&m, loaded.policy.generation));
+        let watcher = Arc::clone(policy).watch(s.reload, move |loaded| {
+            m.set_policy_generation(loaded.policy.generation)
+        });
         let errors = Arc::clone(policy);
         let stop = stopped();
         tasks.spawn(async move {
@@ -277,7 +272,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let now = errors.status().last_error;
                     if now.is_some() && now != last {
-                        m2.inc("kcache_policy_reload_errors_total", vec![], 1);
+                        m2.policy_reload_errors.inc();
                     }
                     last = now;
                 }
@@ -303,24 +298,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         let (caches_dir, resync) = (s.caches_dir.clone(), s.cache_resync);
         tasks.spawn(async move {
             let on_report = move |r: &RunReport| {
-                m.clear_gauge("kcache_caches");
-                for c in &r.state.caches {
-                    let state = format!("{:?}", c.state).to_lowercase();
-                    m.set("kcache_caches", vec![("name", c.name.clone()), ("state", state)], 1.0);
-                }
+                m.set_caches(r.state.caches.iter().map(|c| (c.name.as_str(), c.state)));
                 for problem in &r.problems {
                     tracing::error!(%problem, "caches.d: entry left out");
                 }
             };
             manager
-                .watch(
-                    caches_dir,
-                    resync,
-                    Duration::from_secs(2),
-                    move || p.current(),
-                    on_report,
-                    stop,
-                )
+                .watch(caches_dir, resync, CACHES_D_POLL, move || p.current(), on_report, stop)
                 .await;
             Ok(())
         });
@@ -368,13 +352,21 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         });
     }
 
+    // The snapshotter, behind the verification gate unless there is no policy.
     let socket = s.snapshotter_socket.clone();
     let stop = stopped();
-    tasks.spawn(async move {
-        serve_service(service, &socket, stop)
-            .await
-            .with_context(|| format!("failed to serve the snapshotter on {}", socket.display()))
-    });
+    match &policy {
+        Some(policy) => {
+            let admission = PolicyAdmission::new(Arc::clone(policy), Arc::clone(&verifier), Arc::clone(&metrics));
+            let gated = GatedSnapshotter::new(snapshotter, admission, s.gate);
+            let service = SnapshotsService::new(Arc::new(gated)).with_metrics(Arc::clone(&metrics));
+            tasks.spawn(serve_snapshotter(service, socket, stop));
+        }
+        None => {
+            let service = SnapshotsService::new(Arc::new(snapshotter)).with_metrics(Arc::clone(&metrics));
+            tasks.spawn(serve_snapshotter(service, socket, stop));
+        }
+    }
 
     // Run until a signal, or until any part fails (then stop the rest).
     let result = tokio::select! {
@@ -396,13 +388,22 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     result
 }
 
-fn set_policy_gauge(metrics: &Metrics, generation: u64) {
-    // Prometheus values are doubles: keep 52 bits so the value is exact.
-    metrics.set(
-        "kcache_policy_generation",
-        vec![],
-        (generation & ((1 << 52) - 1)) as f64,
-    );
+/// How often caches.d is looked at (a readdir and a stat per file), so a cache the node agent
+/// approves starts pulling within a fraction of a second.
+const CACHES_D_POLL: Duration = Duration::from_millis(250);
+
+async fn serve_snapshotter<S>(
+    service: SnapshotsService<S>,
+    socket: PathBuf,
+    stop: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()>
+where
+    S: Snapshotter,
+    S::Error: Into<tonic::Status>,
+{
+    serve_service(service, &socket, stop)
+        .await
+        .with_context(|| format!("failed to serve the snapshotter on {}", socket.display()))
 }
 
 async fn write_gpu_inventory(layout: &StoreLayout, probe: &ProbeOptions) {

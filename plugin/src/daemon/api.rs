@@ -69,11 +69,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, metrics_only: bool
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (&method, path.as_str()) {
-        (&Method::GET, path::METRICS) => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.render(),
-        ),
+        (&Method::GET, path::METRICS) => text(StatusCode::OK, super::metrics::CONTENT_TYPE, state.metrics.render()),
         _ if metrics_only => error(StatusCode::NOT_FOUND, "only /metrics is served here"),
         (&Method::GET, path::HEALTH) => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, path::POLICY) => json(StatusCode::OK, &state.policy.status()),
@@ -95,14 +91,9 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, metrics_only: bool
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };
     let known = path::ALL.contains(&path.as_str());
-    state.metrics.inc(
-        "kcache_api_requests_total",
-        vec![
-            ("path", if known { path } else { "other".into() }),
-            ("code", resp.status().as_u16().to_string()),
-        ],
-        1,
-    );
+    state
+        .metrics
+        .api_request(if known { &path } else { "other" }, resp.status().as_u16());
     resp
 }
 

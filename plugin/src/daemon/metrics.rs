@@ -1,205 +1,249 @@
-//! Prometheus metrics, rendered in the text exposition format (version 0.0.4). A handful of
-//! counters and histograms behind one mutex each: the daemon updates them a few times per
-//! pull, far from any hot path that would need more.
+//! kcached's Prometheus metrics, typed (prometheus-client, as kube-rs's controller-rs does): one
+//! field per metric, one label struct per label set, so a metric that is set is also exported
+//! (the registry renders what was registered, not a hand-kept list). `/metrics` serves the
+//! OpenMetrics text format, which Prometheus scrapes natively.
 
-use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex, time::Duration};
+use std::time::Duration;
 
-use kcache_core::api::Decision;
+use kcache_core::{api::Decision, cache::store::CacheState};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets in seconds: 100 µs to 30 s.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
 
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+fn latency() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += secs;
-        self.count += 1;
-    }
+/// `kcache_verifications_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerificationLabels {
+    /// `allow`, `deny`, `allow-with-warning`, `unchecked`.
+    pub result: String,
+    /// The deciding rule, `<default>` for the policy default.
+    pub rule: String,
+}
+
+/// `kcache_denied_pulls_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// [`kcache_core::snapshot::gate::Denied::kind`].
+    pub reason: String,
+}
+
+/// `kcache_snapshot_operation_seconds` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The Snapshots API operation (`prepare`, `commit`, ...).
+    pub op: String,
+}
+
+/// `kcache_snapshot_operation_errors_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpErrorLabels {
+    /// The operation.
+    pub op: String,
+    /// The gRPC code, as tonic names it (`PermissionDenied`, `NotFound`, ...).
+    pub code: String,
+}
+
+/// `kcache_api_requests_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// The endpoint, `other` for unknown paths.
+    pub path: String,
+    /// The HTTP status.
+    pub code: String,
+}
+
+/// `kcache_caches` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The approved cache's name.
+    pub name: String,
+    /// Its state (`pending`, `ready`, `denied`, `failed`).
+    pub state: String,
 }
 
 /// Every metric kcached exports.
-#[derive(Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
-    histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
-    gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
+    /// Image verifications by result and deciding rule.
+    pub verifications: Family<VerificationLabels, Counter>,
+    /// Time to a verdict, cache hits included.
+    pub verification_seconds: Histogram,
+    /// Verdicts served from the verdict cache.
+    pub verdict_cache_hits: Counter,
+    /// Snapshot Prepare/View/Update calls the gate refused, by reason.
+    pub denied_pulls: Family<ReasonLabels, Counter>,
+    /// Snapshots API latency by operation.
+    pub snapshot_operation_seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    /// Snapshots API errors by operation and gRPC code.
+    pub snapshot_operation_errors: Family<OpErrorLabels, Counter>,
+    /// The policy in force's generation (content hash, low 52 bits).
+    pub policy_generation: Gauge,
+    /// Policy reloads that failed.
+    pub policy_reload_errors: Counter,
+    /// kcache API requests by path and status.
+    pub api_requests: Family<ApiLabels, Counter>,
+    /// Approved caches: 1 per cache in its current state.
+    pub caches: Family<CacheLabels, Gauge>,
+    registry: Registry,
 }
 
-const HELP: &[(&str, &str, &str)] = &[
-    (
-        "kcache_verifications_total",
-        "counter",
-        "Image verifications by result (allow, deny, allow-with-warning, unchecked) and deciding rule.",
-    ),
-    (
-        "kcache_verification_seconds",
-        "histogram",
-        "Time to a verdict, cache hits included.",
-    ),
-    (
-        "kcache_verdict_cache_hits_total",
-        "counter",
-        "Verdicts served from the verdict cache.",
-    ),
-    (
-        "kcache_denied_pulls_total",
-        "counter",
-        "Snapshot Prepare calls refused by the verification gate, by reason.",
-    ),
-    (
-        "kcache_snapshot_operation_seconds",
-        "histogram",
-        "Snapshots API latency by operation.",
-    ),
-    (
-        "kcache_snapshot_operation_errors_total",
-        "counter",
-        "Snapshots API errors by operation and gRPC code.",
-    ),
-    (
-        "kcache_policy_generation",
-        "gauge",
-        "Generation (content hash, low 52 bits) of the policy in force.",
-    ),
-    (
-        "kcache_policy_reload_errors_total",
-        "counter",
-        "Policy reloads that failed; the previous policy stayed in force.",
-    ),
-    (
-        "kcache_api_requests_total",
-        "counter",
-        "kcache API requests by path and status.",
-    ),
-];
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Self {
+            verifications: Family::default(),
+            verification_seconds: latency(),
+            verdict_cache_hits: Counter::default(),
+            denied_pulls: Family::default(),
+            snapshot_operation_seconds: Family::new_with_constructor(latency),
+            snapshot_operation_errors: Family::default(),
+            policy_generation: Gauge::default(),
+            policy_reload_errors: Counter::default(),
+            api_requests: Family::default(),
+            caches: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut m.registry;
+        // Counters are registered without `_total`: the encoder adds it.
+        r.register(
+            "kcache_verifications",
+            "Image verifications by result (allow, deny, allow-with-warning, unchecked) and deciding rule",
+            m.verifications.clone(),
+        );
+        r.register(
+            "kcache_verification_seconds",
+            "Time to a verdict, cache hits included",
+            m.verification_seconds.clone(),
+        );
+        r.register(
+            "kcache_verdict_cache_hits",
+            "Verdicts served from the verdict cache",
+            m.verdict_cache_hits.clone(),
+        );
+        r.register(
+            "kcache_denied_pulls",
+            "Snapshot Prepare, View and Update calls refused by the verification gate, by reason",
+            m.denied_pulls.clone(),
+        );
+        r.register(
+            "kcache_snapshot_operation_seconds",
+            "Snapshots API latency by operation",
+            m.snapshot_operation_seconds.clone(),
+        );
+        r.register(
+            "kcache_snapshot_operation_errors",
+            "Snapshots API errors by operation and gRPC code",
+            m.snapshot_operation_errors.clone(),
+        );
+        r.register(
+            "kcache_policy_generation",
+            "Generation (content hash, low 52 bits) of the policy in force",
+            m.policy_generation.clone(),
+        );
+        r.register(
+            "kcache_policy_reload_errors",
+            "Policy reloads that failed; the previous policy stayed in force",
+            m.policy_reload_errors.clone(),
+        );
+        r.register(
+            "kcache_api_requests",
+            "kcache API requests by path and status",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "kcache_caches",
+            "Approved kernel caches, 1 per cache in its current state",
+            m.caches.clone(),
+        );
+        m
+    }
+}
 
 impl Metrics {
-    /// Adds `n` to a counter.
-    pub fn inc(&self, name: &'static str, labels: Labels, n: u64) {
-        *self
-            .counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((name, labels))
-            .or_default() += n;
-    }
-
-    /// Records one observation in a histogram.
-    pub fn observe(&self, name: &'static str, labels: Labels, d: Duration) {
-        self.histograms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((name, labels))
-            .or_default()
-            .observe(d.as_secs_f64());
-    }
-
-    /// Sets a gauge.
-    pub fn set(&self, name: &'static str, labels: Labels, v: f64) {
-        self.gauges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((name, labels), v);
-    }
-
-    /// Drops every series of a gauge (before setting the current ones).
-    pub fn clear_gauge(&self, name: &'static str) {
-        self.gauges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(n, _), _| *n != name);
-    }
-
     /// Records a verdict.
     pub fn verdict(&self, decision: Decision, rule: Option<&str>, cached: bool, elapsed: Duration) {
-        let rule = rule.unwrap_or("<default>").to_owned();
-        self.inc(
-            "kcache_verifications_total",
-            vec![("result", decision.to_string()), ("rule", rule)],
-            1,
-        );
-        self.observe("kcache_verification_seconds", vec![], elapsed);
+        self.verifications
+            .get_or_create(&VerificationLabels {
+                result: decision.as_str().to_owned(),
+                rule: rule.unwrap_or("<default>").to_owned(),
+            })
+            .inc();
+        self.verification_seconds.observe(elapsed.as_secs_f64());
         if cached {
-            self.inc("kcache_verdict_cache_hits_total", vec![], 1);
+            self.verdict_cache_hits.inc();
         }
     }
 
-    /// The text exposition of every metric.
+    /// Counts a refusal of the gate.
+    pub fn denied(&self, reason: &str) {
+        self.denied_pulls
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one Snapshots API operation; `error` is the gRPC code it failed with.
+    pub fn snapshot_operation(&self, op: &str, elapsed: Duration, error: Option<tonic::Code>) {
+        self.snapshot_operation_seconds
+            .get_or_create(&OpLabels { op: op.to_owned() })
+            .observe(elapsed.as_secs_f64());
+        if let Some(code) = error {
+            self.snapshot_operation_errors
+                .get_or_create(&OpErrorLabels {
+                    op: op.to_owned(),
+                    code: format!("{code:?}"),
+                })
+                .inc();
+        }
+    }
+
+    /// Counts one API request.
+    pub fn api_request(&self, path: &str, status: u16) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                path: path.to_owned(),
+                code: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the policy generation gauge (low 52 bits, as the API reports it).
+    pub fn set_policy_generation(&self, generation: u64) {
+        self.policy_generation.set((generation & ((1 << 52) - 1)) as i64);
+    }
+
+    /// Replaces the caches gauge with the caches in `state`.
+    pub fn set_caches<'a>(&self, caches: impl IntoIterator<Item = (&'a str, CacheState)>) {
+        self.caches.clear();
+        for (name, state) in caches {
+            self.caches
+                .get_or_create(&CacheLabels {
+                    name: name.to_owned(),
+                    state: state.as_str().to_owned(),
+                })
+                .set(1);
+        }
+    }
+
+    /// The OpenMetrics text exposition of every metric ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let histograms = self.histograms.lock().unwrap_or_else(|p| p.into_inner());
-        let gauges = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, kind, help) in HELP {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            match *kind {
-                "counter" => {
-                    let mut any = false;
-                    for ((_, labels), v) in counters.iter().filter(|((n, _), _)| n == name) {
-                        let _ = writeln!(out, "{name}{} {v}", fmt_labels(labels, None));
-                        any = true;
-                    }
-                    if !any && counters_without_labels(name) {
-                        let _ = writeln!(out, "{name} 0");
-                    }
-                }
-                "gauge" => {
-                    for ((_, labels), v) in gauges.iter().filter(|((n, _), _)| n == name) {
-                        let _ = writeln!(out, "{name}{} {v}", fmt_labels(labels, None));
-                    }
-                }
-                _ => {
-                    for ((_, labels), h) in histograms.iter().filter(|((n, _), _)| n == name) {
-                        for (le, c) in BUCKETS.iter().zip(h.counts) {
-                            let _ = writeln!(out, "{name}_bucket{} {c}", fmt_labels(labels, Some(&le.to_string())));
-                        }
-                        let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(labels, Some("+Inf")), h.count);
-                        let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), h.sum);
-                        let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
-                    }
-                }
-            }
-        }
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
-}
-
-fn counters_without_labels(name: &str) -> bool {
-    matches!(
-        name,
-        "kcache_verdict_cache_hits_total" | "kcache_policy_reload_errors_total"
-    )
-}
-
-fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -211,25 +255,33 @@ mod tests {
         let m = Metrics::default();
         m.verdict(Decision::Deny, Some("prod \"images\""), false, Duration::from_millis(3));
         m.verdict(Decision::Allow, None, true, Duration::from_micros(1));
-        m.observe(
-            "kcache_snapshot_operation_seconds",
-            vec![("op", "prepare".into())],
-            Duration::from_millis(1),
-        );
+        m.snapshot_operation("prepare", Duration::from_millis(1), None);
+        m.snapshot_operation("prepare", Duration::from_millis(1), Some(tonic::Code::PermissionDenied));
+        m.denied("revoked");
+        m.set_caches([("triton-a", CacheState::Ready)]);
+        m.set_caches([("triton-b", CacheState::Failed)]);
+        m.set_policy_generation(u64::MAX);
         let text = m.render();
+        for line in [
+            "kcache_verifications_total{result=\"deny\",rule=\"prod \\\"images\\\"\"} 1\n",
+            "kcache_verifications_total{result=\"allow\",rule=\"<default>\"} 1\n",
+            "kcache_verdict_cache_hits_total 1\n",
+            "kcache_verification_seconds_bucket{le=\"0.005\"} 2\n",
+            "kcache_verification_seconds_bucket{le=\"0.001\"} 1\n",
+            "kcache_verification_seconds_count 2\n",
+            "kcache_snapshot_operation_seconds_bucket{le=\"+Inf\",op=\"prepare\"} 2\n",
+            "kcache_snapshot_operation_errors_total{op=\"prepare\",code=\"PermissionDenied\"} 1\n",
+            "kcache_denied_pulls_total{reason=\"revoked\"} 1\n",
+            "kcache_policy_reload_errors_total 0\n",
+            "kcache_caches{name=\"triton-b\",state=\"failed\"} 1\n",
+            "kcache_policy_generation 4503599627370495\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
         assert!(
-            text.contains("kcache_verifications_total{result=\"deny\",rule=\"prod \\\"images\\\"\"} 1\n"),
-            "{text}"
+            !text.contains("triton-a"),
+            "a cache no longer approved stays exported:\n{text}"
         );
-        assert!(text.contains("kcache_verifications_total{result=\"allow\",rule=\"<default>\"} 1\n"));
-        assert!(text.contains("kcache_verdict_cache_hits_total 1\n"));
-        assert!(
-            text.contains("kcache_verification_seconds_bucket{le=\"0.005\"} 2\n"),
-            "{text}"
-        );
-        assert!(text.contains("kcache_verification_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(text.contains("kcache_verification_seconds_count 2\n"));
-        assert!(text.contains("kcache_snapshot_operation_seconds_bucket{op=\"prepare\",le=\"+Inf\"} 1\n"));
-        assert!(text.contains("kcache_policy_reload_errors_total 0\n"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

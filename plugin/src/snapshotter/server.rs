@@ -1,7 +1,6 @@
 //! The Snapshots service over a domain [`Snapshotter`], and serving it on a unix socket.
 
 use std::{
-    collections::HashMap,
     fs,
     future::Future,
     io,
@@ -13,16 +12,13 @@ use std::{
 };
 
 use futures_util::Stream;
-use kcache_core::snapshot::{Kind, Snapshotter};
+use kcache_core::snapshot::Snapshotter;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{mounts, update_info};
-use crate::daemon::{
-    gate::{classify, strip_own, Class, Gate, LABEL_TARGET, LABEL_VERIFIED, OWN_PREFIX},
-    metrics::Metrics,
-};
+use crate::daemon::metrics::Metrics;
 use crate::proto::snapshots::{
     self as pb,
     snapshots_server::{Snapshots, SnapshotsServer},
@@ -31,28 +27,22 @@ use crate::proto::snapshots::{
 /// containerd sends List results in batches; 100 like its own snapshots service.
 const LIST_BATCH: usize = 100;
 
-/// The Snapshots gRPC service in front of a [`Snapshotter`]. The `snapshotter` field of the
-/// requests (the plugin name) is ignored: one socket serves one snapshotter.
+/// The Snapshots gRPC service in front of a [`Snapshotter`]: proto in, domain call, proto or
+/// status out, nothing decided here. The verification gate is a snapshotter too
+/// ([`kcache_core::snapshot::gate::GatedSnapshotter`]). The `snapshotter` field of the requests
+/// (the plugin name) is ignored: one socket serves one snapshotter.
 pub struct SnapshotsService<S> {
     inner: Arc<S>,
-    gate: Option<Arc<Gate>>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl<S> SnapshotsService<S> {
-    /// Serves `snapshotter` with no gate: every Prepare goes through.
+    /// Serves `snapshotter`.
     pub fn new(snapshotter: Arc<S>) -> Self {
         Self {
             inner: snapshotter,
-            gate: None,
             metrics: None,
         }
-    }
-
-    /// Puts the verification gate in front of Prepare, View, Commit and Update.
-    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
-        self.gate = Some(gate);
-        self
     }
 
     /// Records operation latencies and errors.
@@ -85,79 +75,9 @@ where
         let start = std::time::Instant::now();
         let result = fut.await;
         if let Some(m) = &self.metrics {
-            m.observe(
-                "kcache_snapshot_operation_seconds",
-                vec![("op", op.into())],
-                start.elapsed(),
-            );
-            if let Err(status) = &result {
-                let code = format!("{:?}", status.code());
-                m.inc(
-                    "kcache_snapshot_operation_errors_total",
-                    vec![("op", op.into()), ("code", code)],
-                    1,
-                );
-            }
+            m.snapshot_operation(op, start.elapsed(), result.as_ref().err().map(Status::code));
         }
         result
-    }
-
-    /// The gate's decision on a Prepare or View; the labels to store.
-    async fn admit(
-        &self,
-        op: &'static str,
-        key: &str,
-        parent: &str,
-        mut labels: HashMap<String, String>,
-    ) -> Result<HashMap<String, String>, Status> {
-        let Some(gate) = &self.gate else {
-            return Ok(labels);
-        };
-        strip_own(&mut labels);
-        match classify(key, &labels) {
-            Class::Pull { image, digest } => {
-                let admitted = gate.verify_pull(key, &image, &digest).await?;
-                if !admitted.labels.is_empty() && !parent.is_empty() {
-                    // The parent chain is part of this verified image too (it was computed from
-                    // the verified config): mark it, so layers shared with an earlier,
-                    // unverified unpack count for containers of this image.
-                    self.mark_verified(parent, &admitted.labels).await;
-                }
-                labels.extend(admitted.labels);
-            }
-            Class::UnlabeledUnpack => gate.unlabeled_unpack(key, labels.get(LABEL_TARGET).map(String::as_str))?,
-            Class::Other if !parent.is_empty() && gate.chain_check_applies() => {
-                let p = parent.to_owned();
-                match self.run(move |s| s.stat(&p)).await {
-                    Ok(info) => gate.check_chain(op, key, parent, &info.labels)?,
-                    // Let the snapshotter report the missing parent the way containerd expects.
-                    Err(status) if status.code() == tonic::Code::NotFound => {}
-                    Err(status) => return Err(status),
-                }
-            }
-            Class::Other => {}
-        }
-        Ok(labels)
-    }
-
-    async fn mark_verified(&self, parent: &str, add: &[(String, String)]) {
-        let p = parent.to_owned();
-        let add = add.to_vec();
-        let result = self
-            .run(move |s| {
-                let info = s.stat(&p)?;
-                if info.kind != Kind::Committed || info.labels.contains_key(LABEL_VERIFIED) {
-                    return Ok(());
-                }
-                let paths: Vec<String> = add.iter().map(|(k, _)| format!("labels.{k}")).collect();
-                let mut info = info;
-                info.labels.extend(add);
-                s.update(info, &paths).map(|_| ())
-            })
-            .await;
-        if let Err(status) = result {
-            tracing::warn!(parent, %status, "could not mark the parent chain verified");
-        }
     }
 }
 
@@ -175,8 +95,7 @@ where
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = request.into_inner();
         self.timed("prepare", async {
-            let labels = self.admit("prepare", &r.key, &r.parent, r.labels).await?;
-            let m = self.run(move |s| s.prepare(&r.key, &r.parent, labels)).await?;
+            let m = self.run(move |s| s.prepare(&r.key, &r.parent, r.labels)).await?;
             Ok(Response::new(pb::PrepareSnapshotResponse { mounts: mounts(m) }))
         })
         .await
@@ -188,8 +107,7 @@ where
     ) -> Result<Response<pb::ViewSnapshotResponse>, Status> {
         let r = request.into_inner();
         self.timed("view", async {
-            let labels = self.admit("view", &r.key, &r.parent, r.labels).await?;
-            let m = self.run(move |s| s.view(&r.key, &r.parent, labels)).await?;
+            let m = self.run(move |s| s.view(&r.key, &r.parent, r.labels)).await?;
             Ok(Response::new(pb::ViewSnapshotResponse { mounts: mounts(m) }))
         })
         .await
@@ -203,23 +121,9 @@ where
 
     async fn commit(&self, request: Request<pb::CommitSnapshotRequest>) -> Result<Response<()>, Status> {
         let r = request.into_inner();
-        let gated = self.gate.is_some();
-        self.timed("commit", async {
-            self.run(move |s| {
-                let mut labels = r.labels;
-                if gated {
-                    // The verification travels from the active snapshot to the committed one,
-                    // in the commit's own store transaction.
-                    strip_own(&mut labels);
-                    let active = s.stat(&r.key)?;
-                    labels.extend(active.labels.into_iter().filter(|(k, _)| k.starts_with(OWN_PREFIX)));
-                }
-                s.commit(&r.name, &r.key, labels)
-            })
+        self.timed("commit", self.run(move |s| s.commit(&r.name, &r.key, r.labels)))
             .await?;
-            Ok(Response::new(()))
-        })
-        .await
+        Ok(Response::new(()))
     }
 
     async fn remove(&self, request: Request<pb::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
@@ -244,32 +148,9 @@ where
         request: Request<pb::UpdateSnapshotRequest>,
     ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
         let r = request.into_inner();
-        let mut info = update_info(r.info.ok_or_else(|| Status::invalid_argument("missing field info"))?);
+        let info = update_info(r.info.ok_or_else(|| Status::invalid_argument("missing field info"))?);
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        if self.gate.is_some() {
-            if let Some(p) = paths.iter().find(|p| p.starts_with(&format!("labels.{OWN_PREFIX}"))) {
-                return Err(Status::permission_denied(format!(
-                    "kcache: label {} is set by kcache's verification gate only",
-                    &p["labels.".len()..]
-                )));
-            }
-            strip_own(&mut info.labels);
-        }
-        let gated = self.gate.is_some();
-        let info = self
-            .timed("update", async {
-                self.run(move |s| {
-                    if gated && (paths.is_empty() || paths.iter().any(|p| p == "labels")) {
-                        // Replacing all labels keeps the gate's.
-                        let current = s.stat(&info.name)?;
-                        info.labels
-                            .extend(current.labels.into_iter().filter(|(k, _)| k.starts_with(OWN_PREFIX)));
-                    }
-                    s.update(info, &paths)
-                })
-                .await
-            })
-            .await?;
+        let info = self.timed("update", self.run(move |s| s.update(info, &paths))).await?;
         Ok(Response::new(pb::UpdateSnapshotResponse {
             info: Some(info.into()),
         }))
@@ -334,7 +215,7 @@ where
     serve_service(SnapshotsService::new(snapshotter), socket, shutdown).await
 }
 
-/// Serves `service` (with its gate and metrics) like [`serve`].
+/// Serves `service` (with its metrics) like [`serve`].
 pub async fn serve_service<S>(
     service: SnapshotsService<S>,
     socket: &Path,
