@@ -142,6 +142,9 @@ async fn main() {
             .args(["--snapshotter-socket".as_ref(), socket.as_os_str()])
             .args(["--api-socket".as_ref(), d.join("api.sock").as_os_str()])
             .args(["--root".as_ref(), d.join("root").as_os_str()])
+            // Every path in the temp dir: nothing of the node's (/var/lib/kcache, /etc/kcache).
+            .args(["--cache-root".as_ref(), d.join("caches").as_os_str()])
+            .args(["--caches-dir".as_ref(), d.join("caches.d").as_os_str()])
             .args(["--run-dir".as_ref(), d.join("run").as_os_str()])
             .args(["--config".as_ref(), d.join("none.toml").as_os_str()])
             .args(["--insecure-registry", &reg.host()])

@@ -404,6 +404,7 @@ fn start_kcached(dir: &Path, policy: &Path, host: &str) -> Daemon {
         .args(["--api-socket".as_ref(), dir.join("api.sock").as_os_str()])
         .args(["--root".as_ref(), dir.join("root").as_os_str()])
         .args(["--cache-root".as_ref(), dir.join("caches").as_os_str()])
+        .args(["--caches-dir".as_ref(), dir.join("caches.d").as_os_str()])
         .args(["--run-dir".as_ref(), dir.join("run").as_os_str()])
         .args(["--config".as_ref(), dir.join("kcached.toml").as_os_str()])
         .args(["--insecure-registry", host])

@@ -106,6 +106,16 @@ impl Kcached {
         for host in &self.config.insecure {
             cmd.args(["--insecure-registry", host]);
         }
+        let own_caches_dir = self.config.args.iter().any(|a| a == "--caches-dir")
+            || self
+                .config
+                .config_toml
+                .lines()
+                .any(|l| l.trim_start().starts_with("caches_dir"));
+        if !own_caches_dir {
+            // Never the node's /etc/kcache/caches.d.
+            cmd.arg("--caches-dir").arg(self.dir.join("caches.d"));
+        }
         cmd.args(&self.config.args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())

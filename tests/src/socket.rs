@@ -26,6 +26,24 @@ fn not_listening<'a>(sockets: &[&'a Path]) -> Option<(&'a Path, io::Error)> {
         .find_map(|s| UnixStream::connect(s).err().map(|e| (*s, e)))
 }
 
+/// Panics once `timeout` has passed since `start`, naming the socket, the error and the log.
+fn give_up_after(
+    what: &str,
+    start: Instant,
+    timeout: Duration,
+    socket: &Path,
+    err: &io::Error,
+    log: &impl Fn() -> String,
+) {
+    assert!(
+        start.elapsed() < timeout,
+        "{what} does not accept connections on {} after {:?} (last error: {err}):\n{}",
+        socket.display(),
+        timeout,
+        log()
+    );
+}
+
 /// Waits until every one of `sockets` accepts a connection. `what` names the server in the
 /// panic message; `child`, when the server is a process of the test, makes an early exit fail at
 /// once with its status; `log` returns its log (stderr) for the message.
@@ -45,13 +63,7 @@ pub fn wait_until_listening(
                 log()
             );
         }
-        assert!(
-            start.elapsed() < timeout,
-            "{what} does not accept connections on {} after {:?} (last error: {err}):\n{}",
-            socket.display(),
-            timeout,
-            log()
-        );
+        give_up_after(what, start, timeout, socket, &err, &log);
         std::thread::sleep(POLL);
     }
 }
@@ -61,13 +73,7 @@ pub fn wait_until_listening(
 pub async fn wait_until_listening_async(what: &str, sockets: &[&Path], log: impl Fn() -> String, timeout: Duration) {
     let start = Instant::now();
     while let Some((socket, err)) = not_listening(sockets) {
-        assert!(
-            start.elapsed() < timeout,
-            "{what} does not accept connections on {} after {:?} (last error: {err}):\n{}",
-            socket.display(),
-            timeout,
-            log()
-        );
+        give_up_after(what, start, timeout, socket, &err, &log);
         tokio::time::sleep(POLL).await;
     }
 }
