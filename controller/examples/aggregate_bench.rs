@@ -1,7 +1,10 @@
 //! Fleet aggregation at scale, in process: N KernelCacheNode objects × M caches into every
 //! cache's counts, the way `kcache-controller run` does one pass. Prints one table row.
 //!
-//!   cargo run --release -p kcache-controller --example aggregate_bench -- [NODES] [CACHES] [--json]
+//!   cargo run --release -p kcache-controller --example aggregate_bench -- [NODES] [CACHES] [--json] [--whole]
+//!
+//! Each object is slimmed as the controller's watch store keeps it (`aggregate::slim`) unless
+//! `--whole` keeps it as the API server serves it.
 //!
 //! Memory is reported three ways: the process's peak (what a controller holding these objects in
 //! its watch store needs), what the synthetic objects themselves hold (VmRSS after building them,
@@ -12,7 +15,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use kcache_controller::{
-    aggregate::{cache_conditions, tally, CacheKey},
+    aggregate::{cache_conditions, slim, tally, CacheKey},
     crd::KernelCacheNode,
 };
 
@@ -36,6 +39,7 @@ fn reset_peak() -> bool {
 
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
+    let whole = std::env::args().any(|a| a == "--whole");
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let (n_nodes, n_caches) = (
         args.first().copied().unwrap_or(5000),
@@ -45,7 +49,15 @@ fn main() {
     let stamp = now.to_rfc3339();
     let base_rss = status_kib("VmRSS");
     let t = Instant::now();
-    let nodes: Vec<KernelCacheNode> = (0..n_nodes).map(|i| fleet::node(i, n_caches, &stamp)).collect();
+    let nodes: Vec<KernelCacheNode> = (0..n_nodes)
+        .map(|i| {
+            let mut n = fleet::node(i, n_caches, &stamp);
+            if !whole {
+                slim(&mut n);
+            }
+            n
+        })
+        .collect();
     let build = t.elapsed();
     let objects_rss = status_kib("VmRSS");
     let peak_before_pass = status_kib("VmHWM");
@@ -88,6 +100,7 @@ fn main() {
                 "objects_kib": objects,
                 "pass_own_peak_kib": pass_own,
                 "ready": ready,
+                "slim": !whole,
             })
         );
     } else {

@@ -160,6 +160,8 @@ pub async fn run(
     let (nodes, node_writer) = reflector::store();
     let node_stream = watcher(Api::<KernelCacheNode>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        // The store keeps only what the tally reads.
+        .modify(crate::aggregate::slim)
         .reflect(node_writer)
         .applied_objects()
         .for_each(|_| futures_util::future::ready(()));
