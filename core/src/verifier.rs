@@ -272,8 +272,26 @@ impl Verifier {
                 TlogRequirement::Off => TlogPolicy::Off,
             },
         };
-        if rule.formats.contains(&SignatureFormat::CosignV2) {
-            for (i, layer) in self.v2_layers(r, digest).await?.iter().enumerate() {
+        // Both formats' lookups go out together (each is one or two round trips the other does
+        // not wait for); what they found is judged in the policy's order, v2 first.
+        let want_v2 = rule.formats.contains(&SignatureFormat::CosignV2);
+        let want_v3 = rule.formats.contains(&SignatureFormat::CosignV3);
+        let (v2, v3_index) = tokio::join!(
+            async {
+                match want_v2 {
+                    true => self.v2_layers(r, digest).await,
+                    false => Ok(Vec::new()),
+                }
+            },
+            async {
+                match want_v3 {
+                    true => self.v3_index(r, digest).await,
+                    false => Ok(None),
+                }
+            },
+        );
+        if want_v2 {
+            for (i, layer) in v2?.iter().enumerate() {
                 for a in &rule.authorities {
                     let (signer, root) = signer_of(a);
                     match layer.verify(digest, signer, root, &opts_for(a)) {
@@ -291,8 +309,8 @@ impl Verifier {
                 }
             }
         }
-        if rule.formats.contains(&SignatureFormat::CosignV3) {
-            for (i, bundle) in self.v3_bundles(r, digest, notes).await?.iter().enumerate() {
+        if let Some(index) = v3_index? {
+            for (i, bundle) in self.v3_bundles(r, digest, &index, notes).await?.iter().enumerate() {
                 for a in &rule.authorities {
                     let (signer, root) = signer_of(a);
                     match v3::verify_bundle_for_image(bundle, digest, signer, root, &opts_for(a)) {
@@ -364,24 +382,34 @@ impl Verifier {
         Ok(out)
     }
 
-    /// Bundle JSON blobs from referrers of `digest` (API, else the referrers tag). Each listed
-    /// manifest is fetched and judged by what it is ([`v3::bundle_layer`]); what the index
-    /// says about it (its `artifactType`, annotations) is not looked at.
+    /// The referrers of `digest`: the API's answer, else the `sha256-<hex>` referrers tag's
+    /// index, else none. Both are asked at once (a registry without the API answers 404 to one,
+    /// and the round trip it saves is most of a cold verification); the tag's answer is used
+    /// only where the API is missing.
+    async fn v3_index(&self, r: &Reference, digest: &Digest) -> Result<Option<Vec<u8>>, RegistryError> {
+        let tag = digest.tag_prefix();
+        let (api, by_tag) = tokio::join!(self.client.referrers(r, digest, None), self.client.manifest(r, &tag));
+        if let Some(bytes) = api? {
+            return Ok(Some(bytes));
+        }
+        match by_tag {
+            Ok(m) => Ok(Some(m.bytes)),
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Bundle JSON blobs from the referrers `index` of `digest`. Each listed manifest is fetched
+    /// and judged by what it is ([`v3::bundle_layer`]); what the index says about it (its
+    /// `artifactType`, annotations) is not looked at.
     async fn v3_bundles(
         &self,
         r: &Reference,
         digest: &Digest,
+        index: &[u8],
         notes: &mut Notes,
     ) -> Result<Vec<Vec<u8>>, RegistryError> {
-        let index = match self.client.referrers(r, digest, None).await? {
-            Some(bytes) => bytes,
-            None => match self.client.manifest(r, &digest.tag_prefix()).await {
-                Ok(m) => m.bytes,
-                Err(RegistryError::NotFound { .. }) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            },
-        };
-        let v: serde_json::Value = serde_json::from_slice(&index).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(index).unwrap_or_default();
         let mut out = Vec::new();
         for d in v
             .get("manifests")
