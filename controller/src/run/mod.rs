@@ -158,13 +158,18 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let (nodes, node_writer) = reflector::store();
-    let node_stream = watcher(Api::<KernelCacheNode>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        // The store keeps only what the tally reads.
-        .modify(crate::aggregate::slim)
-        .reflect(node_writer)
-        .applied_objects()
-        .for_each(|_| futures_util::future::ready(()));
+    // A streaming list (the API server sends the initial objects as watch events, from its
+    // watch cache) never holds a page of thousands of nodes in memory at once.
+    let node_stream = watcher(
+        Api::<KernelCacheNode>::all(client.clone()),
+        watcher::Config::default().streaming_lists(),
+    )
+    .default_backoff()
+    // The store keeps only what the tally reads.
+    .modify(crate::aggregate::slim)
+    .reflect(node_writer)
+    .applied_objects()
+    .for_each(|_| futures_util::future::ready(()));
     // TrustRoots: the controller's own store doubles as the roots TrustPolicies render with.
     let roots_ctl = Controller::new(Api::<TrustRoot>::all(client.clone()), watcher::Config::default());
     let roots = roots_ctl.store();
