@@ -86,7 +86,13 @@ async fn fill(c: &mut SnapshotsClient<Channel>, from: usize, to: usize) {
     }
 }
 
-async fn time_prepare(c: &mut SnapshotsClient<Channel>, labels: &HashMap<String, String>, n: usize) -> Vec<u64> {
+/// Prepare + Remove `n` times on `parent` (empty: a new chain) with `labels`; the Prepare times.
+async fn time_prepare(
+    c: &mut SnapshotsClient<Channel>,
+    parent: &str,
+    labels: &HashMap<String, String>,
+    n: usize,
+) -> Vec<u64> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         // Unpack keys as containerd's unpacker names them, so the gate treats labelled ones as pulls.
@@ -95,7 +101,7 @@ async fn time_prepare(c: &mut SnapshotsClient<Channel>, labels: &HashMap<String,
             None => format!("probe-{i}"),
         };
         let t = Instant::now();
-        c.prepare(prepare(&key, "", labels.clone())).await.expect("prepare");
+        c.prepare(prepare(&key, parent, labels.clone())).await.expect("prepare");
         out.push(t.elapsed().as_nanos() as u64);
         c.remove(pb::RemoveSnapshotRequest {
             snapshotter: "kcache".into(),
@@ -167,7 +173,7 @@ async fn main() {
     for size in [10usize, 1_000, 10_000] {
         fill(&mut c, have, size).await;
         have = size;
-        prepare_ns.insert(size.to_string(), time_prepare(&mut c, &none, 300).await.into());
+        prepare_ns.insert(size.to_string(), time_prepare(&mut c, "", &none, 300).await.into());
     }
     let rss_full = rss_kib(pid);
 
@@ -182,7 +188,7 @@ async fn main() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let gated = time_prepare(&mut c, &pull, 300).await;
+    let gated = time_prepare(&mut c, "", &pull, 300).await;
 
     // A container's rootfs on that verified chain: the chain check, and (since the gate re-checks
     // the chain's image against the policy in force) a verdict-cache hit.
@@ -198,21 +204,7 @@ async fn main() {
     })
     .await
     .expect("chain commit");
-    let mut rootfs = Vec::with_capacity(300);
-    for i in 0..300 {
-        let key = format!("rootfs-{i}");
-        let t = Instant::now();
-        c.prepare(prepare(&key, "sha256:bench-chain", HashMap::new()))
-            .await
-            .expect("rootfs prepare");
-        rootfs.push(t.elapsed().as_nanos() as u64);
-        c.remove(pb::RemoveSnapshotRequest {
-            snapshotter: "kcache".into(),
-            key,
-        })
-        .await
-        .expect("remove");
-    }
+    let rootfs = time_prepare(&mut c, "sha256:bench-chain", &none, 300).await;
 
     // Pull storm: 64 concurrent clients, Prepare (gated) / Commit / Remove, for 5 s.
     let stop = Arc::new(AtomicBool::new(false));

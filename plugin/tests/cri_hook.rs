@@ -20,55 +20,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kcache_core::{cache::store::CacheState, cosign::sign::sign_and_push, signing::PrivateKey};
+use kcache_core::{cache::store::CacheState, cosign::sign::sign_and_push};
 use kcache_plugin::api::Client as Api;
 use kcache_tests::{
     containerd::{prerequisites, Containerd, ContainerdConfig, CriConfig},
     cri::{self, pb, Cri},
-    images::{self, Image},
+    images,
     kcached::{Kcached, KcachedConfig},
+    warm::{write_kernel, KEY, TARGET},
     TestRegistry,
 };
 
-const KEY: &str = "K4QWEXAMPLEKEY90";
-const TARGET: &str = "/cache/triton";
-
-fn write_kernel(root: &Path, key: &str, name: &str) {
-    let dir = root.join(key);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}.json")),
-        format!(
-            r#"{{"hash":"{key}","target":{{"backend":"cuda","arch":90,"warp_size":32}},"name":"{name}","num_warps":4,"num_stages":3}}"#
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.join(format!("{name}.cubin")), vec![0x7f; 4096]).unwrap();
-    std::fs::write(
-        dir.join(format!("__grp__{name}.json")),
-        format!(
-            r#"{{"child_paths":{{"{name}.json":"{0}/{name}.json","{name}.cubin":"{0}/{name}.cubin"}}}}"#,
-            dir.display()
-        ),
-    )
-    .unwrap();
-}
-
 /// The kcache-hook binary, built fresh (it is another package of the workspace).
 fn hook_binary() -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "--locked", "-p", "kcache-hook", "--bin", "kcache-hook"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building kcache-hook: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hook = Path::new(env!("CARGO_BIN_EXE_kcached")).with_file_name("kcache-hook");
-    assert!(hook.is_file(), "{} not built", hook.display());
-    hook
+    kcache_tests::warm::build_hook(Path::new(env!("CARGO_BIN_EXE_kcached")))
 }
 
 fn kcache(args: &[&str]) -> std::process::Output {
@@ -117,23 +82,7 @@ async fn an_annotated_pod_starts_warm_with_the_signed_cache() {
         .tempdir_in("/tmp")
         .unwrap();
     let dir = tmp.path();
-    let key = PrivateKey::generate_p256();
-    std::fs::write(dir.join("cosign.pub"), key.public_key().to_pem()).unwrap();
-    std::fs::write(
-        dir.join("policy.yaml"),
-        format!(
-            "mode: enforce\ndefault: deny\nrules:\n  - name: e2e\n    images: [\"{host}/e2e/*\", \"{host}/caches/*\"]\n    authorities:\n      - key: {{path: cosign.pub}}\n    transparencyLog: off\n"
-        ),
-    )
-    .unwrap();
-    for (tag, marker) in [("e2e/pause:1", "pause"), ("e2e/app:1", "app")] {
-        Image::busybox(marker, &["/bin/busybox", "sleep", "3600"])
-            .push(&reg, tag)
-            .await;
-        sign_and_push(&reg.client(), &key, &reg.reference(tag), false)
-            .await
-            .unwrap();
-    }
+    let key = kcache_tests::warm::signed_e2e_images(&reg, dir).await;
 
     // 1. The cache image, built at one path (its __grp__ files name that path).
     let build = dir.join("build/.triton/cache");

@@ -18,12 +18,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use kcache_tests::{
-    containerd::{prerequisites, selected_version, Containerd, ContainerdConfig, CriConfig},
+    containerd::{prerequisites, selected_version, Containerd},
     cri::{self, pb, Cri},
     images,
     warm::{Bins, Warm, KEY, TARGET},
@@ -31,19 +30,7 @@ use kcache_tests::{
 
 /// The kcache-hook binary, built fresh (it is another package of the workspace).
 fn hook_binary() -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "--locked", "-p", "kcache-hook", "--bin", "kcache-hook"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building kcache-hook: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hook = Path::new(env!("CARGO_BIN_EXE_kcached")).with_file_name("kcache-hook");
-    assert!(hook.is_file(), "{} not built", hook.display());
-    hook
+    kcache_tests::warm::build_hook(Path::new(env!("CARGO_BIN_EXE_kcached")))
 }
 
 /// The OCI spec runc ran the container with (the task bundle's config.json).
@@ -140,22 +127,7 @@ async fn nri_mounts_the_cache_only_into_opted_in_pods_and_never_blocks_a_start()
     .await;
     assert!(!nri_socket.exists());
     // 1. containerd, kcache installed with --nri.
-    let containerd = Containerd::start(
-        &programs,
-        &cdir,
-        &ContainerdConfig {
-            kcache_socket: Some(warm.kcached.snapshotter_socket()),
-            cri: Some(CriConfig {
-                sandbox_image: warm.pause.clone(),
-                snapshotter: "kcache".into(),
-                plain_http: vec![warm.host.clone()],
-                hook: Some(warm.hook_wrapper.clone()),
-                nri: true,
-                ..CriConfig::default()
-            }),
-            ..ContainerdConfig::default()
-        },
-    );
+    let containerd = Containerd::start(&programs, &cdir, &warm.containerd_config(true, vec![]));
     let config = std::fs::read_to_string(containerd.config()).unwrap();
     assert!(!config.contains("base_runtime_spec"), "{config}");
     assert!(!cdir.join("base-spec.json").exists());

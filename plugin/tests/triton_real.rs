@@ -66,19 +66,7 @@ fn ok(out: &Output) -> String {
 
 /// The kcache-hook binary, built fresh (it is another package of the workspace).
 fn hook_binary() -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "--locked", "-p", "kcache-hook", "--bin", "kcache-hook"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building kcache-hook: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hook = Path::new(env!("CARGO_BIN_EXE_kcached")).with_file_name("kcache-hook");
-    assert!(hook.is_file(), "{} not built", hook.display());
-    hook
+    kcache_tests::warm::build_hook(Path::new(env!("CARGO_BIN_EXE_kcached")))
 }
 
 /// root, runc and busybox-static, or skip (a panic under CI=true).
@@ -607,11 +595,10 @@ fn real_triton_caches_hit_in_a_runc_container_through_the_node_path() {
 /// mounted read-only (CRI mounts) and runs Triton's lookup at `TRITON_CACHE_DIR`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_triton_cache_hits_in_a_cri_pod() {
-    use kcache_core::{cosign::sign::sign_and_push, signing::PrivateKey};
+    use kcache_core::cosign::sign::sign_and_push;
     use kcache_tests::{
         containerd::{prerequisites as ctd_prerequisites, Containerd, ContainerdConfig, CriConfig},
         cri::{self, pb, Cri},
-        images::Image,
     };
 
     let test = "real_triton_cache_hits_in_a_cri_pod";
@@ -627,23 +614,7 @@ async fn real_triton_cache_hits_in_a_cri_pod() {
     let host = reg.host();
     let tmp = tempfile::Builder::new().prefix("kc-tcri").tempdir_in("/tmp").unwrap();
     let dir = tmp.path();
-    let key = PrivateKey::generate_p256();
-    fs::write(dir.join("cosign.pub"), key.public_key().to_pem()).unwrap();
-    fs::write(
-        dir.join("policy.yaml"),
-        format!(
-            "mode: enforce\ndefault: deny\nrules:\n  - name: e2e\n    images: [\"{host}/e2e/*\", \"{host}/caches/*\"]\n    authorities:\n      - key: {{path: cosign.pub}}\n    transparencyLog: off\n"
-        ),
-    )
-    .unwrap();
-    for (tag, marker) in [("e2e/pause:1", "pause"), ("e2e/app:1", "app")] {
-        Image::busybox(marker, &["/bin/busybox", "sleep", "3600"])
-            .push(&reg, tag)
-            .await;
-        sign_and_push(&reg.client(), &key, &reg.reference(tag), false)
-            .await
-            .unwrap();
-    }
+    let key = kcache_tests::warm::signed_e2e_images(&reg, dir).await;
     let image = format!("{host}/caches/triton:{VERSION}");
     let out = kcache(&[
         "cache",

@@ -20,7 +20,7 @@ use std::{
 };
 
 use kcache_tests::{
-    containerd::{prerequisites, Containerd, ContainerdConfig, CriConfig},
+    containerd::{prerequisites, Containerd},
     cri::{self, pb, Cri},
     warm::{Bins, Warm, TARGET},
 };
@@ -53,19 +53,7 @@ async fn node(name: &'static str, base: &Path, bins: &Bins, programs: &kcache_te
     let containerd = Containerd::start(
         programs,
         &cdir,
-        &ContainerdConfig {
-            kcache_socket: Some(warm.kcached.snapshotter_socket()),
-            cri: Some(CriConfig {
-                sandbox_image: warm.pause.clone(),
-                snapshotter: "kcache".into(),
-                plain_http: vec![warm.host.clone()],
-                hook: Some(warm.hook_wrapper.clone()),
-                pod_annotations: vec!["kcache.dev/*".into()],
-                nri: name != "base",
-                ..CriConfig::default()
-            }),
-            ..ContainerdConfig::default()
-        },
+        &warm.containerd_config(name != "base", vec!["kcache.dev/*".into()]),
     );
     if name == "nri" {
         warm.wait_nri_registered(1).await;

@@ -17,6 +17,7 @@ use std::{
 use kcache_core::{cache::store::CacheState, cosign::sign::sign_and_push, signing::PrivateKey};
 
 use crate::{
+    containerd::{ContainerdConfig, CriConfig},
     images::Image,
     kcached::{Kcached, KcachedConfig},
     TestRegistry,
@@ -62,7 +63,9 @@ pub struct Warm {
     pub digest: String,
 }
 
-fn write_kernel(root: &Path, key: &str, name: &str) {
+/// A fake compiled Triton kernel `name` under `root/key` (json, cubin, and the `__grp__` file
+/// naming the children at this path).
+pub fn write_kernel(root: &Path, key: &str, name: &str) {
     let dir = root.join(key);
     std::fs::create_dir_all(&dir).expect("kernel dir");
     std::fs::write(
@@ -83,28 +86,75 @@ fn write_kernel(root: &Path, key: &str, name: &str) {
     .expect("grp");
 }
 
+/// The signed world the warm-start tests share: a new key (`dir/cosign.pub`), an enforce policy
+/// trusting it for `{host}/e2e/*` and `{host}/caches/*` (`dir/policy.yaml`), and busybox pause
+/// and app images pushed as `e2e/pause:1` and `e2e/app:1` and signed. Returns the key, to sign
+/// the cache image with.
+pub async fn signed_e2e_images(reg: &TestRegistry, dir: &Path) -> PrivateKey {
+    let host = reg.host();
+    let key = PrivateKey::generate_p256();
+    std::fs::write(dir.join("cosign.pub"), key.public_key().to_pem()).expect("cosign.pub");
+    std::fs::write(
+        dir.join("policy.yaml"),
+        format!(
+            "mode: enforce\ndefault: deny\nrules:\n  - name: e2e\n    images: [\"{host}/e2e/*\", \"{host}/caches/*\"]\n    authorities:\n      - key: {{path: cosign.pub}}\n    transparencyLog: off\n"
+        ),
+    )
+    .expect("policy");
+    for (tag, marker) in [("e2e/pause:1", "pause"), ("e2e/app:1", "app")] {
+        Image::busybox(marker, &["/bin/busybox", "sleep", "3600"])
+            .push(reg, tag)
+            .await;
+        sign_and_push(&reg.client(), &key, &reg.reference(tag), false)
+            .await
+            .expect("sign");
+    }
+    key
+}
+
+/// Builds kcache-hook (another package of the workspace) and returns it: it lands beside
+/// `kcached`, the test's `CARGO_BIN_EXE_kcached`, in the same target dir.
+pub fn build_hook(kcached: &Path) -> PathBuf {
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "-p", "kcache-hook", "--bin", "kcache-hook"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("cargo build kcache-hook");
+    assert!(
+        out.status.success(),
+        "building kcache-hook: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hook = kcached.with_file_name("kcache-hook");
+    assert!(hook.is_file(), "{} not built", hook.display());
+    hook
+}
+
 impl Warm {
+    /// containerd for this fixture: kcached as the CRI snapshotter, the pause image, the
+    /// plain-HTTP registry and the hook wrapper; the NRI route on or off, and the pod
+    /// annotations CRI passes to the OCI spec (what the base-spec route needs).
+    pub fn containerd_config(&self, nri: bool, pod_annotations: Vec<String>) -> ContainerdConfig {
+        ContainerdConfig {
+            kcache_socket: Some(self.kcached.snapshotter_socket()),
+            cri: Some(CriConfig {
+                sandbox_image: self.pause.clone(),
+                snapshotter: "kcache".into(),
+                plain_http: vec![self.host.clone()],
+                hook: Some(self.hook_wrapper.clone()),
+                pod_annotations,
+                nri,
+                ..CriConfig::default()
+            }),
+            ..ContainerdConfig::default()
+        }
+    }
+
     /// Starts everything under `dir`; kcached's config.toml gets `kcached_toml`.
     pub async fn start(dir: &Path, bins: &Bins, kcached_toml: &str) -> Self {
         let reg = TestRegistry::start();
         let host = reg.host();
-        let key = PrivateKey::generate_p256();
-        std::fs::write(dir.join("cosign.pub"), key.public_key().to_pem()).expect("cosign.pub");
-        std::fs::write(
-            dir.join("policy.yaml"),
-            format!(
-                "mode: enforce\ndefault: deny\nrules:\n  - name: e2e\n    images: [\"{host}/e2e/*\", \"{host}/caches/*\"]\n    authorities:\n      - key: {{path: cosign.pub}}\n    transparencyLog: off\n"
-            ),
-        )
-        .expect("policy");
-        for (tag, marker) in [("e2e/pause:1", "pause"), ("e2e/app:1", "app")] {
-            Image::busybox(marker, &["/bin/busybox", "sleep", "3600"])
-                .push(&reg, tag)
-                .await;
-            sign_and_push(&reg.client(), &key, &reg.reference(tag), false)
-                .await
-                .expect("sign");
-        }
+        let key = signed_e2e_images(&reg, dir).await;
         let build = dir.join("build/.triton/cache");
         write_kernel(&build, KEY, "add_kernel");
         let cache_image = format!("{host}/caches/triton:v1");

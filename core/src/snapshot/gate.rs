@@ -288,11 +288,6 @@ impl<S: Snapshotter, A: Admission> GatedSnapshotter<S, A> {
         &self.inner
     }
 
-    /// The gate's settings.
-    pub fn config(&self) -> GateStatus {
-        self.config
-    }
-
     fn deny<T>(&self, denied: Denied) -> Result<T, GateError<S::Error>> {
         self.admission.refused(&denied);
         Err(denied.into())
