@@ -119,7 +119,11 @@ async fn main() {
             "3600",
         ])
         .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
+        // KCACHE_BENCH_RUST_LOG=info shows when the node list synced and each status applied.
+        .env(
+            "RUST_LOG",
+            std::env::var("KCACHE_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -6,6 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use kcache_controller::{
     crd::{
@@ -74,19 +75,36 @@ fn context(
     nodes: Vec<KernelCacheNode>,
     registry: Option<Arc<kcache_core::registry::Client>>,
 ) -> Arc<Context> {
+    context_listing(client, nodes, registry, true)
+}
+
+/// A context whose node store got `nodes` as the watcher delivers a first list; `list_done`:
+/// whether the list's end has come (the store is synced).
+fn context_listing(
+    client: Client,
+    nodes: Vec<KernelCacheNode>,
+    registry: Option<Arc<kcache_core::registry::Client>>,
+    list_done: bool,
+) -> Arc<Context> {
     let (node_store, mut w) = reflector::store::<KernelCacheNode>();
+    w.apply_watcher_event(&watcher::Event::Init);
     for n in nodes {
-        w.apply_watcher_event(&watcher::Event::Apply(n));
+        w.apply_watcher_event(&watcher::Event::InitApply(n));
+    }
+    if list_done {
+        w.apply_watcher_event(&watcher::Event::InitDone);
     }
     let (root_store, _) = reflector::store::<TrustRoot>();
-    Arc::new(Context::new(
+    let ctx = Arc::new(Context::new(
         client,
         run::Config::default(),
         node_store,
         root_store,
         registry,
         Arc::new(Metrics::default()),
-    ))
+    ));
+    assert_eq!(ctx.sync_nodes().now_or_never().is_some(), list_done);
+    ctx
 }
 
 fn not_found() -> (u16, Value) {
@@ -292,10 +310,8 @@ fn cache_node(name: &str, digest: &str, state: &str) -> KernelCacheNode {
     )
 }
 
-#[tokio::test]
-async fn digest_pinned_kernel_cache_counts_the_nodes_holding_that_digest() {
-    let digest = format!("sha256:{}", "a".repeat(64));
-    let (client, handle) = mock();
+/// `ml/llama`, pinned to `digest`, at generation 1.
+fn pinned_cache(digest: &str) -> KernelCache {
     let mut kc = KernelCache::new(
         "llama",
         KernelCacheSpec {
@@ -304,27 +320,37 @@ async fn digest_pinned_kernel_cache_counts_the_nodes_holding_that_digest() {
     );
     kc.meta_mut().namespace = Some("ml".into());
     kc.meta_mut().generation = Some(1);
+    kc
+}
+
+/// A pinned cache's first status: one apply, then the "Resolved" event (no Events API: 404).
+fn pinned_cache_applied(kc: &KernelCache) -> Vec<Expect> {
+    vec![
+        Expect {
+            method: "PATCH",
+            uri: "/apis/kcache.dev/v1alpha1/namespaces/ml/kernelcaches/llama/status?&force=true&fieldManager=kcache-controller".into(),
+            respond: (200, serde_json::to_value(kc).unwrap()),
+        },
+        Expect {
+            method: "POST",
+            uri: "/apis/events.k8s.io/v1/namespaces/ml/events?".into(),
+            respond: not_found(),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn digest_pinned_kernel_cache_counts_the_nodes_holding_that_digest() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let (client, handle) = mock();
+    let kc = pinned_cache(&digest);
     let nodes = vec![
         cache_node("a", &digest, "ready"),
         cache_node("b", &format!("sha256:{}", "b".repeat(64)), "ready"),
         cache_node("c", &digest, "denied"),
     ];
     let ctx = context(client, nodes, None);
-    let server = tokio::spawn(serve(
-        handle,
-        vec![
-            Expect {
-                method: "PATCH",
-                uri: "/apis/kcache.dev/v1alpha1/namespaces/ml/kernelcaches/llama/status?&force=true&fieldManager=kcache-controller".into(),
-                respond: (200, serde_json::to_value(&kc).unwrap()),
-            },
-            Expect {
-                method: "POST",
-                uri: "/apis/events.k8s.io/v1/namespaces/ml/events?".into(),
-                respond: not_found(),
-            },
-        ],
-    ));
+    let server = tokio::spawn(serve(handle, pinned_cache_applied(&kc)));
     reconcile_cache(Arc::new(kc), ctx).await.unwrap();
     let bodies = server.await.unwrap();
     let status: KernelCacheStatus = serde_json::from_value(status_of(&bodies[0])).unwrap();
@@ -351,6 +377,30 @@ async fn digest_pinned_kernel_cache_counts_the_nodes_holding_that_digest() {
     assert!(status.conditions[2]
         .message
         .contains("c: no signature matches rule caches"));
+}
+
+#[tokio::test]
+async fn before_the_node_list_is_in_a_cache_keeps_its_counts_and_is_not_rewritten() {
+    // A controller restarting: the cache's status holds counts from before, the node store has
+    // only part of the first list. Counting it would publish wrong (zero) counts to the cluster.
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let mut kc = pinned_cache(&digest);
+    let nodes = || vec![cache_node("a", &digest, "ready"), cache_node("c", &digest, "denied")];
+    let (client, handle) = mock();
+    let server = tokio::spawn(serve(handle, pinned_cache_applied(&kc)));
+    reconcile_cache(Arc::new(kc.clone()), context(client, nodes(), None))
+        .await
+        .unwrap();
+    let before: KernelCacheStatus = serde_json::from_value(status_of(&server.await.unwrap()[0])).unwrap();
+    assert_eq!((before.nodes.reporting, before.nodes.ready), (2, 1));
+    kc.status = Some(before.clone());
+
+    let (client, handle) = mock();
+    let server = tokio::spawn(serve(handle, vec![]));
+    let partial = context_listing(client, nodes()[..1].to_vec(), None, false);
+    assert!(partial.fleet().is_none(), "no tally before the list is in");
+    reconcile_cache(Arc::new(kc), partial).await.unwrap();
+    assert!(server.await.unwrap().is_empty(), "the status is left as it was");
 }
 
 #[tokio::test]

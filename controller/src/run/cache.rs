@@ -161,18 +161,27 @@ pub async fn reconcile_cache<K: CacheObject>(obj: Arc<K>, ctx: Arc<Context>) -> 
     let stamp = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let res = resolve(obj.as_ref(), &ctx, &now).await;
 
-    let fleet = ctx.fleet();
     let key = CacheKey {
         namespace: namespace.clone(),
         name: name.clone(),
     };
-    let (counts, reasons) = match fleet.caches.get(&key) {
-        Some(t) => (t.counts(res.digest.as_deref()), t.reasons.clone()),
-        None => (Default::default(), Vec::new()),
-    };
     let old = obj.cache_status().cloned().unwrap_or_default();
     let mut conditions = vec![res.condition];
-    conditions.extend(cache_conditions(&counts, &reasons));
+    let counts = match ctx.fleet() {
+        Some(fleet) => {
+            let (counts, reasons) = match fleet.caches.get(&key) {
+                Some(t) => (t.counts(res.digest.as_deref()), t.reasons.clone()),
+                None => (Default::default(), Vec::new()),
+            };
+            conditions.extend(cache_conditions(&counts, &reasons));
+            counts
+        }
+        // The node list is not in yet: the counts and their conditions stay as they were.
+        None => {
+            conditions.extend(old.conditions.iter().filter(|c| c.type_ != "Resolved").cloned());
+            old.nodes
+        }
+    };
     let conditions = conditions
         .into_iter()
         .map(|c| {

@@ -16,12 +16,15 @@ mod policy;
 mod root;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use kube::{
     runtime::{
         controller::{Action, Controller},
@@ -89,6 +92,7 @@ pub struct Context {
     /// Events, where served.
     pub events: Events,
     fleet: Mutex<Option<(Instant, Arc<Fleet>)>>,
+    nodes_synced: AtomicBool,
 }
 
 impl Context {
@@ -111,15 +115,31 @@ impl Context {
             metrics,
             events,
             fleet: Mutex::new(None),
+            nodes_synced: AtomicBool::new(false),
         }
     }
 
-    /// The fleet tally, computed at most once a second however many objects ask.
-    pub fn fleet(&self) -> Arc<Fleet> {
+    /// Returns once the node store holds its first full list, and from then on [`Self::fleet`]
+    /// counts. Await it in one place only: kube-runtime's store readiness wakes just the last
+    /// task that polled it, so reconciles waiting on it each would hang (seen at 1,000+ nodes).
+    pub async fn sync_nodes(&self) {
+        if self.nodes.wait_until_ready().await.is_ok() {
+            self.nodes_synced.store(true, Ordering::Release);
+            tracing::info!(nodes = self.nodes.len(), "KernelCacheNode list synced");
+        }
+    }
+
+    /// The fleet tally, computed at most once a second however many objects ask; `None` until
+    /// the node store holds its first full list (before it, the store is empty, and counting it
+    /// would publish zero nodes for every cache at each controller start).
+    pub fn fleet(&self) -> Option<Arc<Fleet>> {
+        if !self.nodes_synced.load(Ordering::Acquire) {
+            return None;
+        }
         let mut slot = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, f)) = slot.as_ref() {
             if at.elapsed() < Duration::from_secs(1) {
-                return f.clone();
+                return Some(f.clone());
             }
         }
         let nodes = self.nodes.state();
@@ -128,7 +148,7 @@ impl Context {
         self.metrics.stale_nodes.set(f.stale_nodes.len() as i64);
         self.metrics.set_objects("KernelCacheNode", nodes.len());
         *slot = Some((Instant::now(), f.clone()));
-        f
+        Some(f)
     }
 
     /// The TrustRoots by name.
@@ -182,7 +202,13 @@ pub async fn run(
         metrics,
     ));
 
-    let tick = || interval(cfg.resync_every);
+    // Every status that counts nodes is reconciled again the moment the node list is in, not
+    // on the next resync tick.
+    let synced = {
+        let ctx = ctx.clone();
+        async move { ctx.sync_nodes().await }.boxed().shared()
+    };
+    let tick = || futures_util::stream::select(interval(cfg.resync_every), futures_util::stream::once(synced.clone()));
     let policies = Controller::new(Api::<TrustPolicy>::all(client.clone()), watcher::Config::default())
         .reconcile_all_on(tick())
         .shutdown_on_signal()

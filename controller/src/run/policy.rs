@@ -42,12 +42,15 @@ pub async fn reconcile_policy(tp: Arc<TrustPolicy>, ctx: Arc<Context>) -> Result
     }
     .at_generation(generation)
     .carry_transition(&old.conditions, &now);
-    let fleet = ctx.fleet();
-    let (enforcing, refusing) = fleet
-        .policies
-        .get(&(name.clone(), generation.unwrap_or(0)))
-        .copied()
-        .unwrap_or_default();
+    // Until the node list is in, the node counts stay as they were.
+    let (enforcing, refusing) = match ctx.fleet() {
+        Some(fleet) => fleet
+            .policies
+            .get(&(name.clone(), generation.unwrap_or(0)))
+            .copied()
+            .unwrap_or_default(),
+        None => (old.nodes_enforcing, old.nodes_refusing),
+    };
     let status = TrustPolicyStatus {
         conditions: vec![valid.clone()],
         observed_generation: generation,
