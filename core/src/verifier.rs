@@ -373,6 +373,11 @@ impl Verifier {
                         .collect()
                 })
                 .unwrap_or_default();
+            let size = l.get("size").and_then(|s| s.as_u64());
+            if let Some(payload) = crate::cosign::v2::known_payload(&r.name(), digest, &d, size) {
+                out.push(SignatureLayer { payload, annotations });
+                continue;
+            }
             match self.client.blob(r, &d, crate::cosign::v2::MAX_PAYLOAD_BYTES).await {
                 Ok(payload) => out.push(SignatureLayer { payload, annotations }),
                 Err(e) if skippable(&e) => continue,

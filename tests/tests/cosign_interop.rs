@@ -126,6 +126,22 @@ impl Env {
         self.reg.client().push_blob(&r, bytes).await.unwrap()
     }
 
+    /// The `.sig` payload the tool wrote is the one kcache rebuilds from the image's name and
+    /// digest, so verifying it skips the blob fetch ([`kcache_core::cosign::v2::known_payload`]).
+    async fn assert_sig_payload_known(&self, repo: &str, image: &Digest) {
+        let m: Value =
+            serde_json::from_slice(&self.get_manifest(repo, &format!("{}.sig", image.tag_prefix())).await).unwrap();
+        let layer = &m["layers"][0];
+        let d = Digest::parse(layer["digest"].as_str().unwrap()).unwrap();
+        let blob = self.get_blob(repo, d.as_str()).await;
+        let name = self.reg.reference(repo).name();
+        assert_eq!(
+            kcache_core::cosign::v2::known_payload(&name, image, &d, layer["size"].as_u64()),
+            Some(blob),
+            "the payload cosign wrote for {name}@{image}"
+        );
+    }
+
     /// The referrer manifest cosign 3 attached to `image` (through the referrers tag).
     async fn bundle_referrer(&self, repo: &str, image: &Digest) -> (Value, Value) {
         let index: Value = serde_json::from_slice(&self.get_manifest(repo, &image.tag_prefix()).await).unwrap();
@@ -187,6 +203,7 @@ async fn cosign_2_5_sig_is_allowed_by_kcache_and_verified_by_both_cosigns() {
     let img = env.image(&format!("apps/a@{d}"));
     assert_ok(&c25.sign(env.dir(), &key, &img, &[]), "cosign 2.5 sign");
     assert_allowed(&env.verify(&env.policy(&[&public]), &img).await, Format::CosignV2);
+    env.assert_sig_payload_known("apps/a", &d).await;
     assert_ok(&c25.verify(env.dir(), &public, &img), "cosign 2.5 verify");
     assert_ok(&c31.verify(env.dir(), &public, &img), "cosign 3.1 verify");
 }
@@ -205,6 +222,7 @@ async fn cosign_3_1_legacy_sig_is_allowed_by_kcache_and_verified_by_both_cosigns
         "cosign 3.1 sign --new-bundle-format=false",
     );
     assert_allowed(&env.verify(&env.policy(&[&public]), &img).await, Format::CosignV2);
+    env.assert_sig_payload_known("apps/a", &d).await;
     assert_ok(&c25.verify(env.dir(), &public, &img), "cosign 2.5 verify");
     assert_ok(&c31.verify(env.dir(), &public, &img), "cosign 3.1 verify");
 }

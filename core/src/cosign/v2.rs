@@ -220,6 +220,24 @@ pub fn simple_signing_payload(reference: &str, image: &Digest) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The payload of a `.sig` layer whose digest is `layer`, when it is the one cosign (2.x, 3.x
+/// with `--new-bundle-format=false`) and kcache write for `image` in repository `name`
+/// (`registry/repository`; Docker Hub's is also tried as go-containerregistry names it,
+/// `index.docker.io/...`). The layer digest is the sha256 of the blob, so bytes that hash to
+/// it are the blob: a verifier holding them need not fetch it (one round trip of three for a
+/// `.sig` image). `None` (another docker-reference, annotations in `optional`, another
+/// signer's formatting): fetch the blob.
+pub fn known_payload(name: &str, image: &Digest, layer: &Digest, size: Option<u64>) -> Option<Vec<u8>> {
+    let hub = name
+        .strip_prefix("docker.io/")
+        .map(|repo| format!("index.docker.io/{repo}"));
+    [Some(name.to_string()), hub]
+        .into_iter()
+        .flatten()
+        .map(|reference| simple_signing_payload(&reference, image))
+        .find(|p| size.is_none_or(|s| s == p.len() as u64) && layer.matches(p))
+}
+
 /// Reads containers/image's on-disk signature form (`\0sigstore-json\n` + JSON) — test fixtures.
 pub fn from_containers_image_file(raw: &[u8]) -> Result<SignatureLayer, LayerError> {
     let json = raw
@@ -259,6 +277,38 @@ mod tests {
     }
     const IMG: &str = "sha256:0489474da8ea22426ece86ace6c1c0026ab2fd3cdfbbd62b7e94650266c37d9a";
     const IMG_KEY_ONLY: &str = "sha256:634a8f35b5f16dcf4aaa0822adc0b1964bb786fca12f6831de8ddc45e5986a00";
+
+    #[test]
+    fn known_payload_is_the_blob_cosign_wrote_or_none() {
+        // Real cosign output (containers/image's fixtures): its payload is rebuilt byte for byte.
+        for (dir, name, img) in [
+            (
+                "dir-img-cosign-valid",
+                "192.168.64.2:5000/cosign-signed-single-sample",
+                IMG_KEY_ONLY,
+            ),
+            (
+                "dir-img-cosign-fulcio-rekor-valid",
+                "192.168.64.2:5000/cosign-signed/fulcio-rekor-1",
+                IMG,
+            ),
+        ] {
+            let blob = layer(dir).payload;
+            let d = Digest::sha256_of(&blob);
+            let size = Some(blob.len() as u64);
+            assert_eq!(known_payload(name, &digest(img), &d, size), Some(blob), "{dir}");
+            // Another repository, another image, a size that disagrees: not this blob.
+            assert_eq!(known_payload("192.168.64.2:5000/other", &digest(img), &d, size), None);
+            let other = if img == IMG { IMG_KEY_ONLY } else { IMG };
+            assert_eq!(known_payload(name, &digest(other), &d, size), None);
+            assert_eq!(known_payload(name, &digest(img), &d, Some(1)), None);
+        }
+        // Docker Hub, as go-containerregistry names it in docker-reference.
+        let img = digest(IMG);
+        let blob = simple_signing_payload("index.docker.io/library/nginx", &img);
+        let d = Digest::sha256_of(&blob);
+        assert_eq!(known_payload("docker.io/library/nginx", &img, &d, None), Some(blob));
+    }
 
     #[test]
     fn keyless_fixture_verifies_with_its_identity_at_the_set_time() {
