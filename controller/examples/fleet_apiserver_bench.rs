@@ -18,7 +18,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kcache_controller::crd::{KernelCache, KernelCacheNode, KernelCacheSpec};
 use kcache_tests::kube::KubeApiServer;
 use kube::{
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     runtime::wait::{await_condition, conditions},
     Api, Client, Resource,
 };
@@ -132,7 +132,9 @@ async fn main() {
     let t = Instant::now();
     let want: Vec<i32> = (0..n_caches).map(|c| fleet::expected_ready(n_nodes, c)).collect();
     loop {
-        let done = match kcs.list(&Default::default()).await {
+        // From the API server's watch cache as it stands (resourceVersion=0): a poll every 100 ms
+        // need not be a consistent read.
+        let done = match kcs.list(&ListParams::default().match_any()).await {
             Ok(list) => {
                 list.items.len() == n_caches
                     && list.items.iter().all(|kc| {
