@@ -64,11 +64,18 @@ impl Env {
 
     /// A policy whose one rule, [`RULE`], trusts the key for `<host>/apps/**`; default deny.
     fn policy(&self, host: &str) -> Policy {
-        let p = self.dir().join(format!("policy-{}.yaml", host.replace(':', "_")));
+        self.policy_formats(host, "[cosign-v2, cosign-v3]")
+    }
+
+    /// The key rule for `host`, accepting the signature formats `formats`.
+    fn policy_formats(&self, host: &str, formats: &str) -> Policy {
+        let p = self
+            .dir()
+            .join(format!("policy-{}-{}.yaml", host.replace(':', "_"), formats.len()));
         std::fs::write(
             &p,
             format!(
-                "mode: enforce\ndefault: deny\nrules:\n  - name: {RULE}\n    images: [\"{host}/apps/**\"]\n    authorities:\n      - key: {{path: {}}}\n    transparencyLog: off\n",
+                "mode: enforce\ndefault: deny\nrules:\n  - name: {RULE}\n    images: [\"{host}/apps/**\"]\n    authorities:\n      - key: {{path: {}}}\n    transparencyLog: off\n    signatureFormats: {formats}\n",
                 self.dir().join("trusted.pub").display()
             ),
         )
@@ -613,8 +620,14 @@ async fn blob_redirects_to_storage_carry_no_authorization() {
         ..env.base(&reg)
     });
     let before = storage.requests().len();
+    // The bundle: a `.sig` payload is rebuilt from the image's name and digest, not read.
     assert_allowed(
-        &verify(c, &env.policy(&reg.host()), &format!("{}/apps/web:v1", reg.host())).await,
+        &verify(
+            c,
+            &env.policy_formats(&reg.host(), "[cosign-v3]"),
+            &format!("{}/apps/web:v1", reg.host()),
+        )
+        .await,
         &d,
     );
     let reqs = storage.requests();
