@@ -17,7 +17,7 @@ mod root;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -91,9 +91,17 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Events, where served.
     pub events: Events,
-    fleet: Mutex<Option<(Instant, Arc<Fleet>)>>,
+    fleet: Mutex<Option<(Instant, u64, Arc<Fleet>)>>,
     nodes_synced: AtomicBool,
+    /// Node events seen (the watch's applied objects).
+    node_events: AtomicU64,
+    /// Bumped at most every [`NODE_DEBOUNCE`] in which node events arrived: a tally is reused
+    /// only within its epoch, and every counting status is reconciled at each new one.
+    node_epoch: AtomicU64,
 }
+
+/// How long node events are gathered before the counts are redone.
+const NODE_DEBOUNCE: Duration = Duration::from_millis(250);
 
 impl Context {
     /// A context over these stores.
@@ -116,6 +124,8 @@ impl Context {
             events,
             fleet: Mutex::new(None),
             nodes_synced: AtomicBool::new(false),
+            node_events: AtomicU64::new(0),
+            node_epoch: AtomicU64::new(0),
         }
     }
 
@@ -129,16 +139,37 @@ impl Context {
         }
     }
 
-    /// The fleet tally, computed at most once a second however many objects ask; `None` until
+    /// Counts one node event (an object applied to the node store).
+    pub fn node_event(&self) {
+        self.node_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Once the node list is in, starts a new epoch every [`NODE_DEBOUNCE`] in which node events
+    /// arrived, so node changes reach the counts within that time rather than at the next resync.
+    async fn advance_node_epochs(&self) {
+        let mut seen = 0;
+        loop {
+            tokio::time::sleep(NODE_DEBOUNCE).await;
+            let events = self.node_events.load(Ordering::Relaxed);
+            if self.nodes_synced.load(Ordering::Acquire) && events != seen {
+                seen = events;
+                self.node_epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// The fleet tally, computed at most once a second and once a node epoch however many
+    /// objects ask; `None` until
     /// the node store holds its first full list (before it, the store is empty, and counting it
     /// would publish zero nodes for every cache at each controller start).
     pub fn fleet(&self) -> Option<Arc<Fleet>> {
         if !self.nodes_synced.load(Ordering::Acquire) {
             return None;
         }
+        let epoch = self.node_epoch.load(Ordering::Acquire);
         let mut slot = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, f)) = slot.as_ref() {
-            if at.elapsed() < Duration::from_secs(1) {
+        if let Some((at, e, f)) = slot.as_ref() {
+            if *e == epoch && at.elapsed() < Duration::from_secs(1) {
                 return Some(f.clone());
             }
         }
@@ -147,7 +178,7 @@ impl Context {
         let f = Arc::new(tally(nodes.iter().map(|n| n.as_ref()), Utc::now(), stale));
         self.metrics.stale_nodes.set(f.stale_nodes.len() as i64);
         self.metrics.set_objects("KernelCacheNode", nodes.len());
-        *slot = Some((Instant::now(), f.clone()));
+        *slot = Some((Instant::now(), epoch, f.clone()));
         Some(f)
     }
 
@@ -180,6 +211,16 @@ pub async fn run(
     let (nodes, node_writer) = reflector::store();
     // A streaming list (the API server sends the initial objects as watch events, from its
     // watch cache) never holds a page of thousands of nodes in memory at once.
+    // TrustRoots: the controller's own store doubles as the roots TrustPolicies render with.
+    let roots_ctl = Controller::new(Api::<TrustRoot>::all(client.clone()), watcher::Config::default());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cfg.clone(),
+        nodes,
+        roots_ctl.store(),
+        registry,
+        metrics,
+    ));
     let node_stream = watcher(
         Api::<KernelCacheNode>::all(client.clone()),
         watcher::Config::default().streaming_lists(),
@@ -189,18 +230,10 @@ pub async fn run(
     .modify(crate::aggregate::slim)
     .reflect(node_writer)
     .applied_objects()
-    .for_each(|_| futures_util::future::ready(()));
-    // TrustRoots: the controller's own store doubles as the roots TrustPolicies render with.
-    let roots_ctl = Controller::new(Api::<TrustRoot>::all(client.clone()), watcher::Config::default());
-    let roots = roots_ctl.store();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        cfg.clone(),
-        nodes,
-        roots,
-        registry,
-        metrics,
-    ));
+    .for_each(|_| {
+        ctx.node_event();
+        futures_util::future::ready(())
+    });
 
     // Every status that counts nodes is reconciled again the moment the node list is in, not
     // on the next resync tick.
@@ -208,7 +241,12 @@ pub async fn run(
         let ctx = ctx.clone();
         async move { ctx.sync_nodes().await }.boxed().shared()
     };
-    let tick = || futures_util::stream::select(interval(cfg.resync_every), futures_util::stream::once(synced.clone()));
+    let tick = || {
+        futures_util::stream::select(
+            futures_util::stream::select(interval(cfg.resync_every), node_epochs(ctx.clone())),
+            futures_util::stream::once(synced.clone()),
+        )
+    };
     let policies = Controller::new(Api::<TrustPolicy>::all(client.clone()), watcher::Config::default())
         .reconcile_all_on(tick())
         .shutdown_on_signal()
@@ -238,6 +276,7 @@ pub async fn run(
         _ = async { tokio::join!(policies, caches, cluster_caches, trust_roots) } => {},
         () = node_stream => {},
         () = gc => {},
+        () = ctx.advance_node_epochs() => {},
     }
     tracing::info!("controller stopped");
 }
@@ -254,6 +293,19 @@ fn interval(every: Duration) -> impl futures_util::Stream<Item = ()> + Send + 's
     futures_util::stream::unfold((), move |()| async move {
         tokio::time::sleep(every).await;
         Some(((), ()))
+    })
+}
+
+/// Yields when a new node epoch starts (checked every [`NODE_DEBOUNCE`]).
+fn node_epochs(ctx: Arc<Context>) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+    futures_util::stream::unfold((ctx, 0), |(ctx, seen)| async move {
+        loop {
+            tokio::time::sleep(NODE_DEBOUNCE).await;
+            let epoch = ctx.node_epoch.load(Ordering::Acquire);
+            if epoch != seen {
+                return Some(((), (ctx, epoch)));
+            }
+        }
     })
 }
 
